@@ -1,0 +1,152 @@
+"""Clocks: the live loop asks the engine's clock for "now" and for its inter-tick sleep.
+
+`VirtualClock` makes live runs testable in milliseconds: time stands still while any attached task
+is working, and jumps straight to the earliest wake-up as soon as every attached task sleeps on the
+clock. A task that is busy with something else (a listener, a network request) holds time still,
+so no tick is skipped or reordered the way a "loop looks idle" heuristic would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class Clock(Protocol):
+    """What the engine needs from a clock."""
+
+    def now(self) -> datetime:
+        """Current time, timezone-aware UTC."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Wait `seconds` of this clock's time."""
+        ...
+
+
+class SystemClock:
+    """Wall-clock time and `asyncio.sleep`."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def now_ms(self) -> int:
+        return int(datetime.now(UTC).timestamp() * 1000)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(max(0.0, seconds))
+
+    @contextmanager
+    def attach(self) -> Iterator[None]:
+        """No-op: wall-clock time passes on its own."""
+        yield
+
+
+class VirtualClock:
+    """Simulated time that advances only when every attached task waits on `sleep`."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        start = start or datetime(2025, 1, 1, tzinfo=UTC)
+        if start.tzinfo is None:
+            raise ValueError(f"VirtualClock start must be timezone-aware, got {start!r}")
+        self._now_ms = int(start.timestamp() * 1000)
+        self._sleepers: list[tuple[int, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self._attached: dict[asyncio.Task[object] | None, int] = {}
+        self._attached_sleeping: set[asyncio.Future[None]] = set()
+        self._check_pending = False
+
+    def now(self) -> datetime:
+        return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=self._now_ms)
+
+    def now_ms(self) -> int:
+        return self._now_ms
+
+    @property
+    def attached(self) -> int:
+        """How many tasks time waits for."""
+        return len(self._attached)
+
+    @contextmanager
+    def attach(self) -> Iterator[None]:
+        """Make time wait for the current task: it jumps only while this task sleeps on the clock."""
+        task = asyncio.current_task()
+        self._attached[task] = self._attached.get(task, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._attached[task] - 1
+            if left:
+                self._attached[task] = left
+            else:
+                del self._attached[task]
+            self._schedule_check()
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by hand and wake every sleeper that is due."""
+        self._now_ms += round(seconds * 1000)
+        self._wake_due()
+
+    async def sleep(self, seconds: float) -> None:
+        loop = asyncio.get_running_loop()
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        fut: asyncio.Future[None] = loop.create_future()
+        entry = (self._now_ms + max(1, round(seconds * 1000)), next(self._seq), fut)
+        heapq.heappush(self._sleepers, entry)
+        attached = asyncio.current_task() in self._attached
+        if attached:
+            self._attached_sleeping.add(fut)
+        self._schedule_check()
+        try:
+            await fut
+        finally:
+            if not fut.done():
+                fut.cancel()
+            self._attached_sleeping.discard(fut)
+            self._schedule_check()
+
+    def _schedule_check(self) -> None:
+        # Deferred to the loop so that tasks woken in this step get to run (and maybe sleep
+        # again) before we decide that everyone is waiting.
+        if self._check_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._check_pending = True
+        loop.call_soon(self._check)
+
+    def _check(self) -> None:
+        self._check_pending = False
+        while self._sleepers and self._sleepers[0][2].done():
+            heapq.heappop(self._sleepers)
+        if not self._sleepers:
+            return
+        waiting = sum(1 for f in self._attached_sleeping if not f.done())
+        if waiting < len(self._attached):
+            return
+        self._now_ms = max(self._now_ms, self._sleepers[0][0])
+        self._wake_due()
+
+    def _wake_due(self) -> None:
+        while self._sleepers and (self._sleepers[0][0] <= self._now_ms or self._sleepers[0][2].done()):
+            _, _, fut = heapq.heappop(self._sleepers)
+            if not fut.done():
+                fut.set_result(None)
+
+
+def clock_now_ms(clock: Clock) -> int:
+    """Milliseconds since the epoch on `clock` (fast path when the clock offers `now_ms`)."""
+    now_ms = getattr(clock, "now_ms", None)
+    if now_ms is not None:
+        return int(now_ms())
+    return int(clock.now().timestamp() * 1000)

@@ -1,0 +1,46 @@
+"""Error types. Every message names the offending field and value so a user can fix the input."""
+
+from __future__ import annotations
+
+
+class BacktestKitError(Exception):
+    """Base of every error the library raises on purpose."""
+
+
+class ConfigError(BacktestKitError, ValueError):
+    """A `set_config` key is unknown or a value has the wrong type or range."""
+
+
+class SchemaError(BacktestKitError, ValueError):
+    """A registration (`add_*`) is malformed or its name is already taken."""
+
+
+class UnknownNameError(BacktestKitError, KeyError):
+    """A run or facade call names a strategy, exchange, frame, risk or sizing that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class SignalValidationError(BacktestKitError, ValueError):
+    """A signal returned by `get_signal` (or decoded from a dict) breaks a validation rule."""
+
+
+class CandleError(BacktestKitError, ValueError):
+    """A candle from an exchange or adapter is malformed, out of order or anomalous."""
+
+
+class ExchangeError(BacktestKitError):
+    """Fetching candles failed after every retry."""
+
+
+class SignalTimeoutError(BacktestKitError, TimeoutError):
+    """`get_signal` ran longer than `CC_MAX_SIGNAL_GENERATION_SECONDS` and was cancelled."""
+
+
+class PersistError(BacktestKitError, OSError):
+    """Live state could not be read or written; the engine keeps its memory state and retries."""
+
+
+class RunStateError(BacktestKitError, RuntimeError):
+    """A run was started in a state that forbids it (for example twice at once for one pair)."""

@@ -1,0 +1,58 @@
+"""Logger adapter: the engine logs through one object with `log/debug/info/warn(topic, *args)`.
+
+Users may pass such an object (the reference's shape) or a `logging.Logger`. Logging must never
+break a run, so a raising logger is swallowed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol, runtime_checkable
+
+
+@runtime_checkable
+class LoggerLike(Protocol):
+    def log(self, topic: str, *args: Any) -> Any: ...
+    def debug(self, topic: str, *args: Any) -> Any: ...
+    def info(self, topic: str, *args: Any) -> Any: ...
+    def warn(self, topic: str, *args: Any) -> Any: ...
+
+
+class EngineLogger:
+    """What the engine calls; forwards to the user's logger or the stdlib logger `backtest_kit`."""
+
+    def __init__(self, target: LoggerLike | logging.Logger | None = None) -> None:
+        self._target: LoggerLike | logging.Logger = target or logging.getLogger("backtest_kit")
+
+    def set(self, target: LoggerLike | logging.Logger) -> None:
+        if not isinstance(target, logging.Logger) and not isinstance(target, LoggerLike):
+            from .errors import SchemaError
+
+            raise SchemaError(
+                f"logger: expected a logging.Logger or an object with log/debug/info/warn, got {target!r}"
+            )
+        self._target = target
+
+    def _emit(self, level: int, method: str, topic: str, args: tuple[Any, ...]) -> None:
+        target = self._target
+        try:
+            if isinstance(target, logging.Logger):
+                if target.isEnabledFor(level):
+                    text = " ".join([topic, *(str(a) for a in args)])
+                    target.log(level, text)
+            else:
+                getattr(target, method)(topic, *args)
+        except Exception:  # a broken logger must not stop trading
+            pass
+
+    def log(self, topic: str, *args: Any) -> None:
+        self._emit(logging.INFO, "log", topic, args)
+
+    def debug(self, topic: str, *args: Any) -> None:
+        self._emit(logging.DEBUG, "debug", topic, args)
+
+    def info(self, topic: str, *args: Any) -> None:
+        self._emit(logging.INFO, "info", topic, args)
+
+    def warn(self, topic: str, *args: Any) -> None:
+        self._emit(logging.WARNING, "warn", topic, args)

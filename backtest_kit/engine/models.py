@@ -1,0 +1,223 @@
+"""Public data types: immutable msgspec Structs with snake_case fields.
+
+Structs (rather than dataclasses) because they are several times faster to build on the hot path,
+serialise to JSON for snapshots without glue code, and decode user dicts with errors that name the
+field (`$.price_open`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal, TypeAlias
+
+import msgspec
+from msgspec import UNSET, Struct, UnsetType
+
+Position: TypeAlias = Literal["long", "short"]
+CloseReason: TypeAlias = Literal["take_profit", "stop_loss", "time_expired"]
+InstanceStatus: TypeAlias = Literal["idle", "running", "done"]
+
+
+class Candle(Struct, frozen=True, gc=False):
+    """One OHLCV candle; `timestamp` is the candle's open time in ms since the epoch (UTC)."""
+
+    timestamp: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
+class SignalDto(Struct, frozen=True, kw_only=True):
+    """What `get_signal` returns. Omit `price_open` for a market entry; giving `None` is an error."""
+
+    position: Position
+    price_take_profit: float
+    price_stop_loss: float
+    minute_estimated_time: int
+    price_open: float | UnsetType = UNSET
+    note: str | None = None
+    id: str | None = None
+
+
+class SignalRow(Struct, frozen=True, kw_only=True):
+    """A validated signal as the engine keeps, persists and reports it."""
+
+    id: str
+    position: Position
+    price_open: float
+    price_take_profit: float
+    price_stop_loss: float
+    minute_estimated_time: int
+    note: str
+    symbol: str
+    strategy_name: str
+    exchange_name: str
+    scheduled_at: int
+    pending_at: int
+    is_scheduled: bool
+    quantity: float | None = None
+
+
+class PnL(Struct, frozen=True, gc=False):
+    """Net result of a trade in percent; the prices are the fee- and slippage-adjusted ones."""
+
+    pnl_percentage: float
+    price_open: float
+    price_close: float
+
+
+class _Result(Struct, frozen=True, kw_only=True, tag_field="action", gc=False):
+    symbol: str
+    strategy_name: str
+    exchange_name: str
+    current_price: float
+    backtest: bool
+
+
+class IdleResult(_Result, frozen=True, kw_only=True, tag="idle", gc=False):
+    """No signal this tick."""
+
+    action: ClassVar[str] = "idle"
+    signal: None = None
+
+
+class ScheduledResult(_Result, frozen=True, kw_only=True, tag="scheduled", gc=False):
+    """A limit signal was created and waits for its entry price."""
+
+    action: ClassVar[str] = "scheduled"
+    signal: SignalRow
+
+
+class OpenedResult(_Result, frozen=True, kw_only=True, tag="opened", gc=False):
+    """A position was opened (market entry, reached limit, or live activation)."""
+
+    action: ClassVar[str] = "opened"
+    signal: SignalRow
+
+
+class ActiveResult(_Result, frozen=True, kw_only=True, tag="active", gc=False):
+    """A position (or a waiting limit signal, percents 0) is being monitored."""
+
+    action: ClassVar[str] = "active"
+    signal: SignalRow
+    percent_tp: float
+    percent_sl: float
+
+
+class ClosedResult(_Result, frozen=True, kw_only=True, tag="closed", gc=False):
+    """A position closed by take profit, stop loss or expiry."""
+
+    action: ClassVar[str] = "closed"
+    signal: SignalRow
+    close_reason: CloseReason
+    close_timestamp: int
+    pnl: PnL
+
+
+class CancelledResult(_Result, frozen=True, kw_only=True, tag="cancelled", gc=False):
+    """A limit signal was dropped before activation (timeout, stop loss first, or stop)."""
+
+    action: ClassVar[str] = "cancelled"
+    signal: SignalRow
+    close_timestamp: int
+
+
+TickResult: TypeAlias = (
+    IdleResult | ScheduledResult | OpenedResult | ActiveResult | ClosedResult | CancelledResult
+)
+FinishedResult: TypeAlias = ClosedResult | CancelledResult
+
+
+class DoneEvent(Struct, frozen=True, kw_only=True):
+    """A background run ended."""
+
+    symbol: str
+    strategy_name: str
+    exchange_name: str
+    backtest: bool
+
+
+class ProgressEvent(Struct, frozen=True, kw_only=True, gc=False):
+    """Backtest progress: `processed_frames` is the index of the frame about to run."""
+
+    symbol: str
+    strategy_name: str
+    exchange_name: str
+    total_frames: int
+    processed_frames: int
+    progress: float
+
+
+class PerformanceEvent(Struct, frozen=True, kw_only=True, gc=False):
+    """A timing of one engine step (ms, wall clock)."""
+
+    timestamp: float
+    previous_timestamp: float | None
+    metric_type: str
+    duration: float
+    strategy_name: str
+    exchange_name: str
+    symbol: str
+    backtest: bool
+
+
+class PartialEvent(Struct, frozen=True, kw_only=True):
+    """A 10 %-step milestone towards take profit or stop loss was reached for the first time."""
+
+    symbol: str
+    strategy_name: str
+    exchange_name: str
+    signal: SignalRow
+    current_price: float
+    level: int
+    backtest: bool
+    timestamp: int
+
+
+class RiskEvent(Struct, frozen=True, kw_only=True):
+    """A risk profile rejected a signal."""
+
+    symbol: str
+    strategy_name: str
+    exchange_name: str
+    pending_signal: Any
+    current_price: float
+    active_position_count: int
+    comment: str
+    timestamp: int
+    backtest: bool
+
+
+class InstanceInfo(Struct, frozen=True, kw_only=True):
+    """One run instance as `Live.list()` / `Backtest.list()` report it."""
+
+    id: str
+    symbol: str
+    strategy_name: str
+    exchange_name: str
+    status: InstanceStatus
+    error: str | None = None
+
+
+def decode_signal_dto(obj: Any) -> SignalDto:
+    """A `SignalDto` from a Struct or a user mapping; errors name the field (`$.price_open`)."""
+    from .errors import SignalValidationError
+
+    if isinstance(obj, SignalDto):
+        return obj
+    if not isinstance(obj, dict):
+        try:
+            obj = dict(obj)
+        except (TypeError, ValueError):
+            raise SignalValidationError(
+                f"Invalid signal: expected SignalDto or mapping, got {type(obj).__name__}: {obj!r}"
+            ) from None
+    if "price_open" in obj and obj["price_open"] is None:
+        raise SignalValidationError(
+            "Invalid signal: $.price_open is None; omit price_open for a market entry"
+        )
+    try:
+        return msgspec.convert(obj, SignalDto, strict=True)
+    except msgspec.ValidationError as exc:
+        raise SignalValidationError(f"Invalid signal: {exc} (value {obj!r})") from None
