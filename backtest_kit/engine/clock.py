@@ -13,6 +13,7 @@ import heapq
 import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 
@@ -49,7 +50,11 @@ class SystemClock:
 
 
 class VirtualClock:
-    """Simulated time that advances only when every attached task waits on `sleep`."""
+    """Simulated time that advances only when every attached task waits on `sleep`.
+
+    "Attached" is carried by a context variable, so a helper task spawned by an attached task
+    (e.g. an interruptible sleep) sleeps on its owner's behalf.
+    """
 
     def __init__(self, start: datetime | None = None) -> None:
         start = start or datetime(2025, 1, 1, tzinfo=UTC)
@@ -58,8 +63,9 @@ class VirtualClock:
         self._now_ms = int(start.timestamp() * 1000)
         self._sleepers: list[tuple[int, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
-        self._attached: dict[asyncio.Task[object] | None, int] = {}
-        self._attached_sleeping: set[asyncio.Future[None]] = set()
+        self._owner: ContextVar[object | None] = ContextVar(f"virtual_clock_{id(self)}", default=None)
+        self._attached: dict[object, int] = {}
+        self._owner_sleeps: dict[object, set[asyncio.Future[None]]] = {}
         self._check_pending = False
 
     def now(self) -> datetime:
@@ -70,22 +76,29 @@ class VirtualClock:
 
     @property
     def attached(self) -> int:
-        """How many tasks time waits for."""
+        """How many owners time waits for."""
         return len(self._attached)
 
     @contextmanager
     def attach(self) -> Iterator[None]:
         """Make time wait for the current task: it jumps only while this task sleeps on the clock."""
-        task = asyncio.current_task()
-        self._attached[task] = self._attached.get(task, 0) + 1
+        owner = self._owner.get()
+        token = None
+        if owner is None or owner not in self._attached:
+            owner = object()
+            token = self._owner.set(owner)
+        self._attached[owner] = self._attached.get(owner, 0) + 1
         try:
             yield
         finally:
-            left = self._attached[task] - 1
+            left = self._attached[owner] - 1
             if left:
-                self._attached[task] = left
+                self._attached[owner] = left
             else:
-                del self._attached[task]
+                del self._attached[owner]
+                self._owner_sleeps.pop(owner, None)
+            if token is not None:
+                self._owner.reset(token)
             self._schedule_check()
 
     def advance(self, seconds: float) -> None:
@@ -99,18 +112,19 @@ class VirtualClock:
             await asyncio.sleep(0)
             return
         fut: asyncio.Future[None] = loop.create_future()
-        entry = (self._now_ms + max(1, round(seconds * 1000)), next(self._seq), fut)
-        heapq.heappush(self._sleepers, entry)
-        attached = asyncio.current_task() in self._attached
-        if attached:
-            self._attached_sleeping.add(fut)
+        heapq.heappush(self._sleepers, (self._now_ms + max(1, round(seconds * 1000)), next(self._seq), fut))
+        owner = self._owner.get()
+        owned = self._owner_sleeps.setdefault(owner, set()) if owner in self._attached else None
+        if owned is not None:
+            owned.add(fut)
         self._schedule_check()
         try:
             await fut
         finally:
             if not fut.done():
                 fut.cancel()
-            self._attached_sleeping.discard(fut)
+            if owned is not None:
+                owned.discard(fut)
             self._schedule_check()
 
     def _schedule_check(self) -> None:
@@ -125,14 +139,17 @@ class VirtualClock:
         self._check_pending = True
         loop.call_soon(self._check)
 
+    def _all_waiting(self) -> bool:
+        for owner in self._attached:
+            if not any(not f.done() for f in self._owner_sleeps.get(owner, ())):
+                return False
+        return True
+
     def _check(self) -> None:
         self._check_pending = False
         while self._sleepers and self._sleepers[0][2].done():
             heapq.heappop(self._sleepers)
-        if not self._sleepers:
-            return
-        waiting = sum(1 for f in self._attached_sleeping if not f.done())
-        if waiting < len(self._attached):
+        if not self._sleepers or not self._all_waiting():
             return
         self._now_ms = max(self._now_ms, self._sleepers[0][0])
         self._wake_due()

@@ -1,0 +1,127 @@
+"""backtest-kit: one trading strategy, run in backtest and live mode on an asyncio event bus.
+
+    import backtest_kit as bk
+
+The module-level functions and the `Backtest` / `Live` facades act on `bk.default_engine`; build
+your own `bk.Engine()` for isolation (tests, several worlds in one process).
+"""
+
+from __future__ import annotations
+
+from .adapters import CsvCandles, FilePersist, MemoryCandles, bundled_sample_path
+from .engine.bus import CHANNELS, EventBus
+from .engine.clock import Clock, SystemClock, VirtualClock
+from .engine.config import DEFAULT_CONFIG, Config
+from .engine.context import (
+    execution_context,
+    format_price,
+    format_quantity,
+    get_average_price,
+    get_candles,
+    get_date,
+    get_mode,
+)
+from .engine.core import Engine
+from .engine.errors import (
+    BacktestKitError,
+    CandleError,
+    ConfigError,
+    ExchangeError,
+    PersistError,
+    RunStateError,
+    SchemaError,
+    SignalTimeoutError,
+    SignalValidationError,
+    UnknownNameError,
+)
+from .engine.models import (
+    ActiveResult,
+    CancelledResult,
+    Candle,
+    ClosedResult,
+    DoneEvent,
+    FinishedResult,
+    IdleResult,
+    InstanceInfo,
+    OpenedResult,
+    PartialEvent,
+    PerformanceEvent,
+    PnL,
+    ProgressEvent,
+    RiskEvent,
+    ScheduledResult,
+    SignalDto,
+    SignalRow,
+    TickResult,
+)
+from .engine.persist import PersistBackend
+from .engine.registry import StrategyCallbacks
+from .engine.runner import CancelHandle
+from .engine.stats import Statistics
+
+__version__ = "0.1.0"
+
+default_engine = Engine()
+"""The engine behind the module-level API."""
+
+Backtest = default_engine.backtest
+Live = default_engine.live
+
+set_config = default_engine.set_config
+get_config = default_engine.get_config
+get_default_config = default_engine.get_default_config
+set_logger = default_engine.set_logger
+
+add_exchange = default_engine.add_exchange
+add_strategy = default_engine.add_strategy
+add_frame = default_engine.add_frame
+add_risk = default_engine.add_risk
+add_sizing = default_engine.add_sizing
+list_exchanges = default_engine.list_exchanges
+list_strategies = default_engine.list_strategies
+list_frames = default_engine.list_frames
+list_risks = default_engine.list_risks
+list_sizings = default_engine.list_sizings
+
+listen_signal = default_engine.listen_signal
+listen_signal_once = default_engine.listen_signal_once
+listen_signal_live = default_engine.listen_signal_live
+listen_signal_live_once = default_engine.listen_signal_live_once
+listen_signal_backtest = default_engine.listen_signal_backtest
+listen_signal_backtest_once = default_engine.listen_signal_backtest_once
+listen_done_live = default_engine.listen_done_live
+listen_done_live_once = default_engine.listen_done_live_once
+listen_done_backtest = default_engine.listen_done_backtest
+listen_done_backtest_once = default_engine.listen_done_backtest_once
+listen_error = default_engine.listen_error
+listen_exit = default_engine.listen_exit
+listen_progress = default_engine.listen_progress
+listen_backtest_progress = default_engine.listen_backtest_progress
+listen_performance = default_engine.listen_performance
+listen_risk = default_engine.listen_risk
+listen_risk_once = default_engine.listen_risk_once
+listen_validation = default_engine.listen_validation
+listen_partial_profit = default_engine.listen_partial_profit
+listen_partial_profit_once = default_engine.listen_partial_profit_once
+listen_partial_loss = default_engine.listen_partial_loss
+listen_partial_loss_once = default_engine.listen_partial_loss_once
+
+__all__ = [
+    "CHANNELS", "DEFAULT_CONFIG", "ActiveResult", "Backtest", "BacktestKitError", "CancelHandle",
+    "CancelledResult", "Candle", "CandleError", "Clock", "ClosedResult", "Config", "ConfigError",
+    "CsvCandles", "DoneEvent", "Engine", "EventBus", "ExchangeError", "FilePersist", "FinishedResult",
+    "IdleResult", "InstanceInfo", "Live", "MemoryCandles", "OpenedResult", "PartialEvent",
+    "PerformanceEvent", "PersistBackend", "PersistError", "PnL", "ProgressEvent", "RiskEvent",
+    "RunStateError", "ScheduledResult", "SchemaError", "SignalDto", "SignalRow", "SignalTimeoutError",
+    "SignalValidationError", "Statistics", "StrategyCallbacks", "SystemClock", "TickResult",
+    "UnknownNameError", "VirtualClock", "add_exchange", "add_frame", "add_risk", "add_sizing",
+    "add_strategy", "bundled_sample_path", "default_engine", "execution_context", "format_price",
+    "format_quantity", "get_average_price", "get_candles", "get_config", "get_date",
+    "get_default_config", "get_mode", "list_exchanges", "list_frames", "list_risks", "list_sizings",
+    "list_strategies", "listen_backtest_progress", "listen_done_backtest", "listen_done_backtest_once",
+    "listen_done_live", "listen_done_live_once", "listen_error", "listen_exit", "listen_partial_loss",
+    "listen_partial_loss_once", "listen_partial_profit", "listen_partial_profit_once",
+    "listen_performance", "listen_progress", "listen_risk", "listen_risk_once", "listen_signal",
+    "listen_signal_backtest", "listen_signal_backtest_once", "listen_signal_live",
+    "listen_signal_live_once", "listen_validation", "set_config", "set_logger",
+]

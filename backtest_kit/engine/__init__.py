@@ -1,0 +1,1 @@
+"""The engine: models, config, registry, state machine, exchange client, runners, clock, bus."""

@@ -1,0 +1,203 @@
+"""Backtest mode: frames from `add_frame`, one tick per frame, fast-forward over 1m candles.
+
+Hot path notes: the loop publishes through `bus.publish`, which returns None (no await) when every
+listener is a plain function; progress and performance events are only built when someone
+listens; frames are computed arithmetically, so memory does not grow with the number of frames.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import SchemaError
+from .intervals import FRAME_INTERVALS, MINUTE_MS
+from .models import (
+    FinishedResult,
+    OpenedResult,
+    PerformanceEvent,
+    ProgressEvent,
+    ScheduledResult,
+    TickResult,
+)
+from .runner import CancelHandle, RunnerBase, RunRecord
+from .stats import BacktestStats, Statistics
+
+if TYPE_CHECKING:
+    from .core import Engine
+    from .strategy import StrategyInstance
+
+
+class BacktestRunner(RunnerBase[FinishedResult]):
+    """`bk.Backtest`: run / background / stop / get_data / get_report / dump / list."""
+
+    backtest = True
+    mode = "backtest"
+    done_channel = "done_backtest"
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self._stats: dict[tuple[str, str], BacktestStats] = {}
+
+    def _stats_for(self, symbol: str, strategy_name: str) -> BacktestStats:
+        key = (symbol, strategy_name)
+        stats = self._stats.get(key)
+        if stats is None:
+            stats = self._stats[key] = BacktestStats()
+        return stats
+
+    def _prepare(
+        self, symbol: str, strategy_name: str, exchange_name: str, frame_name: str, source: str
+    ) -> tuple[RunRecord, AsyncIterator[FinishedResult]]:
+        engine = self.engine
+        schema = engine.registry.strategies.get(strategy_name, f"Backtest.{source}")
+        engine.registry.exchanges.get(exchange_name, f"Backtest.{source}")
+        frame = engine.registry.frames.get(frame_name, f"Backtest.{source}")
+        instance = engine._make_instance(schema, exchange_name, symbol, backtest=True, source=f"Backtest.{source}")
+        record = self._start(symbol, strategy_name, exchange_name)
+        record.instance = instance
+        self._stats[(symbol, strategy_name)] = BacktestStats()
+        step = FRAME_INTERVALS[frame.interval] * MINUTE_MS
+        start = int(frame.start_date.timestamp() * 1000)
+        end = int(frame.end_date.timestamp() * 1000)
+        if frame.on_timeframe is not None:
+            try:
+                frame.on_timeframe(frame.start_date, frame.end_date, frame.interval)
+            except Exception as exc:
+                engine.logger.warn(f"frame {frame_name}: on_timeframe raised", repr(exc))
+        return record, self._loop(record, instance, start, end, step)
+
+    def run(
+        self, symbol: str, *, strategy_name: str, exchange_name: str, frame_name: str
+    ) -> AsyncIterator[FinishedResult]:
+        """Closed and cancelled results in time order; names are checked now, before iteration."""
+        record, body = self._prepare(symbol, strategy_name, exchange_name, frame_name, "run")
+        return self._iterate(record, body)
+
+    def background(
+        self, symbol: str, *, strategy_name: str, exchange_name: str, frame_name: str
+    ) -> CancelHandle:
+        """Run without a consumer; returns the cancel handle. `done_backtest` fires at the end."""
+        existing = self._records.get((symbol, strategy_name))
+        if existing is not None and existing.status == "running" and existing.task is not None:
+            return CancelHandle(existing, existing.task)
+        record, body = self._prepare(symbol, strategy_name, exchange_name, frame_name, "background")
+        return self._background(record, body)
+
+    async def _loop(
+        self, record: RunRecord, instance: StrategyInstance, start: int, end: int, step: int
+    ) -> AsyncIterator[FinishedResult]:
+        engine = self.engine
+        bus = engine.bus
+        publish = bus.publish
+        stats = self._stats_for(record.symbol, record.strategy_name)
+        total = (end - start) // step + 1 if end >= start else 0
+        names = {"symbol": record.symbol, "strategy_name": record.strategy_name,
+                 "exchange_name": record.exchange_name}
+        run_started = time.perf_counter()
+        last_perf: float | None = None
+        i = 0
+        while i < total:
+            if bus.has_listeners("progress"):
+                await bus.emit("progress", ProgressEvent(**names, total_frames=total, processed_frames=i,
+                                                         progress=i / total))
+            if instance.stopped and not instance.has_signal:
+                break
+            timed = bus.has_listeners("performance")
+            frame_started = time.perf_counter() if timed else 0.0
+            when = start + i * step
+            try:
+                result: TickResult = await instance.tick(when)
+            except Exception as exc:
+                await engine.report_error(exc)
+                i += 1
+                continue
+            stats.add(result)
+            pending = publish("signal_backtest", result)
+            if pending is not None:
+                await pending
+            pending = publish("signal", result)
+            if pending is not None:
+                await pending
+            action = result.action
+            if action == "opened" or action == "scheduled":
+                assert isinstance(result, OpenedResult | ScheduledResult)
+                signal_started = time.perf_counter() if timed else 0.0
+                finished = await self._fast_forward(instance, result, when)
+                if finished is not None:
+                    stats.add(finished)
+                    pending = publish("signal_backtest", finished)
+                    if pending is not None:
+                        await pending
+                    pending = publish("signal", finished)
+                    if pending is not None:
+                        await pending
+                    if timed:
+                        last_perf = await self._perf("backtest_signal", signal_started, last_perf, record)
+                    yield finished
+                    i = max(i + 1, (finished.close_timestamp - start) // step + 1)
+                    if timed:
+                        last_perf = await self._perf("backtest_timeframe", frame_started, last_perf, record)
+                    continue
+            elif action == "closed" or action == "cancelled":
+                yield result  # type: ignore[misc]  # a close found on the tick path (decision 8)
+            if timed:
+                last_perf = await self._perf("backtest_timeframe", frame_started, last_perf, record)
+            i += 1
+        if bus.has_listeners("progress"):
+            await bus.emit("progress", ProgressEvent(**names, total_frames=total, processed_frames=total,
+                                                     progress=1.0))
+        if bus.has_listeners("performance"):
+            await self._perf("backtest_total", run_started, last_perf, record)
+
+    async def _fast_forward(
+        self, instance: StrategyInstance, result: OpenedResult | ScheduledResult, when: int
+    ) -> FinishedResult | None:
+        """Fetch the 1m candles the new signal can live through and resolve it over them."""
+        config = self.engine.config
+        buffer = config.CC_AVG_PRICE_CANDLES_COUNT
+        row = result.signal
+        count = buffer + row.minute_estimated_time + 1
+        if result.action == "scheduled":
+            count += config.CC_SCHEDULE_AWAIT_MINUTES
+        try:
+            candles = await instance.exchange.get_next_candles(
+                instance.symbol, "1m", when - buffer * MINUTE_MS, count
+            )
+            return await instance.fast_forward(candles, when)
+        except Exception as exc:
+            await self.engine.report_error(exc)
+            return None
+
+    async def _perf(self, metric: str, started: float, previous: float | None, record: RunRecord) -> float:
+        now = time.time() * 1000
+        await self.engine.bus.emit("performance", PerformanceEvent(
+            timestamp=now, previous_timestamp=previous, metric_type=metric,
+            duration=(time.perf_counter() - started) * 1000, strategy_name=record.strategy_name,
+            exchange_name=record.exchange_name, symbol=record.symbol, backtest=True,
+        ))
+        return now
+
+    # ------------------------------------------------------------------ statistics and reports
+    async def get_data(self, symbol: str, strategy_name: str) -> Statistics:
+        """Statistics over every closed trade of the pair's latest backtest."""
+        self.engine.registry.strategies.get(strategy_name, "Backtest.get_data")
+        return self._stats_for(symbol, strategy_name).data()
+
+    async def get_report(self, symbol: str, strategy_name: str) -> str:
+        from .report import backtest_report
+
+        stats = await self.get_data(symbol, strategy_name)
+        return backtest_report(strategy_name, stats, show_note=self.engine.config.CC_REPORT_SHOW_SIGNAL_NOTE)
+
+    async def dump(self, symbol: str, strategy_name: str, path: str | Path | None = None) -> Path | None:
+        """Write the report to `<path or dump_dir/backtest>/<strategy>.md`; returns the path."""
+        text = await self.get_report(symbol, strategy_name)
+        return await self._write(self._dump_path(strategy_name, path), text)
+
+
+def _check_symbol(symbol: object) -> None:
+    if not isinstance(symbol, str) or not symbol:
+        raise SchemaError(f"symbol: expected a non-empty string, got {symbol!r}")

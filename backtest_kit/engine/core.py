@@ -1,0 +1,216 @@
+"""`Engine`: one isolated world of registries, event bus, clock, config, runners and statistics.
+
+The module-level API of `backtest_kit` is bound to `bk.default_engine`; tests build their own
+`Engine` so no state leaks between them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ..listeners.subscriptions import ListenMixin
+from .backtest import BacktestRunner
+from .bus import EventBus
+from .clock import Clock, SystemClock, clock_now_ms
+from .config import DEFAULT_CONFIG, Config, merge_config
+from .exchange import ExchangeClient
+from .logger import EngineLogger, LoggerLike
+from .registry import (
+    ExchangeSchema,
+    FrameSchema,
+    Registry,
+    RiskSchema,
+    SizingSchema,
+    StrategyCallbacks,
+    StrategySchema,
+    make_exchange,
+    make_frame,
+    make_risk,
+    make_sizing,
+    make_strategy,
+)
+from .strategy import RunEnv, StrategyInstance
+
+
+class Engine(ListenMixin):
+    """Registries, bus, clock, config and the `backtest` / `live` runners of one world."""
+
+    def __init__(
+        self,
+        *,
+        persist_dir: str | Path = "./data",
+        dump_dir: str | Path = "./dump",
+        clock: Clock | None = None,
+        config: Config | Mapping[str, Any] | None = None,
+        logger: LoggerLike | logging.Logger | None = None,
+    ) -> None:
+        self.persist_dir = Path(persist_dir)
+        self.dump_dir = Path(dump_dir)
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.logger = EngineLogger(logger)
+        self.bus = EventBus(self.logger)
+        self.registry = Registry()
+        if isinstance(config, Config):
+            self.config = config
+        else:
+            self.config = merge_config(DEFAULT_CONFIG, config, {})
+        self._exchanges: dict[str, ExchangeClient] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._shutdown_hooks: list[Callable[[], Any]] = []
+        self.backtest = BacktestRunner(self)
+        from .live import LiveRunner
+
+        self.live = LiveRunner(self)
+        self._env = RunEnv(config=self._get_config, logger=self.logger, report_error=self.report_error)
+
+    # ------------------------------------------------------------------ config and logging
+    def _get_config(self) -> Config:
+        return self.config
+
+    def set_config(self, changes: Mapping[str, Any] | None = None, /, *, unsafe: bool = False,
+                   **keys: Any) -> Config:
+        """Validate and apply `CC_*` settings atomically; raises ConfigError naming the key."""
+        self.config = merge_config(self.config, changes, keys, unsafe=unsafe)
+        return self.config
+
+    def get_config(self) -> Config:
+        return self.config
+
+    @staticmethod
+    def get_default_config() -> Config:
+        return DEFAULT_CONFIG
+
+    def set_logger(self, logger: LoggerLike | logging.Logger) -> None:
+        self.logger.set(logger)
+
+    # ------------------------------------------------------------------ registration
+    def add_exchange(
+        self, *, exchange_name: str, get_candles: Callable[..., Any],
+        format_price: Callable[..., Any] | None = None, format_quantity: Callable[..., Any] | None = None,
+        note: str | None = None, on_candle_data: Callable[..., Any] | None = None,
+        on_close: Callable[[], Any] | None = None,
+    ) -> ExchangeSchema:
+        """Register a candle source; `on_close` releases its resources when the engine closes."""
+        schema = make_exchange(exchange_name, get_candles, format_price, format_quantity, note,
+                               on_candle_data, on_close)
+        return self.registry.exchanges.add(schema.exchange_name, schema)
+
+    def add_strategy(
+        self, *, strategy_name: str, interval: str, get_signal: Callable[..., Any],
+        callbacks: StrategyCallbacks | Mapping[str, Any] | None = None, risk_name: str | None = None,
+        sizing_name: str | None = None, note: str | None = None,
+    ) -> StrategySchema:
+        schema = make_strategy(strategy_name, interval, get_signal, callbacks, risk_name, sizing_name, note)
+        return self.registry.strategies.add(schema.strategy_name, schema)
+
+    def add_frame(
+        self, *, frame_name: str, interval: str, start_date: datetime, end_date: datetime,
+        note: str | None = None, on_timeframe: Callable[..., Any] | None = None,
+    ) -> FrameSchema:
+        schema = make_frame(frame_name, interval, start_date, end_date, note, on_timeframe)
+        return self.registry.frames.add(schema.frame_name, schema)
+
+    def add_risk(
+        self, *, risk_name: str, max_concurrent_positions: int | None = None,
+        validations: Sequence[Any] | None = None, callbacks: Mapping[str, Any] | None = None,
+        note: str | None = None,
+    ) -> RiskSchema:
+        schema = make_risk(risk_name, max_concurrent_positions, validations, callbacks, note)
+        return self.registry.risks.add(schema.risk_name, schema)
+
+    def add_sizing(
+        self, *, sizing_name: str, get_quantity: Callable[..., Any] | None = None,
+        method: str | None = None, note: str | None = None, **params: float,
+    ) -> SizingSchema:
+        schema = make_sizing(sizing_name, get_quantity, method, params, note)
+        return self.registry.sizings.add(schema.sizing_name, schema)
+
+    def list_exchanges(self) -> list[ExchangeSchema]:
+        return self.registry.exchanges.list()
+
+    def list_strategies(self) -> list[StrategySchema]:
+        return self.registry.strategies.list()
+
+    def list_frames(self) -> list[FrameSchema]:
+        return self.registry.frames.list()
+
+    def list_risks(self) -> list[RiskSchema]:
+        return self.registry.risks.list()
+
+    def list_sizings(self) -> list[SizingSchema]:
+        return self.registry.sizings.list()
+
+    # ------------------------------------------------------------------ runtime services
+    def now_ms(self) -> int:
+        return clock_now_ms(self.clock)
+
+    def exchange(self, exchange_name: str, source: str = "") -> ExchangeClient:
+        """The client of a registered exchange (one per name, created on first use)."""
+        client = self._exchanges.get(exchange_name)
+        if client is None:
+            schema = self.registry.exchanges.get(exchange_name, source)
+            client = ExchangeClient(schema, self._get_config, self.logger, self.now_ms, self.clock.sleep)
+            self._exchanges[exchange_name] = client
+        return client
+
+    def _make_instance(
+        self, schema: StrategySchema, exchange_name: str, symbol: str, *, backtest: bool, source: str
+    ) -> StrategyInstance:
+        exchange = self.exchange(exchange_name, source)
+        if schema.risk_name is not None:
+            self.registry.risks.get(schema.risk_name, source)
+        if schema.sizing_name is not None:
+            self.registry.sizings.get(schema.sizing_name, source)
+        return StrategyInstance(
+            env=self._env, schema=schema, exchange=exchange, symbol=symbol, backtest=backtest,
+            store=None if backtest else self._signal_store(symbol, schema.strategy_name),
+        )
+
+    def _signal_store(self, symbol: str, strategy_name: str) -> Any:
+        return None  # persistence arrives with the persistence layer
+
+    async def report_error(self, error: BaseException) -> None:
+        """Log a recoverable error and publish it on the `error` channel."""
+        self.logger.warn("error", repr(error))
+        await self.bus.emit("error", error)
+
+    def _track_task(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def add_shutdown_hook(self, hook: Callable[[], Awaitable[Any] | Any]) -> None:
+        """Run `hook` (sync or async) when the engine closes, e.g. to close a network client."""
+        self._shutdown_hooks.append(hook)
+
+    async def close(self) -> None:
+        """Stop background runs gracefully, wait for them, close exchanges and run shutdown hooks."""
+        for runner in (self.backtest, self.live):
+            for record in runner._records.values():
+                record.request_stop()
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self.bus.drain()
+        for client in list(self._exchanges.values()):
+            try:
+                await client.close()
+            except Exception as exc:
+                self.logger.warn(f"exchange {client.name}: close failed", repr(exc))
+        for hook in self._shutdown_hooks:
+            try:
+                result = hook()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                self.logger.warn("shutdown hook failed", repr(exc))
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,264 @@
+"""Exchange client: candles without look-ahead, retries, validation and the average price.
+
+A tick at time `when` may only see candles that have closed by `when` (decision 1): the candle
+that opens at `when` lies in the future. Every backward read here enforces `ts + step <= when`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import random
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from .config import Config
+from .errors import CandleError, ExchangeError
+from .intervals import CANDLE_INTERVALS, MINUTE_MS
+from .logger import EngineLogger
+from .models import Candle
+from .registry import ExchangeSchema
+from .sources import SyncCandleSource
+
+_FIELDS = ("open", "high", "low", "close", "volume")
+
+
+def to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def step_ms(interval: str) -> int:
+    minutes = CANDLE_INTERVALS.get(interval) if isinstance(interval, str) else None
+    if minutes is None:
+        raise CandleError(
+            f"interval: unknown candle interval {interval!r}; expected one of {', '.join(CANDLE_INTERVALS)}"
+        )
+    return minutes * MINUTE_MS
+
+
+def check_limit(limit: Any) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise CandleError(f"limit: expected a whole number >= 1, got {limit!r}")
+    return limit
+
+
+def coerce_candle(raw: Any, index: int, symbol: str) -> Candle:
+    """A Candle from a Candle, a mapping or a 6-tuple; anything else names the candle."""
+    if isinstance(raw, Candle):
+        return raw
+    try:
+        if isinstance(raw, Mapping):
+            ts = raw["timestamp"]
+            values = [raw[f] for f in _FIELDS]
+        else:
+            ts, *values = raw
+            if len(values) != 5:
+                raise ValueError("expected 6 values (timestamp, open, high, low, close, volume)")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CandleError(f"{symbol} candle #{index}: malformed candle {raw!r} ({exc})") from None
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts) or ts != int(ts):
+        raise CandleError(f"{symbol} candle #{index}: timestamp must be whole milliseconds, got {ts!r}")
+    for name, value in zip(_FIELDS, values, strict=True):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise CandleError(f"{symbol} candle #{index}: {name} must be a number, got {value!r}")
+    o, h, low, c, v = (float(x) for x in values)
+    return Candle(int(ts), o, h, low, c, v)
+
+
+def validate_candles(candles: Sequence[Candle], symbol: str, step: int, config: Config) -> None:
+    """Reject the whole answer on the first bad candle: values, OHLC consistency, grid, order, anomaly."""
+    if not candles:
+        return
+    prices = [p for c in candles for p in (c.open, c.high, c.low, c.close) if p > 0]
+    if not prices:
+        raise CandleError(f"{symbol}: cannot calculate a reference price, no positive price in {len(candles)} candles")
+    if len(candles) >= config.CC_GET_CANDLES_MIN_CANDLES_FOR_MEDIAN:
+        prices.sort()
+        reference = prices[len(prices) // 2]
+    else:
+        reference = sum(prices) / len(prices)
+    threshold = reference / config.CC_GET_CANDLES_PRICE_ANOMALY_THRESHOLD_FACTOR
+    previous: int | None = None
+    for i, c in enumerate(candles):
+        where = f"{symbol} candle #{i} (timestamp {c.timestamp})"
+        for name in _FIELDS:
+            value = getattr(c, name)
+            if not math.isfinite(value):
+                raise CandleError(f"{where}: {name} is not finite: {value!r}")
+            if name == "volume":
+                if value < 0:
+                    raise CandleError(f"{where}: volume is negative: {value!r}")
+            elif value <= 0:
+                raise CandleError(f"{where}: {name} must be positive, got {value!r}")
+            elif value < threshold:
+                raise CandleError(
+                    f"{where}: anomalously low price {name}={value!r} "
+                    f"(open {c.open}, high {c.high}, low {c.low}, close {c.close}; "
+                    f"reference {reference}, threshold {threshold})"
+                )
+        if c.high < max(c.open, c.close) or c.low > min(c.open, c.close) or c.high < c.low:
+            raise CandleError(
+                f"{where}: inconsistent OHLC (open {c.open}, high {c.high}, low {c.low}, close {c.close})"
+            )
+        if c.timestamp % step:
+            raise CandleError(f"{where}: timestamp is not on the {step // MINUTE_MS}m grid")
+        if previous is not None and c.timestamp <= previous:
+            raise CandleError(f"{where}: timestamps must ascend, previous was {previous}")
+        previous = c.timestamp
+
+
+def vwap(candles: Sequence[Candle]) -> float:
+    """Volume-weighted typical price; the mean of typical prices when no volume traded."""
+    total_volume = 0.0
+    weighted = 0.0
+    typical_sum = 0.0
+    for c in candles:
+        typical = (c.high + c.low + c.close) / 3
+        weighted += typical * c.volume
+        total_volume += c.volume
+        typical_sum += typical
+    if total_volume > 0:
+        return weighted / total_volume
+    return typical_sum / len(candles)
+
+
+class ExchangeClient:
+    """One registered exchange as the engine uses it."""
+
+    def __init__(
+        self,
+        schema: ExchangeSchema,
+        config: Callable[[], Config],
+        logger: EngineLogger,
+        now_ms: Callable[[], int],
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> None:
+        self.schema = schema
+        self.name = schema.exchange_name
+        self._config = config
+        self._logger = logger
+        self._now_ms = now_ms
+        self._sleep = sleep
+        source = schema.get_candles
+        self.sync_source: SyncCandleSource | None = source if isinstance(source, SyncCandleSource) else None
+
+    # -------------------------------------------------------------- raw fetching
+    async def _fetch(self, symbol: str, interval: str, since_ms: int, limit: int, step: int) -> list[Candle]:
+        config = self._config()
+        attempts = config.CC_GET_CANDLES_RETRY_COUNT
+        delay = config.CC_GET_CANDLES_RETRY_DELAY_MS / 1000
+        last: Exception | None = None
+        for attempt in range(attempts):
+            try:
+                raw = self.schema.get_candles(symbol, interval, to_datetime(since_ms), limit)
+                if inspect.isawaitable(raw):
+                    raw = await raw
+                if raw is None or isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
+                    raise CandleError(f"{symbol}: get_candles must return a list of candles, got {raw!r:.200}")
+                candles = [coerce_candle(c, i, symbol) for i, c in enumerate(raw)]
+                validate_candles(candles, symbol, step, config)
+                return candles
+            except Exception as exc:
+                last = exc
+                self._logger.warn(
+                    f"exchange {self.name}: get_candles {symbol} {interval} attempt "
+                    f"{attempt + 1}/{attempts} failed", repr(exc)
+                )
+                if attempt + 1 < attempts and delay > 0:
+                    await self._sleep(delay * (2**attempt) * random.uniform(0.8, 1.2))
+        assert last is not None
+        if isinstance(last, CandleError):
+            raise last
+        raise ExchangeError(
+            f"exchange {self.name}: get_candles({symbol!r}, {interval!r}, limit={limit}) failed after "
+            f"{attempts} attempt(s): {last!r}"
+        ) from last
+
+    # -------------------------------------------------------------- backward (closed candles only)
+    async def get_candles(self, symbol: str, interval: str, limit: int, when_ms: int) -> list[Candle]:
+        """The newest `limit` candles closed by `when_ms`, ascending (fewer if the source has fewer)."""
+        step = step_ms(interval)
+        check_limit(limit)
+        if self.sync_source is not None:
+            return list(self.sync_source.closed_candles(symbol, interval, when_ms, limit))
+        newest_open = (when_ms - step) - (when_ms - step) % step
+        since = newest_open - (limit - 1) * step
+        candles = await self._fetch(symbol, interval, since, limit, step)
+        kept = [c for c in candles if since <= c.timestamp and c.timestamp + step <= when_ms]
+        if len(kept) < limit:
+            self._logger.debug(f"exchange {self.name}: {symbol} {interval} got {len(kept)} of {limit} candles")
+        self._candle_data(symbol, interval, since, limit, kept)
+        return kept
+
+    async def get_next_candles(self, symbol: str, interval: str, since_ms: int, limit: int) -> list[Candle]:
+        """Up to `limit` candles opening at or after `since_ms`, ascending (backtest fast-forward).
+
+        Candles that would not have closed yet by the engine clock are never returned.
+        """
+        step = step_ms(interval)
+        check_limit(limit)
+        now = self._now_ms()
+        if self.sync_source is not None:
+            candles = list(self.sync_source.next_candles(symbol, interval, since_ms, limit))
+        else:
+            candles = await self._fetch(symbol, interval, since_ms, limit, step)
+            end = since_ms + limit * step
+            candles = [c for c in candles if since_ms <= c.timestamp < end]
+            self._candle_data(symbol, interval, since_ms, limit, candles)
+        while candles and candles[-1].timestamp + step > now:
+            candles.pop()
+        return candles
+
+    def _candle_data(self, symbol: str, interval: str, since: int, limit: int, candles: list[Candle]) -> None:
+        callback = self.schema.on_candle_data
+        if callback is not None:
+            try:
+                callback(symbol, interval, to_datetime(since), limit, candles)
+            except Exception as exc:
+                self._logger.warn(f"exchange {self.name}: on_candle_data raised", repr(exc))
+
+    # -------------------------------------------------------------- prices
+    def average_price_now(self, symbol: str, when_ms: int) -> float | None:
+        """The average price without an await when the source answers synchronously, else None."""
+        source = self.sync_source
+        if source is None:
+            return None
+        price = source.average_price(symbol, when_ms, self._config().CC_AVG_PRICE_CANDLES_COUNT)
+        if price is None:
+            raise ExchangeError(f"exchange {self.name}: no closed 1m candles for {symbol} before {when_ms}")
+        return price
+
+    async def average_price(self, symbol: str, when_ms: int) -> float:
+        """VWAP of the last CC_AVG_PRICE_CANDLES_COUNT closed 1m candles."""
+        fast = self.average_price_now(symbol, when_ms)
+        if fast is not None:
+            return fast
+        candles = await self.get_candles(symbol, "1m", self._config().CC_AVG_PRICE_CANDLES_COUNT, when_ms)
+        if not candles:
+            raise ExchangeError(f"exchange {self.name}: no closed 1m candles for {symbol} before {when_ms}")
+        return vwap(candles)
+
+    async def format_price(self, symbol: str, price: float) -> str:
+        return await self._format(self.schema.format_price, symbol, price)
+
+    async def format_quantity(self, symbol: str, quantity: float) -> str:
+        return await self._format(self.schema.format_quantity, symbol, quantity)
+
+    @staticmethod
+    async def _format(fn: Callable[..., Any] | None, symbol: str, value: float) -> str:
+        if fn is None:
+            text = f"{value:.8f}".rstrip("0").rstrip(".")
+            return text or "0"
+        result = fn(symbol, value)
+        if inspect.isawaitable(result):
+            result = await result
+        return str(result)
+
+    async def close(self) -> None:
+        """Release the exchange's resources (e.g. a ccxt client) when the engine closes."""
+        callback = self.schema.on_close
+        if callback is not None:
+            result = callback()
+            if inspect.isawaitable(result):
+                await result

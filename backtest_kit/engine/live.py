@@ -1,0 +1,160 @@
+"""Live mode: one asyncio task per (symbol, strategy) on the caller's loop, ticking every TICK_TTL.
+
+The loop never ends on its own. A stop (decision 6) ends new signals at once, drops a waiting limit
+signal as `cancelled`, keeps monitoring an open position to its close, then ends; `done_live` fires
+exactly once for a background run. The inter-tick sleep runs on the engine clock and is woken by a
+stop, so a stopped idle run ends promptly, and a `VirtualClock` makes days of ticks take milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .models import PerformanceEvent, TickResult
+from .runner import CancelHandle, RunnerBase, RunRecord
+from .stats import LiveStats, Statistics
+
+if TYPE_CHECKING:
+    from .core import Engine
+    from .strategy import StrategyInstance
+
+_YIELDED = frozenset({"opened", "closed", "cancelled"})
+
+
+class LiveRunner(RunnerBase[TickResult]):
+    """`bk.Live`: run / background / stop / get_data / get_report / dump / list."""
+
+    backtest = False
+    mode = "live"
+    done_channel = "done_live"
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self._stats: dict[tuple[str, str], LiveStats] = {}
+
+    def _stats_for(self, symbol: str, strategy_name: str) -> LiveStats:
+        key = (symbol, strategy_name)
+        stats = self._stats.get(key)
+        if stats is None:
+            stats = self._stats[key] = LiveStats(self.engine.config.MAX_EVENTS)
+        return stats
+
+    def _prepare(
+        self, symbol: str, strategy_name: str, exchange_name: str, source: str
+    ) -> tuple[RunRecord, AsyncIterator[TickResult]]:
+        engine = self.engine
+        schema = engine.registry.strategies.get(strategy_name, f"Live.{source}")
+        engine.registry.exchanges.get(exchange_name, f"Live.{source}")
+        instance = engine._make_instance(schema, exchange_name, symbol, backtest=False, source=f"Live.{source}")
+        record = self._start(symbol, strategy_name, exchange_name)
+        record.instance = instance
+        self._stats[(symbol, strategy_name)] = LiveStats(engine.config.MAX_EVENTS)
+        return record, self._loop(record, instance)
+
+    def run(self, symbol: str, *, strategy_name: str, exchange_name: str) -> AsyncIterator[TickResult]:
+        """Opened, closed and cancelled results as they happen; ends only after a stop."""
+        record, body = self._prepare(symbol, strategy_name, exchange_name, "run")
+        return self._iterate(record, body)
+
+    def background(self, symbol: str, *, strategy_name: str, exchange_name: str) -> CancelHandle:
+        """Start the pair as a task on the running loop; returns its cancel handle."""
+        existing = self._records.get((symbol, strategy_name))
+        if existing is not None and existing.status == "running" and existing.task is not None:
+            return CancelHandle(existing, existing.task)
+        record, body = self._prepare(symbol, strategy_name, exchange_name, "background")
+        return self._background(record, body)
+
+    @contextmanager
+    def _attached(self) -> Iterator[None]:
+        attach = getattr(self.engine.clock, "attach", None)
+        if attach is None:
+            yield
+            return
+        with attach():
+            yield
+
+    async def _loop(self, record: RunRecord, instance: StrategyInstance) -> AsyncIterator[TickResult]:
+        engine = self.engine
+        bus = engine.bus
+        publish = bus.publish
+        stats = self._stats_for(record.symbol, record.strategy_name)
+        last_perf: float | None = None
+        with self._attached():
+            while True:
+                if instance.stopped and not instance.has_signal:
+                    return
+                now = engine.now_ms()
+                timed = bus.has_listeners("performance")
+                started = time.perf_counter() if timed else 0.0
+                try:
+                    result = await instance.tick(now)
+                except Exception as exc:
+                    await engine.report_error(exc)
+                    await self._sleep(record)
+                    continue
+                stats.add(result, now)
+                pending = publish("signal_live", result)
+                if pending is not None:
+                    await pending
+                pending = publish("signal", result)
+                if pending is not None:
+                    await pending
+                if timed:
+                    last_perf = await self._perf(started, last_perf, record)
+                if result.action in _YIELDED:
+                    yield result
+                if instance.stopped and not instance.has_signal:
+                    return
+                await self._sleep(record)
+
+    async def _sleep(self, record: RunRecord) -> None:
+        """Sleep one tick period on the engine clock, or less if a stop arrives."""
+        wake = record.wake
+        seconds = self.engine.config.CC_TICK_TTL_MS / 1000
+        if wake is None:
+            await self.engine.clock.sleep(seconds)
+            return
+        if wake.is_set():
+            wake.clear()
+            return
+        sleeper = asyncio.ensure_future(self.engine.clock.sleep(seconds))
+        waiter = asyncio.ensure_future(wake.wait())
+        try:
+            await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, waiter):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(sleeper, waiter, return_exceptions=True)
+        wake.clear()
+
+    async def _perf(self, started: float, previous: float | None, record: RunRecord) -> float:
+        now = time.time() * 1000
+        await self.engine.bus.emit("performance", PerformanceEvent(
+            timestamp=now, previous_timestamp=previous, metric_type="live_tick",
+            duration=(time.perf_counter() - started) * 1000, strategy_name=record.strategy_name,
+            exchange_name=record.exchange_name, symbol=record.symbol, backtest=False,
+        ))
+        return now
+
+    # ------------------------------------------------------------------ statistics and reports
+    async def get_data(self, symbol: str, strategy_name: str) -> Statistics:
+        """Exact statistics over every closed trade plus the last MAX_EVENTS events."""
+        self.engine.registry.strategies.get(strategy_name, "Live.get_data")
+        return self._stats_for(symbol, strategy_name).data()
+
+    async def get_report(self, symbol: str, strategy_name: str) -> str:
+        from .report import live_report
+
+        stats = await self.get_data(symbol, strategy_name)
+        return live_report(strategy_name, stats, show_note=self.engine.config.CC_REPORT_SHOW_SIGNAL_NOTE)
+
+    async def dump(self, symbol: str, strategy_name: str, path: str | Path | None = None) -> Path | None:
+        """Write the report to `<path or dump_dir/live>/<strategy>.md`; returns the path."""
+        text = await self.get_report(symbol, strategy_name)
+        return await self._write(self._dump_path(strategy_name, path), text)

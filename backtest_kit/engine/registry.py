@@ -1,0 +1,295 @@
+"""Registration of exchanges, strategies, frames, risk profiles and sizing methods.
+
+Every schema is checked completely before its name is taken, so a failed `add_*` leaves nothing
+behind and a corrected retry succeeds (the reference records the name first; we do not).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from .errors import SchemaError, UnknownNameError
+from .intervals import FRAME_INTERVALS, SIGNAL_INTERVALS
+
+AnyCallable = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StrategyCallbacks:
+    """Strategy lifecycle callbacks; each is optional and may be sync or async (awaited)."""
+
+    on_tick: AnyCallable | None = None
+    on_open: AnyCallable | None = None
+    on_active: AnyCallable | None = None
+    on_idle: AnyCallable | None = None
+    on_schedule: AnyCallable | None = None
+    on_cancel: AnyCallable | None = None
+    on_close: AnyCallable | None = None
+    on_write: AnyCallable | None = None
+    on_partial_profit: AnyCallable | None = None
+    on_partial_loss: AnyCallable | None = None
+
+    @classmethod
+    def coerce(cls, value: StrategyCallbacks | Mapping[str, Any] | None) -> StrategyCallbacks:
+        """Accept the dataclass, a dict of the same keys, or None; reject unknown keys."""
+        if value is None:
+            return cls()
+        if isinstance(value, StrategyCallbacks):
+            result = value
+        elif isinstance(value, Mapping):
+            known = {f.name for f in fields(cls)}
+            unknown = [k for k in value if k not in known]
+            if unknown:
+                raise SchemaError(
+                    f"callbacks: unknown callback {unknown[0]!r}; known: {', '.join(sorted(known))}"
+                )
+            result = cls(**dict(value))
+        else:
+            raise SchemaError(f"callbacks: expected StrategyCallbacks or a dict, got {value!r}")
+        for f in fields(cls):
+            fn = getattr(result, f.name)
+            if fn is not None and not callable(fn):
+                raise SchemaError(f"callbacks.{f.name}: expected a callable, got {fn!r}")
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeSchema:
+    exchange_name: str
+    get_candles: AnyCallable
+    format_price: AnyCallable | None = None
+    format_quantity: AnyCallable | None = None
+    note: str | None = None
+    on_candle_data: AnyCallable | None = None
+    on_close: AnyCallable | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StrategySchema:
+    strategy_name: str
+    interval: str
+    get_signal: AnyCallable
+    callbacks: StrategyCallbacks = field(default_factory=StrategyCallbacks)
+    risk_name: str | None = None
+    sizing_name: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FrameSchema:
+    frame_name: str
+    interval: str
+    start_date: datetime
+    end_date: datetime
+    note: str | None = None
+    on_timeframe: AnyCallable | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RiskValidation:
+    validate: AnyCallable
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RiskSchema:
+    risk_name: str
+    max_concurrent_positions: int | None = None
+    validations: tuple[RiskValidation, ...] = ()
+    callbacks: Mapping[str, AnyCallable] = field(default_factory=dict)
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SizingSchema:
+    sizing_name: str
+    get_quantity: AnyCallable | None = None
+    method: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    note: str | None = None
+
+
+SIZING_METHODS = ("fixed-percentage", "kelly-criterion", "atr-based")
+
+
+def _name(kind: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise SchemaError(f"{kind}_name: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _callable(field_name: str, value: Any, *, required: bool = True) -> AnyCallable | None:
+    if value is None and not required:
+        return None
+    if not callable(value):
+        raise SchemaError(f"{field_name}: expected a callable, got {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
+def _note(value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise SchemaError(f"note: expected a string, got {value!r}")
+    return value  # type: ignore[no-any-return]
+
+
+def _date(field_name: str, value: Any) -> datetime:
+    if not isinstance(value, datetime):
+        raise SchemaError(f"{field_name}: expected a datetime, got {value!r}")
+    if value.tzinfo is None:
+        raise SchemaError(f"{field_name}: expected a timezone-aware datetime (UTC), got naive {value!r}")
+    return value
+
+
+def make_exchange(
+    exchange_name: Any, get_candles: Any, format_price: Any, format_quantity: Any, note: Any,
+    on_candle_data: Any, on_close: Any,
+) -> ExchangeSchema:
+    return ExchangeSchema(
+        exchange_name=_name("exchange", exchange_name),
+        get_candles=_callable("get_candles", get_candles),  # type: ignore[arg-type]
+        format_price=_callable("format_price", format_price, required=False),
+        format_quantity=_callable("format_quantity", format_quantity, required=False),
+        note=_note(note),
+        on_candle_data=_callable("on_candle_data", on_candle_data, required=False),
+        on_close=_callable("on_close", on_close, required=False),
+    )
+
+
+def make_strategy(
+    strategy_name: Any, interval: Any, get_signal: Any, callbacks: Any, risk_name: Any,
+    sizing_name: Any, note: Any,
+) -> StrategySchema:
+    name = _name("strategy", strategy_name)
+    if interval not in SIGNAL_INTERVALS:
+        raise SchemaError(
+            f"interval: unknown strategy interval {interval!r} for strategy {name!r}; "
+            f"expected one of {', '.join(SIGNAL_INTERVALS)}"
+        )
+    for label, value in (("risk_name", risk_name), ("sizing_name", sizing_name)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise SchemaError(f"{label}: expected a non-empty string or None, got {value!r}")
+    return StrategySchema(
+        strategy_name=name,
+        interval=interval,
+        get_signal=_callable("get_signal", get_signal),  # type: ignore[arg-type]
+        callbacks=StrategyCallbacks.coerce(callbacks),
+        risk_name=risk_name,
+        sizing_name=sizing_name,
+        note=_note(note),
+    )
+
+
+def make_frame(
+    frame_name: Any, interval: Any, start_date: Any, end_date: Any, note: Any, on_timeframe: Any
+) -> FrameSchema:
+    name = _name("frame", frame_name)
+    if interval not in FRAME_INTERVALS:
+        raise SchemaError(
+            f"interval: unknown frame interval {interval!r} for frame {name!r}; "
+            f"expected one of {', '.join(FRAME_INTERVALS)}"
+        )
+    start, end = _date("start_date", start_date), _date("end_date", end_date)
+    if start >= end:
+        raise SchemaError(f"start_date: must be before end_date, got {start.isoformat()} >= {end.isoformat()}")
+    return FrameSchema(name, interval, start, end, _note(note),
+                       _callable("on_timeframe", on_timeframe, required=False))
+
+
+def make_risk(
+    risk_name: Any, max_concurrent_positions: Any, validations: Any, callbacks: Any, note: Any
+) -> RiskSchema:
+    name = _name("risk", risk_name)
+    if max_concurrent_positions is not None and (
+        isinstance(max_concurrent_positions, bool)
+        or not isinstance(max_concurrent_positions, int)
+        or max_concurrent_positions < 1
+    ):
+        raise SchemaError(
+            f"max_concurrent_positions: expected a whole number >= 1 or None, got {max_concurrent_positions!r}"
+        )
+    if validations is None:
+        validations = []
+    if isinstance(validations, str | bytes) or not isinstance(validations, Sequence):
+        raise SchemaError(f"validations: expected a list, got {validations!r}")
+    items: list[RiskValidation] = []
+    for i, item in enumerate(validations):
+        if callable(item):
+            items.append(RiskValidation(item))
+        elif isinstance(item, Mapping) and callable(item.get("validate")):
+            extra = set(item) - {"validate", "note"}
+            if extra:
+                raise SchemaError(f"validations[{i}]: unknown key {sorted(extra)[0]!r}")
+            items.append(RiskValidation(item["validate"], _note(item.get("note"))))
+        else:
+            raise SchemaError(
+                f"validations[{i}]: expected a callable or {{'validate': fn, 'note': str}}, got {item!r}"
+            )
+    cbs = dict(callbacks or {})
+    for key, fn in cbs.items():
+        if key not in ("on_rejected", "on_allowed") or not callable(fn):
+            raise SchemaError(f"callbacks.{key}: expected on_rejected/on_allowed callables, got {fn!r}")
+    return RiskSchema(name, max_concurrent_positions, tuple(items), cbs, _note(note))
+
+
+def make_sizing(
+    sizing_name: Any, get_quantity: Any, method: Any, params: Mapping[str, Any], note: Any
+) -> SizingSchema:
+    name = _name("sizing", sizing_name)
+    if (get_quantity is None) == (method is None):
+        raise SchemaError(
+            f"sizing {name!r}: give exactly one of get_quantity= or method= ({', '.join(SIZING_METHODS)})"
+        )
+    if method is not None and method not in SIZING_METHODS:
+        raise SchemaError(f"method: unknown sizing method {method!r}; expected one of {', '.join(SIZING_METHODS)}")
+    for key, value in params.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise SchemaError(f"{key}: expected a finite number, got {value!r}")
+    return SizingSchema(name, _callable("get_quantity", get_quantity, required=False), method,
+                        dict(params), _note(note))
+
+
+S = TypeVar("S")
+
+
+class Table(Generic[S]):
+    """Schemas of one kind by name, in registration order."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, S] = {}
+
+    def add(self, name: str, schema: S) -> S:
+        if name in self._items:
+            raise SchemaError(f"{self.kind} {name} already exist")
+        self._items[name] = schema
+        return schema
+
+    def get(self, name: str, source: str = "") -> S:
+        try:
+            return self._items[name]
+        except (KeyError, TypeError):
+            where = f" source={source}" if source else ""
+            raise UnknownNameError(f"{self.kind} {name} not found{where}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def list(self) -> list[S]:
+        return list(self._items.values())
+
+
+class Registry:
+    """All registered schemas of one engine."""
+
+    def __init__(self) -> None:
+        self.exchanges: Table[ExchangeSchema] = Table("exchange")
+        self.strategies: Table[StrategySchema] = Table("strategy")
+        self.frames: Table[FrameSchema] = Table("frame")
+        self.risks: Table[RiskSchema] = Table("risk")
+        self.sizings: Table[SizingSchema] = Table("sizing")
+
+

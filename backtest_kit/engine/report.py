@@ -1,0 +1,321 @@
+"""Markdown reports of the run statistics (02 §4.0–4.2) and the file helper behind `dump`.
+
+Pure text building: the facades fetch a `Statistics` snapshot, call `backtest_report` /
+`live_report`, and `dump` hands the text to `write_report`. Formatting rules (02 §4.0):
+
+- a report is lines joined with "\\n", no trailing newline; line 1 is the title, line 2 empty;
+- prices: 8 decimals + " USD"; signed percents: "+" only when the value is > 0, 2 decimals, "%",
+  and never "-0.00" (a value that rounds to zero prints "0.00");
+- timestamps: ISO 8601 UTC with milliseconds and "Z";
+- positions and actions upper-cased; every missing value prints "N/A";
+- every table cell has `|` escaped and line breaks flattened, so user text cannot break the table
+  (PORT rule; the reference does not escape);
+- the `Note` column exists only when `show_note` is true (config `CC_REPORT_SHOW_SIGNAL_NOTE`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Final
+
+from .stats import LiveEvent, Statistics, round_minutes
+
+__all__ = [
+    "backtest_report",
+    "format_percent",
+    "format_price",
+    "format_signed_percent",
+    "format_timestamp",
+    "live_report",
+    "write_report",
+]
+
+NA: Final = "N/A"
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_KNOWN_REASONS: Final = ("take_profit", "stop_loss", "time_expired")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cell formatting
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _fixed(x: float, decimals: int) -> str:
+    """`x` with `decimals` places; a value that rounds to zero never keeps a minus sign."""
+    s = f"{x:.{decimals}f}"
+    if s[0] == "-" and float(s) == 0:
+        return s[1:]
+    return s
+
+
+def format_price(x: float | None) -> str:
+    """`96400.00000000 USD`; `N/A` when missing or not finite."""
+    if x is None or not math.isfinite(x):
+        return NA
+    return f"{_fixed(x, 8)} USD"
+
+
+def format_signed_percent(x: float | None) -> str:
+    """`+1.10%` / `-1.43%` / `0.00%`: '+' only when the value is > 0 (reference), never `-0.00%`."""
+    if x is None or not math.isfinite(x):
+        return NA
+    s = _fixed(x, 2)
+    return f"+{s}%" if x > 0 else f"{s}%"
+
+
+def format_percent(x: float | None, decimals: int = 2) -> str:
+    """Unsigned-prefix percent (`1.370%`, `% to TP` cells); `N/A` when missing."""
+    if x is None or not math.isfinite(x):
+        return NA
+    return f"{_fixed(x, decimals)}%"
+
+
+def _number(x: float | None, decimals: int = 3) -> str:
+    if x is None or not math.isfinite(x):
+        return NA
+    return _fixed(x, decimals)
+
+
+def format_timestamp(ms: int | None) -> str:
+    """ISO 8601 UTC with milliseconds and `Z` (`2025-12-01T10:00:00.000Z`), like JS `toISOString`.
+
+    Built from integer milliseconds (no float seconds), so the millisecond part is exact. A value
+    outside datetime's range prints as the raw number rather than failing the whole report.
+    """
+    if ms is None:
+        return NA
+    ms = int(ms)
+    try:
+        dt = _EPOCH + timedelta(milliseconds=ms)
+    except OverflowError:
+        return str(ms)
+    return (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
+        f".{ms % 1000:03d}Z"
+    )
+
+
+def _text(value: str | None) -> str:
+    """Free text for a cell: `N/A` when empty; whitespace (line breaks included) collapsed to spaces.
+
+    Notes are already stored as one-line plain text (markup stripped when the signal is built), so
+    only the line-break flattening is repeated here, as a guard for rows built elsewhere.
+    """
+    if not value:
+        return NA
+    flat = " ".join(value.split())
+    return flat or NA
+
+
+def _upper(value: str | None) -> str:
+    return value.upper() if value else NA
+
+
+def _int(value: int | None) -> str:
+    return NA if value is None else str(value)
+
+
+def _row(cells: Sequence[str]) -> str:
+    """One table row; `|` is escaped and line breaks are flattened in every cell (PORT rule)."""
+    out = []
+    for c in cells:
+        if "|" in c:
+            c = c.replace("|", "\\|")
+        if "\n" in c or "\r" in c:
+            c = " ".join(c.split())
+        out.append(c)
+    return "| " + " | ".join(out) + " |"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = [_row(header), _row(["---"] * len(header))]
+    lines.extend(_row(r) for r in rows)
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Summary lines
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _line(label: str, value: str | None, suffix: str = "") -> str:
+    """`**Label:** value suffix`; a missing value prints `N/A` with no suffix (02 §4.1)."""
+    if value is None:
+        return f"**{label}:** {NA}"
+    return f"**{label}:** {value}{suffix}"
+
+
+def _fmt(fn: Callable[[float], str], x: float | None) -> str | None:
+    return None if x is None or not math.isfinite(x) else fn(x)
+
+
+def _summary(stats: Statistics) -> list[str]:
+    """The summary lines shared by both reports, after the two count lines.
+
+    Reference lines first (02 §4.1), then the PORT max drawdown line, then the port's extra figures.
+    """
+    hib = " (higher is better)"
+    lib = " (lower is better)"
+    win_rate = _fmt(
+        lambda w: f"{_fixed(w * 100, 2)}% ({stats.winning_trades}W / {stats.losing_trades}L)",
+        stats.win_rate,
+    )
+    return [
+        _line("Win rate", win_rate, hib),
+        _line("Average PNL", _fmt(format_signed_percent, stats.avg_pnl), hib),
+        _line("Total PNL", _fmt(format_signed_percent, stats.total_pnl), hib),
+        _line("Standard Deviation", _fmt(lambda x: format_percent(x, 3), stats.std_dev), lib),
+        _line("Sharpe Ratio", _fmt(_number, stats.sharpe_ratio), hib),
+        _line("Annualized Sharpe Ratio", _fmt(_number, stats.annualized_sharpe_ratio), hib),
+        _line("Certainty Ratio", _fmt(_number, stats.certainty_ratio), hib),
+        _line("Expected Yearly Returns", _fmt(format_signed_percent, stats.expected_yearly_returns), hib),
+        _line("Max Drawdown", _fmt(format_percent, stats.max_drawdown), lib),
+        _line("Sortino Ratio", _fmt(_number, stats.sortino_ratio), hib),
+        _line("Profit Factor", _fmt(_number, stats.profit_factor), hib),
+        _line("Expectancy", _fmt(format_signed_percent, stats.expectancy), hib),
+        _line(
+            "Average Trade Duration",
+            _fmt(lambda m: _fixed(m, 2), stats.avg_trade_duration_minutes),
+            " min",
+        ),
+        _line("Close Reasons", _close_reasons(stats.close_reasons)),
+    ]
+
+
+def _close_reasons(counts: dict[str, int]) -> str | None:
+    """`take_profit: 2, stop_loss: 1` in a fixed order (known reasons first), so reports diff well."""
+    if not counts:
+        return None
+    keys: list[str] = [r for r in _KNOWN_REASONS if r in counts]
+    keys += sorted(k for k in counts if k not in _KNOWN_REASONS)
+    return ", ".join(f"{k}: {counts[k]}" for k in keys)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------------------------------------
+
+
+def backtest_report(strategy_name: str, stats: Statistics, *, show_note: bool = False) -> str:
+    """Backtest report (02 §4.1): one row per closed trade, newest first, then the summary."""
+    title = f"# Backtest Report: {strategy_name}"
+    if stats.total_trades == 0:
+        return f"{title}\n\nNo signals closed yet."
+    header = ["Signal ID", "Symbol", "Position"]
+    if show_note:
+        header.append("Note")
+    header += [
+        "Open Price",
+        "Close Price",
+        "Take Profit",
+        "Stop Loss",
+        "PNL (net)",
+        "Close Reason",
+        "Duration (min)",
+        "Open Time",
+        "Close Time",
+    ]
+    rows: list[list[str]] = []
+    for r in stats.signals:
+        s = r.signal
+        cells = [s.id, r.symbol, s.position.upper()]
+        if show_note:
+            cells.append(_text(s.note))
+        cells += [
+            format_price(s.price_open),
+            format_price(r.current_price),
+            format_price(s.price_take_profit),
+            format_price(s.price_stop_loss),
+            format_signed_percent(r.pnl.pnl_percentage),
+            r.close_reason,
+            str(round_minutes(r.close_timestamp - s.pending_at)),
+            format_timestamp(s.pending_at),
+            format_timestamp(r.close_timestamp),
+        ]
+        rows.append(cells)
+    lines = [title, "", *_table(header, rows), ""]
+    lines.append(f"**Total signals:** {stats.total_trades}")
+    lines.append(f"**Closed signals:** {stats.total_trades}")
+    lines += _summary(stats)
+    return "\n".join(lines)
+
+
+def _live_cells(e: LiveEvent, show_note: bool) -> list[str]:
+    cells = [
+        format_timestamp(e.timestamp),
+        _upper(e.action),
+        _text(e.symbol),
+        _text(e.signal_id),
+        _upper(e.position),
+    ]
+    if show_note:
+        cells.append(_text(e.note))
+    cells += [
+        format_price(e.current_price),
+        format_price(e.open_price),
+        format_price(e.take_profit),
+        format_price(e.stop_loss),
+        format_percent(e.percent_tp),
+        format_percent(e.percent_sl),
+        format_signed_percent(e.pnl),
+        _text(e.close_reason),
+        _int(e.duration),
+    ]
+    return cells
+
+
+def live_report(strategy_name: str, stats: Statistics, *, show_note: bool = False) -> str:
+    """Live report (02 §4.2): the recent events newest first, then the summary over every closed trade.
+
+    `**Closed signals:**` counts every closed trade of the run (the statistics are running aggregates,
+    decision 12), which can exceed the number of CLOSED rows left in the bounded table.
+    """
+    title = f"# Live Trading Report: {strategy_name}"
+    if not stats.events and stats.total_trades == 0:
+        return f"{title}\n\nNo events recorded yet."
+    header = ["Timestamp", "Action", "Symbol", "Signal ID", "Position"]
+    if show_note:
+        header.append("Note")
+    header += [
+        "Current Price",
+        "Open Price",
+        "Take Profit",
+        "Stop Loss",
+        "% to TP",
+        "% to SL",
+        "PNL (net)",
+        "Close Reason",
+        "Duration (min)",
+    ]
+    rows = [_live_cells(e, show_note) for e in stats.events]
+    lines = [title, "", *_table(header, rows), ""]
+    lines.append(f"**Total events:** {len(stats.events)}")
+    lines.append(f"**Closed signals:** {stats.total_trades}")
+    lines += _summary(stats)
+    return "\n".join(lines)
+
+
+def write_report(path: Path, text: str) -> Path:
+    """Write `text` to `path` (overwriting), creating parent directories; returns `path`.
+
+    Written to a temp file in the same directory and renamed over the target, so a reader (or a
+    crash) never sees a half-written report. The temp file is created with `open(..., "x")`, so the
+    report gets the default permissions (umask), not mkstemp's 0600. Errors propagate: `dump`
+    decides to log and swallow them.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

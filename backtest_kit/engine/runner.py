@@ -1,0 +1,224 @@
+"""What the Backtest and Live facades share: run instances, background tasks, cancel, list, reports.
+
+One `RunRecord` per (symbol, strategy) of a mode (decision 11: modes never share state). Background
+runs hand back a `CancelHandle`: callable from anywhere (a signal handler, a timer, another thread,
+any number of times), it performs the graceful stop of decision 6 and never raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .errors import RunStateError
+from .models import DoneEvent, InstanceInfo, InstanceStatus, TickResult
+
+if TYPE_CHECKING:
+    from .core import Engine
+    from .strategy import StrategyInstance
+
+R = TypeVar("R", bound=TickResult)
+
+
+@dataclass(eq=False)
+class RunRecord:
+    """One (symbol, strategy) of one mode."""
+
+    symbol: str
+    strategy_name: str
+    exchange_name: str
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    status: InstanceStatus = "idle"
+    error: str | None = None
+    instance: StrategyInstance | None = None
+    task: asyncio.Task[None] | None = None
+    stop_requested: bool = False
+    done_published: bool = False
+    wake: asyncio.Event | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+
+    def info(self) -> InstanceInfo:
+        return InstanceInfo(
+            id=self.id, symbol=self.symbol, strategy_name=self.strategy_name,
+            exchange_name=self.exchange_name, status=self.status, error=self.error,
+        )
+
+    def request_stop(self) -> None:
+        """Flag the stop and wake a sleeping live loop; must run on the record's loop thread."""
+        self.stop_requested = True
+        if self.instance is not None:
+            self.instance.stop()
+        if self.wake is not None:
+            self.wake.set()
+
+
+class CancelHandle:
+    """Returned by `background()`: call it to stop the run gracefully; `await handle.wait()` for the end."""
+
+    def __init__(self, record: RunRecord, task: asyncio.Task[None]) -> None:
+        self._record = record
+        self.task = task
+
+    def __call__(self) -> None:
+        record = self._record
+        loop = record.loop
+        try:
+            if loop is not None and loop.is_running() and not _on_loop_thread(loop):
+                loop.call_soon_threadsafe(record.request_stop)
+            else:
+                record.request_stop()
+        except Exception:  # never raise from a signal handler or a closed loop
+            pass
+
+    async def wait(self) -> None:
+        """Wait until the run has ended (its done event was published)."""
+        await asyncio.shield(self.task)
+
+    def __repr__(self) -> str:
+        r = self._record
+        return f"<CancelHandle {r.symbol} {r.strategy_name} status={r.status}>"
+
+
+def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return threading.current_thread() is threading.main_thread() and False
+
+
+class RunnerBase(Generic[R]):
+    """Instances, background tasks and statistics of one mode."""
+
+    backtest: bool
+    mode: str
+    done_channel: str
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._records: dict[tuple[str, str], RunRecord] = {}
+
+    # ------------------------------------------------------------------ records
+    def _record(self, symbol: str, strategy_name: str, exchange_name: str) -> RunRecord:
+        key = (symbol, strategy_name)
+        record = self._records.get(key)
+        if record is None:
+            record = RunRecord(symbol, strategy_name, exchange_name)
+            self._records[key] = record
+        elif exchange_name:
+            record.exchange_name = exchange_name
+        return record
+
+    def _start(self, symbol: str, strategy_name: str, exchange_name: str) -> RunRecord:
+        if not isinstance(symbol, str) or not symbol:
+            from .errors import SchemaError
+
+            raise SchemaError(f"symbol: expected a non-empty string, got {symbol!r}")
+        record = self._record(symbol, strategy_name, exchange_name)
+        if record.status == "running":
+            raise RunStateError(
+                f"{self.mode} run of {strategy_name!r} on {symbol} is already running; stop it first"
+            )
+        record.status = "running"
+        record.error = None
+        record.stop_requested = False
+        record.done_published = False
+        record.loop = _running_loop()
+        record.wake = asyncio.Event() if record.loop is not None else None
+        return record
+
+    async def list(self) -> list[InstanceInfo]:
+        """Every pair started or stopped in this mode, with its status."""
+        return [r.info() for r in self._records.values()]
+
+    async def stop(self, symbol: str, strategy_name: str) -> None:
+        """Graceful stop: no new signals, an open position runs to its close, then the run ends."""
+        self.engine.registry.strategies.get(strategy_name, f"{self.mode}.stop")
+        record = self._record(symbol, strategy_name, "")
+        record.request_stop()
+
+    # ------------------------------------------------------------------ running
+    def _iterate(self, record: RunRecord, body: AsyncIterator[R]) -> AsyncIterator[R]:
+        """Wrap a run body so the record's status follows the foreground iteration."""
+
+        async def foreground() -> AsyncIterator[R]:
+            try:
+                async for item in body:
+                    yield item
+            except BaseException as exc:
+                record.error = repr(exc) if not isinstance(exc, GeneratorExit | asyncio.CancelledError) else None
+                raise
+            finally:
+                record.status = "done"
+                await _aclose(body)
+
+        return foreground()
+
+    def _background(self, record: RunRecord, body: AsyncIterator[R]) -> CancelHandle:
+        loop = record.loop
+        if loop is None:
+            raise RunStateError(f"{self.mode}.background needs a running asyncio event loop")
+
+        async def consume() -> None:
+            try:
+                async for _ in body:
+                    pass
+            except Exception as exc:
+                record.error = repr(exc)
+                self.engine.logger.warn(f"{self.mode} background run failed", repr(exc))
+                await self.engine.bus.emit("exit", exc)
+            finally:
+                await _aclose(body)
+                record.status = "done"
+                await self._publish_done(record)
+
+        task = loop.create_task(consume(), name=f"backtest-kit {self.mode} {record.symbol} {record.strategy_name}")
+        record.task = task
+        self.engine._track_task(task)
+        return CancelHandle(record, task)
+
+    async def _publish_done(self, record: RunRecord) -> None:
+        if record.done_published:
+            return
+        record.done_published = True
+        await self.engine.bus.emit(
+            self.done_channel,
+            DoneEvent(symbol=record.symbol, strategy_name=record.strategy_name,
+                      exchange_name=record.exchange_name, backtest=self.backtest),
+        )
+
+    # ------------------------------------------------------------------ reports
+    def _dump_path(self, strategy_name: str, path: str | Path | None) -> Path:
+        from .naming import safe_file_name
+
+        base = Path(path) if path is not None else Path(self.engine.dump_dir) / self.mode
+        return base / f"{safe_file_name(strategy_name)}.md"
+
+    async def _write(self, target: Path, text: str) -> Path | None:
+        from .report import write_report
+
+        try:
+            return await asyncio.to_thread(write_report, target, text)
+        except OSError as exc:
+            self.engine.logger.warn(f"{self.mode} report could not be written to {target}", repr(exc))
+            return None
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def _aclose(body: Any) -> None:
+    close: Callable[[], Any] | None = getattr(body, "aclose", None)
+    if close is not None:
+        try:
+            await close()
+        except RuntimeError:
+            pass

@@ -1,0 +1,494 @@
+"""The per-pair signal state machine (the reference's ClientStrategy), for both modes.
+
+One `StrategyInstance` per (mode, symbol, strategy) run. It owns at most one pending position or one
+waiting limit signal. `tick(now)` advances it on the tick path (live, and backtests between
+fast-forwards); `fast_forward(candles, when)` resolves a fresh signal over 1m candles in a backtest.
+The rules themselves are pure functions in `lifecycle.py`; this class sequences them with the user's
+`get_signal`, callbacks, risk, sizing, persistence and the event bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import uuid
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from . import context
+from .config import Config
+from .errors import SignalTimeoutError
+from .exchange import ExchangeClient
+from .hooks import PartialTracker, RiskGate, SignalStore, Sizer
+from .intervals import MINUTE_MS, SIGNAL_INTERVALS
+from .lifecycle import (
+    close_on_price,
+    is_immediate,
+    pnl_of,
+    progress_of,
+    scan_pending,
+    scan_scheduled,
+    scheduled_on_price,
+)
+from .logger import EngineLogger
+from .models import (
+    ActiveResult,
+    Candle,
+    CancelledResult,
+    ClosedResult,
+    CloseReason,
+    FinishedResult,
+    IdleResult,
+    OpenedResult,
+    ScheduledResult,
+    SignalDto,
+    SignalRow,
+    TickResult,
+    decode_signal_dto,
+)
+from .notes import normalize_note
+from .registry import StrategySchema
+from .validation import validate_signal
+
+_replace = msgspec.structs.replace
+
+
+@dataclass(slots=True)
+class RunEnv:
+    """What an instance needs from its engine."""
+
+    config: Callable[[], Config]
+    logger: EngineLogger
+    report_error: Callable[[BaseException], Awaitable[None]]
+
+
+class StrategyInstance:
+    """State and transitions of one (mode, symbol, strategy) pair."""
+
+    def __init__(
+        self,
+        *,
+        env: RunEnv,
+        schema: StrategySchema,
+        exchange: ExchangeClient,
+        symbol: str,
+        backtest: bool,
+        risk: RiskGate | None = None,
+        sizer: Sizer | None = None,
+        partial: PartialTracker | None = None,
+        store: SignalStore | None = None,
+    ) -> None:
+        self.env = env
+        self.schema = schema
+        self.exchange = exchange
+        self.symbol = symbol
+        self.backtest = backtest
+        self.strategy_name = schema.strategy_name
+        self.exchange_name = exchange.name
+        self.callbacks = schema.callbacks
+        self.interval_ms = SIGNAL_INTERVALS[schema.interval] * MINUTE_MS
+        self.risk = risk
+        self.sizer = sizer
+        self.partial = partial
+        self.store = store
+        self.pending: SignalRow | None = None
+        self.scheduled: SignalRow | None = None
+        self.last_signal_ms: int | None = None
+        self.stopped = False
+        self.restored = store is None
+        self._get_signal_is_async = inspect.iscoroutinefunction(schema.get_signal)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def has_signal(self) -> bool:
+        return self.pending is not None or self.scheduled is not None
+
+    def stop(self) -> None:
+        """No new signals from now on; a waiting limit signal is dropped at the next tick."""
+        self.stopped = True
+
+    def _context(self, now_ms: int) -> context.ExecutionContext:
+        return context.ExecutionContext(self.symbol, now_ms, self.backtest, self.exchange, self.strategy_name)
+
+    async def _callback(self, fn: Callable[..., Any] | None, now_ms: int, *args: Any) -> None:
+        """Run a user callback inside the tick's context; its failure is reported, never fatal."""
+        if fn is None:
+            return
+        token = context.enter(self._context(now_ms))
+        try:
+            result = fn(*args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            await self.env.report_error(exc)
+        finally:
+            context.leave(token)
+
+    async def _price(self, now_ms: int) -> float:
+        price = self.exchange.average_price_now(self.symbol, now_ms)
+        if price is None:
+            price = await self.exchange.average_price(self.symbol, now_ms)
+        return price
+
+    def _base(self, price: float) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "strategy_name": self.strategy_name,
+            "exchange_name": self.exchange_name,
+            "current_price": price,
+            "backtest": self.backtest,
+        }
+
+    async def _set_pending(self, row: SignalRow | None) -> None:
+        self.pending = row
+        if self.store is not None:
+            await self.store.save_pending(row)
+
+    async def _set_scheduled(self, row: SignalRow | None) -> None:
+        self.scheduled = row
+        if self.store is not None:
+            await self.store.save_scheduled(row)
+
+    async def _restore(self) -> None:
+        assert self.store is not None
+        pending, scheduled = await self.store.load()
+        self.restored = True
+        if pending is not None and self._owned(pending):
+            self.pending = pending
+        if scheduled is not None and self._owned(scheduled):
+            if self.pending is not None and scheduled.id == self.pending.id:
+                await self.store.save_scheduled(None)  # crash between activation's two writes
+            else:
+                self.scheduled = scheduled
+
+    def _owned(self, row: SignalRow) -> bool:
+        return (
+            row.strategy_name == self.strategy_name
+            and row.exchange_name == self.exchange_name
+            and row.symbol == self.symbol
+        )
+
+    # ------------------------------------------------------------------ tick
+    async def tick(self, now_ms: int) -> TickResult:
+        """One step on the tick path at `now_ms`."""
+        if not self.restored:
+            await self._restore()
+        if self.pending is not None:
+            return await self._monitor_pending(self.pending, now_ms)
+        if self.scheduled is not None:
+            if self.stopped:
+                return await self._cancel(self.scheduled, await self._price(now_ms), now_ms)
+            return await self._monitor_scheduled(self.scheduled, now_ms)
+        price: float | None = None
+        if not self.stopped and (
+            self.last_signal_ms is None or now_ms - self.last_signal_ms >= self.interval_ms
+        ):
+            self.last_signal_ms = now_ms
+            price, opened = await self._generate(now_ms)
+            if opened is not None:
+                return opened
+        if price is None:
+            price = await self._price(now_ms)
+        return await self._idle(price, now_ms)
+
+    async def _idle(self, price: float, now_ms: int) -> IdleResult:
+        cb = self.callbacks
+        if cb.on_idle is not None:
+            await self._callback(cb.on_idle, now_ms, self.symbol, price, self.backtest)
+        result = IdleResult(
+            symbol=self.symbol, strategy_name=self.strategy_name, exchange_name=self.exchange_name,
+            current_price=price, backtest=self.backtest,
+        )
+        if cb.on_tick is not None:
+            await self._callback(cb.on_tick, now_ms, self.symbol, result, self.backtest)
+        return result
+
+    async def _call_get_signal(self, now_ms: int) -> Any:
+        when = datetime.fromtimestamp(now_ms / 1000, UTC)
+        token = context.enter(self._context(now_ms))
+        try:
+            if self._get_signal_is_async:
+                timeout = self.env.config().CC_MAX_SIGNAL_GENERATION_SECONDS
+                try:
+                    async with asyncio.timeout(timeout):
+                        return await self.schema.get_signal(self.symbol, when)
+                except TimeoutError:
+                    raise SignalTimeoutError(
+                        f"get_signal of strategy {self.strategy_name!r} for {self.symbol} took longer than "
+                        f"CC_MAX_SIGNAL_GENERATION_SECONDS={timeout} and was cancelled"
+                    ) from None
+            result = self.schema.get_signal(self.symbol, when)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+        finally:
+            context.leave(token)
+
+    async def _generate(self, now_ms: int) -> tuple[float | None, TickResult | None]:
+        """Ask for a signal; any failure is reported and the tick ends idle (page 01 §4.2)."""
+        price: float | None = None
+        try:
+            price = await self._price(now_ms)
+            raw = await self._call_get_signal(now_ms)
+            if not raw or self.stopped:
+                return price, None
+            dto = decode_signal_dto(raw)
+            row = self._build_row(dto, price, now_ms)
+            config = self.env.config()
+            validate_signal(row, price, config)
+        except Exception as exc:
+            await self.env.report_error(exc)
+            return price, None
+        if row.is_scheduled:
+            return price, await self._schedule(row, price, now_ms)
+        return price, await self._open(row, price, now_ms)
+
+    def _build_row(self, dto: SignalDto, price: float, now_ms: int) -> SignalRow:
+        limit = not isinstance(dto.price_open, msgspec.UnsetType)
+        if limit:
+            price_open = float(dto.price_open)  # type: ignore[arg-type]
+            scheduled = not is_immediate(dto.position, price_open, price)
+            signal_id = str(uuid.uuid4())
+        else:
+            price_open, scheduled = price, False
+            signal_id = dto.id or str(uuid.uuid4())
+        return SignalRow(
+            id=signal_id,
+            position=dto.position,
+            price_open=price_open,
+            price_take_profit=dto.price_take_profit,
+            price_stop_loss=dto.price_stop_loss,
+            minute_estimated_time=dto.minute_estimated_time,
+            note=normalize_note(dto.note),
+            symbol=self.symbol,
+            strategy_name=self.strategy_name,
+            exchange_name=self.exchange_name,
+            scheduled_at=now_ms,
+            pending_at=now_ms,
+            is_scheduled=scheduled,
+        )
+
+    async def _with_quantity(self, row: SignalRow, price: float) -> SignalRow:
+        if self.sizer is None:
+            return row
+        quantity = await self.sizer.quantity(row, price)
+        return row if quantity is None else _replace(row, quantity=quantity)
+
+    async def _open(self, row: SignalRow, price: float, now_ms: int) -> TickResult | None:
+        """An immediate entry: risk, sizing, persist, then report it opened."""
+        try:
+            row = await self._with_quantity(row, price)
+            if self.risk is not None and not await self.risk.try_open(row, row.price_open, now_ms):
+                return None
+            try:
+                await self._set_pending(row)
+            except Exception:
+                self.pending = None
+                if self.risk is not None:
+                    await self.risk.release(row)
+                raise
+        except Exception as exc:
+            await self.env.report_error(exc)
+            return None
+        cb = self.callbacks
+        if cb.on_write is not None:
+            await self._callback(cb.on_write, now_ms, self.symbol, row, self.backtest)
+        if cb.on_open is not None:
+            await self._callback(cb.on_open, now_ms, self.symbol, row, row.price_open, self.backtest)
+        result = OpenedResult(
+            symbol=self.symbol, strategy_name=self.strategy_name, exchange_name=self.exchange_name,
+            current_price=row.price_open, backtest=self.backtest, signal=row,
+        )
+        if cb.on_tick is not None:
+            await self._callback(cb.on_tick, now_ms, self.symbol, result, self.backtest)
+        return result
+
+    async def _schedule(self, row: SignalRow, price: float, now_ms: int) -> TickResult | None:
+        try:
+            if self.risk is not None and not await self.risk.check(row, price, now_ms):
+                return None
+            try:
+                await self._set_scheduled(row)
+            except Exception:
+                self.scheduled = None
+                raise
+        except Exception as exc:
+            await self.env.report_error(exc)
+            return None
+        cb = self.callbacks
+        if cb.on_schedule is not None:
+            await self._callback(cb.on_schedule, now_ms, self.symbol, row, price, self.backtest)
+        result = ScheduledResult(**self._base(price), signal=row)
+        if cb.on_tick is not None:
+            await self._callback(cb.on_tick, now_ms, self.symbol, result, self.backtest)
+        return result
+
+    async def _monitor_pending(self, row: SignalRow, now_ms: int) -> TickResult:
+        price = await self._price(now_ms)
+        decision = close_on_price(row, price, now_ms)
+        if decision is not None:
+            return await self._close(row, decision[0], decision[1], now_ms)
+        percent_tp, percent_sl = progress_of(row, price)
+        await self._progress(row, price, percent_tp, percent_sl, now_ms)
+        cb = self.callbacks
+        if cb.on_active is not None:
+            await self._callback(cb.on_active, now_ms, self.symbol, row, price, self.backtest)
+        result = ActiveResult(**self._base(price), signal=row, percent_tp=percent_tp, percent_sl=percent_sl)
+        if cb.on_tick is not None:
+            await self._callback(cb.on_tick, now_ms, self.symbol, result, self.backtest)
+        return result
+
+    async def _progress(
+        self, row: SignalRow, price: float, percent_tp: float, percent_sl: float, now_ms: int
+    ) -> None:
+        if self.partial is not None:
+            try:
+                await self.partial.progress(row, price, percent_tp, percent_sl, now_ms)
+            except Exception as exc:
+                await self.env.report_error(exc)
+        cb = self.callbacks
+        if percent_tp > 0 and cb.on_partial_profit is not None:
+            await self._callback(cb.on_partial_profit, now_ms, self.symbol, row, price, percent_tp, self.backtest)
+        elif percent_sl > 0 and cb.on_partial_loss is not None:
+            await self._callback(cb.on_partial_loss, now_ms, self.symbol, row, price, percent_sl, self.backtest)
+
+    async def _monitor_scheduled(self, row: SignalRow, now_ms: int) -> TickResult:
+        price = await self._price(now_ms)
+        config = self.env.config()
+        action = scheduled_on_price(row, price, now_ms, config.CC_SCHEDULE_AWAIT_MINUTES * MINUTE_MS)
+        if action == "timeout" or action == "stop_loss":
+            return await self._cancel(row, price, now_ms)
+        if action == "activate":
+            opened = await self._activate(row, now_ms, now_ms)
+            if opened is None:
+                return await self._idle(price, now_ms)
+            result = OpenedResult(**self._base(opened.price_open), signal=opened)
+            if self.callbacks.on_tick is not None:
+                await self._callback(self.callbacks.on_tick, now_ms, self.symbol, result, self.backtest)
+            return result
+        result2 = ActiveResult(**self._base(price), signal=row, percent_tp=0.0, percent_sl=0.0)
+        if self.callbacks.on_tick is not None:
+            await self._callback(self.callbacks.on_tick, now_ms, self.symbol, result2, self.backtest)
+        return result2
+
+    async def _activate(self, row: SignalRow, pending_at: int, now_ms: int) -> SignalRow | None:
+        """A limit signal filled: it becomes the pending position (or is dropped if refused)."""
+        activated = _replace(row, pending_at=pending_at, is_scheduled=False)
+        try:
+            activated = await self._with_quantity(activated, activated.price_open)
+            if self.risk is not None and not await self.risk.try_open(activated, activated.price_open, now_ms):
+                await self._set_scheduled(None)
+                return None
+            await self._set_pending(activated)  # pending first: a crash between the writes keeps the fill
+            await self._set_scheduled(None)
+        except Exception as exc:
+            if self.pending is None and self.risk is not None:
+                await self.risk.release(activated)
+            await self.env.report_error(exc)
+            return None
+        cb = self.callbacks
+        if cb.on_write is not None:
+            await self._callback(cb.on_write, now_ms, self.symbol, activated, self.backtest)
+        if cb.on_open is not None:
+            await self._callback(cb.on_open, now_ms, self.symbol, activated, activated.price_open, self.backtest)
+        return activated
+
+    async def _cancel(self, row: SignalRow, price: float, when_ms: int) -> CancelledResult:
+        self.scheduled = None
+        if self.store is not None:
+            try:
+                await self.store.save_scheduled(None)
+            except Exception as exc:
+                await self.env.report_error(exc)
+        cb = self.callbacks
+        if cb.on_cancel is not None:
+            await self._callback(cb.on_cancel, when_ms, self.symbol, row, price, self.backtest)
+        result = CancelledResult(**self._base(price), signal=row, close_timestamp=when_ms)
+        if cb.on_tick is not None:
+            await self._callback(cb.on_tick, when_ms, self.symbol, result, self.backtest)
+        return result
+
+    async def _close(self, row: SignalRow, reason: CloseReason, close_price: float, when_ms: int) -> ClosedResult:
+        config = self.env.config()
+        pnl = pnl_of(row, close_price, config.CC_PERCENT_SLIPPAGE, config.CC_PERCENT_FEE)
+        cb = self.callbacks
+        if cb.on_close is not None:
+            await self._callback(cb.on_close, when_ms, self.symbol, row, close_price, self.backtest)
+        try:
+            if self.partial is not None:
+                await self.partial.clear(row)
+            if self.risk is not None:
+                await self.risk.release(row)
+        except Exception as exc:
+            await self.env.report_error(exc)
+        self.pending = None
+        if self.store is not None:
+            try:
+                await self.store.save_pending(None)
+            except Exception as exc:
+                await self.env.report_error(exc)
+        if cb.on_write is not None:
+            await self._callback(cb.on_write, when_ms, self.symbol, None, self.backtest)
+        result = ClosedResult(
+            **self._base(close_price), signal=row, close_reason=reason, close_timestamp=when_ms, pnl=pnl
+        )
+        if cb.on_tick is not None:
+            await self._callback(cb.on_tick, when_ms, self.symbol, result, self.backtest)
+        return result
+
+    # ------------------------------------------------------------------ backtest fast-forward
+    async def fast_forward(self, candles: Sequence[Candle], when_ms: int) -> FinishedResult | None:
+        """Resolve the signal opened or scheduled at `when_ms` over 1m candles (backtest only).
+
+        `candles` start a few minutes before `when_ms` (average-price buffer). Returns the closed or
+        cancelled result, or None when the candles ran out first (the tick path then continues).
+        """
+        config = self.env.config()
+        count = config.CC_AVG_PRICE_CANDLES_COUNT
+        start = bisect_left(candles, when_ms, key=_timestamp)
+        row: SignalRow | None = self.pending
+        if row is None:
+            scheduled = self.scheduled
+            if scheduled is None:
+                return None
+            outcome, index = scan_scheduled(
+                scheduled, candles, start, count, config.CC_SCHEDULE_AWAIT_MINUTES * MINUTE_MS
+            )
+            if outcome.kind == "cancelled":
+                return await self._cancel(scheduled, outcome.price, outcome.timestamp)
+            if index is None:
+                return None
+            row = await self._activate(scheduled, candles[index].timestamp, candles[index].timestamp)
+            if row is None:
+                return None
+            start = index
+        outcome = scan_pending(row, candles, start, count)
+        if self.partial is not None or self.callbacks.on_partial_profit or self.callbacks.on_partial_loss:
+            await self._replay_progress(row, candles, start, outcome.timestamp, count)
+        if outcome.kind == "open" or outcome.reason is None:
+            return None
+        return await self._close(row, outcome.reason, outcome.price, outcome.timestamp)
+
+    async def _replay_progress(
+        self, row: SignalRow, candles: Sequence[Candle], start: int, end_ts: int, count: int
+    ) -> None:
+        """Partial-level callbacks for every candle the position lived through before its close."""
+        from .lifecycle import window_vwap
+
+        for i in range(start, len(candles)):
+            c = candles[i]
+            if end_ts and c.timestamp >= end_ts:
+                break
+            price = window_vwap(candles, i + 1, count)
+            percent_tp, percent_sl = progress_of(row, price)
+            if percent_tp or percent_sl:
+                await self._progress(row, price, percent_tp, percent_sl, c.timestamp + MINUTE_MS)
+
+
+def _timestamp(candle: Candle) -> int:
+    return candle.timestamp

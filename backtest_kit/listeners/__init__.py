@@ -1,0 +1,5 @@
+"""Subscriptions to engine events (`listen_*`) and, later, ready notifiers."""
+
+from .subscriptions import ListenMixin
+
+__all__ = ["ListenMixin"]

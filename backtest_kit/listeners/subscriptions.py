@@ -1,0 +1,123 @@
+"""The `listen_*` API: thin, typed subscriptions to the engine's event bus channels.
+
+Each `listen_x(callback)` returns an idempotent unsubscribe function; `listen_x_once(filter,
+callback)` fires once for the first event passing `filter` and then unsubscribes itself (before the
+callback runs, so it fires at most once even if the callback raises).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from ..engine.bus import EventBus
+    from ..engine.models import (
+        DoneEvent,
+        PartialEvent,
+        PerformanceEvent,
+        ProgressEvent,
+        RiskEvent,
+        TickResult,
+    )
+
+E = TypeVar("E")
+Callback = Callable[[E], Any]
+Filter = Callable[[E], Any]
+Unsubscribe = Callable[[], None]
+
+
+class ListenMixin:
+    """Mixed into `Engine`; needs `self.bus`."""
+
+    bus: EventBus
+
+    def _listen(self, channel: str, callback: Callable[[Any], Any]) -> Unsubscribe:
+        return self.bus.subscribe(channel, callback)
+
+    def _once(self, channel: str, filter: Callable[[Any], Any], callback: Callable[[Any], Any]) -> Unsubscribe:
+        return self.bus.subscribe(channel, callback, filter=filter, once=True)
+
+    # signals ------------------------------------------------------------------------------
+    def listen_signal(self, callback: Callback[TickResult]) -> Unsubscribe:
+        """Every tick result of both modes (after the mode channel's listeners got it)."""
+        return self._listen("signal", callback)
+
+    def listen_signal_once(self, filter: Filter[TickResult], callback: Callback[TickResult]) -> Unsubscribe:
+        return self._once("signal", filter, callback)
+
+    def listen_signal_live(self, callback: Callback[TickResult]) -> Unsubscribe:
+        """Every live tick result, idle and active included."""
+        return self._listen("signal_live", callback)
+
+    def listen_signal_live_once(self, filter: Filter[TickResult], callback: Callback[TickResult]) -> Unsubscribe:
+        return self._once("signal_live", filter, callback)
+
+    def listen_signal_backtest(self, callback: Callback[TickResult]) -> Unsubscribe:
+        """Every backtest tick and fast-forward result."""
+        return self._listen("signal_backtest", callback)
+
+    def listen_signal_backtest_once(
+        self, filter: Filter[TickResult], callback: Callback[TickResult]
+    ) -> Unsubscribe:
+        return self._once("signal_backtest", filter, callback)
+
+    # lifecycle ----------------------------------------------------------------------------
+    def listen_done_live(self, callback: Callback[DoneEvent]) -> Unsubscribe:
+        return self._listen("done_live", callback)
+
+    def listen_done_live_once(self, filter: Filter[DoneEvent], callback: Callback[DoneEvent]) -> Unsubscribe:
+        return self._once("done_live", filter, callback)
+
+    def listen_done_backtest(self, callback: Callback[DoneEvent]) -> Unsubscribe:
+        return self._listen("done_backtest", callback)
+
+    def listen_done_backtest_once(
+        self, filter: Filter[DoneEvent], callback: Callback[DoneEvent]
+    ) -> Unsubscribe:
+        return self._once("done_backtest", filter, callback)
+
+    def listen_error(self, callback: Callback[BaseException]) -> Unsubscribe:
+        """Recoverable errors: failed ticks, invalid signals, raising listeners and callbacks."""
+        return self._listen("error", callback)
+
+    def listen_exit(self, callback: Callback[BaseException]) -> Unsubscribe:
+        """A background run died of an unexpected error."""
+        return self._listen("exit", callback)
+
+    def listen_progress(self, callback: Callback[ProgressEvent]) -> Unsubscribe:
+        """Backtest progress (alias of `listen_backtest_progress`)."""
+        return self._listen("progress", callback)
+
+    listen_backtest_progress = listen_progress
+
+    def listen_performance(self, callback: Callback[PerformanceEvent]) -> Unsubscribe:
+        return self._listen("performance", callback)
+
+    # risk and partial levels --------------------------------------------------------------
+    def listen_risk(self, callback: Callback[RiskEvent]) -> Unsubscribe:
+        """Signals a risk profile rejected."""
+        return self._listen("risk", callback)
+
+    def listen_risk_once(self, filter: Filter[RiskEvent], callback: Callback[RiskEvent]) -> Unsubscribe:
+        return self._once("risk", filter, callback)
+
+    def listen_validation(self, callback: Callback[BaseException]) -> Unsubscribe:
+        """Errors raised by risk validation functions."""
+        return self._listen("validation", callback)
+
+    def listen_partial_profit(self, callback: Callback[PartialEvent]) -> Unsubscribe:
+        return self._listen("partial_profit", callback)
+
+    def listen_partial_profit_once(
+        self, filter: Filter[PartialEvent], callback: Callback[PartialEvent]
+    ) -> Unsubscribe:
+        return self._once("partial_profit", filter, callback)
+
+    def listen_partial_loss(self, callback: Callback[PartialEvent]) -> Unsubscribe:
+        return self._listen("partial_loss", callback)
+
+    def listen_partial_loss_once(
+        self, filter: Filter[PartialEvent], callback: Callback[PartialEvent]
+    ) -> Unsubscribe:
+        return self._once("partial_loss", filter, callback)
