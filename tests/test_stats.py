@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import pytest
@@ -96,7 +97,7 @@ def closed(
     sid: str = "s",
     reason: CloseReason = "take_profit",
     current_price: float = 101.0,
-    **kw: object,
+    **kw: Any,
 ) -> ClosedResult:
     return ClosedResult(
         symbol=SYMBOL,
@@ -104,7 +105,7 @@ def closed(
         exchange_name="binance",
         current_price=current_price,
         backtest=True,
-        signal=signal(sid, pending_at, **kw),  # type: ignore[arg-type]
+        signal=signal(sid, pending_at, **kw),
         close_reason=reason,
         close_timestamp=close_ts,
         pnl=PnL(pnl, 100.0, 101.0),
@@ -204,11 +205,11 @@ def test_example_figures(source: str) -> None:
         s = store.data()
     assert (s.total_trades, s.winning_trades, s.losing_trades) == (3, 2, 1)
     assert s.win_rate == pytest.approx(2 / 3)
-    assert round(s.win_rate * 100, 2) == 66.67
+    assert round((s.win_rate or 0) * 100, 2) == 66.67
     assert s.avg_pnl == pytest.approx((P1 + P2 + P3) / 3)
-    assert round(s.avg_pnl, 2) == 0.47
+    assert round(s.avg_pnl or 0, 2) == 0.47
     assert s.total_pnl == pytest.approx(P1 + P2 + P3)
-    assert round(s.total_pnl, 2) == 1.42
+    assert round(s.total_pnl or 0, 2) == 1.42
     assert round(s.std_dev or 0, 3) == 1.370
     assert round(s.sharpe_ratio or 0, 3) == 0.345
     assert round(s.annualized_sharpe_ratio or 0, 3) == 6.597
@@ -351,7 +352,12 @@ def test_backtest_store_keeps_every_trade_and_ignores_others() -> None:
     store = BacktestStats(max_events=5)
     trades = build([(float(i % 7 - 3), 1000, 60_000, "take_profit") for i in range(300)])
     sig = trades[0].signal
-    base = {"symbol": SYMBOL, "strategy_name": STRATEGY, "exchange_name": "x", "current_price": 1.0}
+    base: dict[str, Any] = {
+        "symbol": SYMBOL,
+        "strategy_name": STRATEGY,
+        "exchange_name": "x",
+        "current_price": 1.0,
+    }
     store.add(IdleResult(**base, backtest=True))
     store.add(CancelledResult(**base, backtest=True, signal=sig, close_timestamp=5))
     for t in trades:
@@ -368,24 +374,24 @@ def test_backtest_store_keeps_every_trade_and_ignores_others() -> None:
 
 # --- live store ---------------------------------------------------------------------------------
 
-BASE = {"symbol": SYMBOL, "strategy_name": STRATEGY, "exchange_name": "binance", "backtest": False}
+BASE: dict[str, Any] = {"symbol": SYMBOL, "strategy_name": STRATEGY, "exchange_name": "binance", "backtest": False}
 
 
 def idle(price: float = 1.0) -> IdleResult:
-    return IdleResult(**BASE, current_price=price)  # type: ignore[arg-type]
+    return IdleResult(**BASE, current_price=price)
 
 
 def opened(sig: SignalRow) -> OpenedResult:
-    return OpenedResult(**BASE, current_price=sig.price_open, signal=sig)  # type: ignore[arg-type]
+    return OpenedResult(**BASE, current_price=sig.price_open, signal=sig)
 
 
 def active(sig: SignalRow, price: float, tp: float = 10.0, sl: float = 0.0) -> ActiveResult:
-    return ActiveResult(**BASE, current_price=price, signal=sig, percent_tp=tp, percent_sl=sl)  # type: ignore[arg-type]
+    return ActiveResult(**BASE, current_price=price, signal=sig, percent_tp=tp, percent_sl=sl)
 
 
 def live_closed(sig: SignalRow, pnl: float, close_ts: int) -> ClosedResult:
     return ClosedResult(
-        **BASE,  # type: ignore[arg-type]
+        **BASE,
         current_price=101.0,
         signal=sig,
         close_reason="take_profit" if pnl > 0 else "stop_loss",
@@ -455,9 +461,9 @@ def test_active_row_evicted_then_reinserted() -> None:
 def test_scheduled_cancelled_and_closed_rows() -> None:
     live = LiveStats()
     sched = signal("s", 0, scheduled_at=1000)
-    live.add(ScheduledResult(**BASE, current_price=100.0, signal=sched), 1000)  # type: ignore[arg-type]
+    live.add(ScheduledResult(**BASE, current_price=100.0, signal=sched), 1000)
     live.add(
-        CancelledResult(**BASE, current_price=99.0, signal=sched, close_timestamp=1000 + 150_000),  # type: ignore[arg-type]
+        CancelledResult(**BASE, current_price=99.0, signal=sched, close_timestamp=1000 + 150_000),
         0,
     )
     sig = signal("c", 10_000)

@@ -59,9 +59,12 @@ CandleInput: TypeAlias = (
 of six columns (`timestamp` or `timestamp_ms`, `open`, `high`, `low`, `close`, `volume`)."""
 
 _Columns: TypeAlias = tuple[list[int], list[float], list[float], list[float], list[float], list[float]]
-_Series: TypeAlias = tuple[list[int], list[Candle], int]
+# (open times, candles, step ms, first open time, candle count when gap-free else 0)
+_Series: TypeAlias = tuple[list[int], list[Candle], int, int, int]
+# (1m open times, first open time, count when gap-free else 0, then (hi, lo) prefix sums of
+#  typical * volume, of volume and of typical price)
 _Prefix: TypeAlias = tuple[
-    list[int], list[float], list[float], list[float], list[float], list[float], list[float]
+    list[int], int, int, list[float], list[float], list[float], list[float], list[float], list[float]
 ]
 _Where: TypeAlias = Callable[[int], str]
 
@@ -138,26 +141,41 @@ class MemoryCandles:
     # -- SyncCandleSource (hot path: no validation beyond what an error message needs) -------------
 
     def closed_candles(self, symbol: str, interval: str, when_ms: int, limit: int) -> list[Candle]:
-        """The newest `limit` candles with ts + step <= `when_ms`, ascending; a fresh list."""
+        """The newest `limit` candles with ts + step <= `when_ms`, ascending; a fresh list.
+
+        Gap-free series (the usual case) find the end by arithmetic instead of `bisect`: a third
+        of the call's cost on 130k candles.
+        """
         try:
-            ts, candles, step = self._series[symbol][interval]
+            ts, candles, step, t0, dense = self._series[symbol][interval]
         except KeyError:
-            ts, candles, step = self._resolve(symbol, interval)
+            ts, candles, step, t0, dense = self._resolve(symbol, interval)
         if limit < 1:
             raise CandleError(f"limit must be >= 1, got {limit!r}")
-        end = bisect_right(ts, when_ms - step)
+        if dense:
+            end = (when_ms - t0) // step
+            if end > dense:
+                end = dense
+            elif end < 0:
+                end = 0
+        else:
+            end = bisect_right(ts, when_ms - step)
         start = end - limit
         return candles[start if start > 0 else 0 : end]
 
     def next_candles(self, symbol: str, interval: str, since_ms: int, limit: int) -> list[Candle]:
         """Up to `limit` candles with open time >= `since_ms`, ascending; a fresh list."""
         try:
-            ts, candles, _ = self._series[symbol][interval]
+            ts, candles, step, t0, dense = self._series[symbol][interval]
         except KeyError:
-            ts, candles, _ = self._resolve(symbol, interval)
+            ts, candles, step, t0, dense = self._resolve(symbol, interval)
         if limit < 1:
             raise CandleError(f"limit must be >= 1, got {limit!r}")
-        start = bisect_left(ts, since_ms)
+        if dense:
+            start = (t0 - since_ms) // step  # minus the index, rounded up
+            start = -start if start < 0 else 0
+        else:
+            start = bisect_left(ts, since_ms)
         return candles[start : start + limit]
 
     def average_price(self, symbol: str, when_ms: int, count: int) -> float | None:
@@ -169,14 +187,21 @@ class MemoryCandles:
         the size of the running total.
         """
         try:
-            ts, pv_hi, pv_lo, v_hi, v_lo, tp_hi, tp_lo = self._prefix[symbol]
+            ts, t0, dense, pv_hi, pv_lo, v_hi, v_lo, tp_hi, tp_lo = self._prefix[symbol]
         except KeyError:
-            ts, pv_hi, pv_lo, v_hi, v_lo, tp_hi, tp_lo = self._build_prefix(symbol)
+            ts, t0, dense, pv_hi, pv_lo, v_hi, v_lo, tp_hi, tp_lo = self._build_prefix(symbol)
         if count < 1:
             raise CandleError(f"count must be >= 1, got {count!r}")
-        end = bisect_right(ts, when_ms - MINUTE_MS)
-        if end == 0:
-            return None
+        if dense:
+            end = (when_ms - t0) // MINUTE_MS
+            if end > dense:
+                end = dense
+            elif end <= 0:
+                return None
+        else:
+            end = bisect_right(ts, when_ms - MINUTE_MS)
+            if end == 0:
+                return None
         start = end - count
         if start < 0:
             start = 0
@@ -188,9 +213,9 @@ class MemoryCandles:
     # -- internals ---------------------------------------------------------------------------------
 
     def _init_storage(self) -> None:
-        # symbol -> interval -> (open times, candles, step ms); "1m" is the validated source of truth.
+        # symbol -> interval -> series; "1m" is the validated source of truth, the rest derive from it.
         self._series: dict[str, dict[str, _Series]] = {}
-        # symbol -> (1m open times, prefix sums of typical*volume, volume, typical), built lazily.
+        # symbol -> 1m prefix sums for `average_price`, built on its first call for the symbol.
         self._prefix: dict[str, _Prefix] = {}
 
     def _add(self, symbol: str, raw: list[list[Any]], where: _Where, label: str) -> None:
@@ -202,7 +227,7 @@ class MemoryCandles:
         _validate(ts, o, h, lo, c, v, where)
         _check_one_minute(ts, label)
         candles = list(map(Candle, ts, o, h, lo, c, v))
-        self._series[symbol] = {"1m": (ts, candles, MINUTE_MS)}
+        self._series[symbol] = {"1m": _series(ts, candles, MINUTE_MS)}
 
     def _base(self, symbol: str) -> _Series:
         try:
@@ -227,12 +252,12 @@ class MemoryCandles:
         return series
 
     def _build_prefix(self, symbol: str) -> _Prefix:
-        ts, candles, _ = self._base(symbol)
+        ts, candles, _, t0, dense = self._base(symbol)
         highs, lows, closes, vols = (list(map(attrgetter(f), candles)) for f in FIELDS[2:])
         # Same operation order as a direct (h + l + c) / 3 * v, so the terms are bit-identical.
         typical = list(map(truediv, map(add, map(add, highs, lows), closes), repeat(3.0)))
         weighted = list(map(mul, typical, vols))
-        prefix = (ts, *_dd_prefix(weighted), *_dd_prefix(vols), *_dd_prefix(typical))
+        prefix = (ts, t0, dense, *_dd_prefix(weighted), *_dd_prefix(vols), *_dd_prefix(typical))
         self._prefix[symbol] = prefix
         return prefix
 
@@ -406,10 +431,13 @@ def _read_csv(path: Path) -> tuple[list[list[Any]], int]:
             if got < ncols:
                 missing = ", ".join(names[got:]) if line.strip() else "every field (blank line)"
                 raise CandleError(
-                    f"{path.name} line {i + first_line}: missing {missing} ({got} of {ncols} fields: {line!r})"
+                    f"{path.name} line {i + first_line}: missing {missing} "
+                    f"({got} of {ncols} fields: {line!r})"
                 )
             if got > ncols:
-                raise CandleError(f"{path.name} line {i + first_line}: {got} fields, expected {ncols}: {line!r}")
+                raise CandleError(
+                    f"{path.name} line {i + first_line}: {got} fields, expected {ncols}: {line!r}"
+                )
     if not lines:
         return [[] for _ in FIELDS], first_line
     flat = ",".join(lines).split(",")
@@ -534,7 +562,7 @@ def _check_one_minute(ts: list[int], label: str) -> None:
 
 def _aggregate(base: _Series, step: int) -> _Series:
     """Epoch-aligned buckets of 1m candles; per-bucket max/min/fsum run in C over list slices."""
-    ts, candles, base_step = base
+    ts, candles, base_step, _, _ = base
     if step == base_step:
         return base
     n = len(ts)
@@ -547,7 +575,13 @@ def _aggregate(base: _Series, step: int) -> _Series:
         Candle(keys[s], opens[s], max(highs[s:e]), min(lows[s:e]), closes[e - 1], fsum(vols[s:e]))
         for s, e in zip(starts, ends, strict=True)
     ]
-    return [keys[s] for s in starts], out, step
+    return _series([keys[s] for s in starts], out, step)
+
+
+def _series(ts: list[int], candles: list[Candle], step: int) -> _Series:
+    n = len(ts)
+    dense = n if ts[-1] - ts[0] == (n - 1) * step else 0  # ascending and on the grid: no gaps
+    return ts, candles, step, ts[0], dense
 
 
 def _dd_prefix(values: list[float]) -> tuple[list[float], list[float]]:

@@ -17,6 +17,7 @@ them and returns None without creating a coroutine; only async listeners cost an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
@@ -50,7 +51,8 @@ Unsubscribe = Callable[[], None]
 
 
 def _is_async_callable(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    call = type(fn).__call__ if not inspect.isfunction(fn) and not inspect.ismethod(fn) else None
+    return inspect.iscoroutinefunction(fn) or (call is not None and inspect.iscoroutinefunction(call))
 
 
 class Subscription:
@@ -118,10 +120,8 @@ class EventBus:
         return bool(self._snapshots[channel])
 
     def _remove(self, sub: Subscription) -> None:
-        try:
+        with contextlib.suppress(KeyError):
             self.emitter.remove_listener(sub.channel, sub)
-        except KeyError:
-            pass
         self._refresh(sub.channel)
 
     def _refresh(self, channel: str) -> None:

@@ -140,10 +140,7 @@ class VirtualClock:
         loop.call_soon(self._check)
 
     def _all_waiting(self) -> bool:
-        for owner in self._attached:
-            if not any(not f.done() for f in self._owner_sleeps.get(owner, ())):
-                return False
-        return True
+        return all(any(not f.done() for f in self._owner_sleeps.get(owner, ())) for owner in self._attached)
 
     def _check(self) -> None:
         self._check_pending = False

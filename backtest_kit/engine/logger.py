@@ -18,11 +18,15 @@ class LoggerLike(Protocol):
     def warn(self, topic: str, *args: Any) -> Any: ...
 
 
+_LIBRARY_LOGGER = logging.getLogger("backtest_kit")
+_LIBRARY_LOGGER.addHandler(logging.NullHandler())  # silent unless the application configures logging
+
+
 class EngineLogger:
     """What the engine calls; forwards to the user's logger or the stdlib logger `backtest_kit`."""
 
     def __init__(self, target: LoggerLike | logging.Logger | None = None) -> None:
-        self._target: LoggerLike | logging.Logger = target or logging.getLogger("backtest_kit")
+        self._target: LoggerLike | logging.Logger = target or _LIBRARY_LOGGER
 
     def set(self, target: LoggerLike | logging.Logger) -> None:
         if not isinstance(target, logging.Logger) and not isinstance(target, LoggerLike):

@@ -133,7 +133,7 @@ def _callable(field_name: str, value: Any, *, required: bool = True) -> AnyCalla
 def _note(value: Any) -> str | None:
     if value is not None and not isinstance(value, str):
         raise SchemaError(f"note: expected a string, got {value!r}")
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _date(field_name: str, value: Any) -> datetime:

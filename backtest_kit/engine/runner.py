@@ -8,6 +8,7 @@ any number of times), it performs the graceful stop of decision 6 and never rais
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -218,7 +219,5 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 async def _aclose(body: Any) -> None:
     close: Callable[[], Any] | None = getattr(body, "aclose", None)
     if close is not None:
-        try:
+        with contextlib.suppress(RuntimeError):
             await close()
-        except RuntimeError:
-            pass

@@ -38,8 +38,8 @@ from .lifecycle import (
 from .logger import EngineLogger
 from .models import (
     ActiveResult,
-    Candle,
     CancelledResult,
+    Candle,
     ClosedResult,
     CloseReason,
     FinishedResult,
@@ -184,16 +184,14 @@ class StrategyInstance:
             if self.stopped:
                 return await self._cancel(self.scheduled, await self._price(now_ms), now_ms)
             return await self._monitor_scheduled(self.scheduled, now_ms)
-        price: float | None = None
+        price = await self._price(now_ms)  # a dead exchange fails the tick once, here
         if not self.stopped and (
             self.last_signal_ms is None or now_ms - self.last_signal_ms >= self.interval_ms
         ):
             self.last_signal_ms = now_ms
-            price, opened = await self._generate(now_ms)
+            opened = await self._generate(price, now_ms)
             if opened is not None:
                 return opened
-        if price is None:
-            price = await self._price(now_ms)
         return await self._idle(price, now_ms)
 
     async def _idle(self, price: float, now_ms: int) -> IdleResult:
@@ -229,24 +227,21 @@ class StrategyInstance:
         finally:
             context.leave(token)
 
-    async def _generate(self, now_ms: int) -> tuple[float | None, TickResult | None]:
+    async def _generate(self, price: float, now_ms: int) -> TickResult | None:
         """Ask for a signal; any failure is reported and the tick ends idle (page 01 §4.2)."""
-        price: float | None = None
         try:
-            price = await self._price(now_ms)
             raw = await self._call_get_signal(now_ms)
             if not raw or self.stopped:
-                return price, None
+                return None
             dto = decode_signal_dto(raw)
             row = self._build_row(dto, price, now_ms)
-            config = self.env.config()
-            validate_signal(row, price, config)
+            validate_signal(row, price, self.env.config())
         except Exception as exc:
             await self.env.report_error(exc)
-            return price, None
+            return None
         if row.is_scheduled:
-            return price, await self._schedule(row, price, now_ms)
-        return price, await self._open(row, price, now_ms)
+            return await self._schedule(row, price, now_ms)
+        return await self._open(row, price, now_ms)
 
     def _build_row(self, dto: SignalDto, price: float, now_ms: int) -> SignalRow:
         limit = not isinstance(dto.price_open, msgspec.UnsetType)

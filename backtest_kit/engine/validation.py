@@ -45,9 +45,9 @@ def signal_problems(row: SignalRow, current_price: float, config: Config) -> lis
         if sl >= op:
             problems.append(f"price_stop_loss {sl!r} must be below price_open {op!r} for a long")
         if immediate and price_ok and current_price <= sl:
-            problems.append(f"current_price {current_price!r} is at or below price_stop_loss {sl!r}: would stop out at once")
+            problems.append(f"current_price {current_price!r} is at or below price_stop_loss {sl!r}: stops out at once")
         if immediate and price_ok and current_price >= tp:
-            problems.append(f"current_price {current_price!r} is at or above price_take_profit {tp!r}: profit already gone")
+            problems.append(f"current_price {current_price!r} is at or above price_take_profit {tp!r}: no profit left")
         tp_dist = (tp - op) / op * 100
         sl_dist = (op - sl) / op * 100
     elif prices_ok and position == "short":
@@ -56,9 +56,9 @@ def signal_problems(row: SignalRow, current_price: float, config: Config) -> lis
         if sl <= op:
             problems.append(f"price_stop_loss {sl!r} must be above price_open {op!r} for a short")
         if immediate and price_ok and current_price >= sl:
-            problems.append(f"current_price {current_price!r} is at or above price_stop_loss {sl!r}: would stop out at once")
+            problems.append(f"current_price {current_price!r} is at or above price_stop_loss {sl!r}: stops out at once")
         if immediate and price_ok and current_price <= tp:
-            problems.append(f"current_price {current_price!r} is at or below price_take_profit {tp!r}: profit already gone")
+            problems.append(f"current_price {current_price!r} is at or below price_take_profit {tp!r}: no profit left")
         tp_dist = (op - tp) / op * 100
         sl_dist = (sl - op) / op * 100
     else:
