@@ -8,7 +8,7 @@ your own `bk.Engine()` for isolation (tests, several worlds in one process).
 
 from __future__ import annotations
 
-from .adapters import CsvCandles, FilePersist, MemoryCandles, bundled_sample_path
+from .adapters import CsvCandles, FilePersist, MemoryCandles, ReplayExchange, bundled_sample_path, replay_clock
 from .engine.bus import CHANNELS, EventBus
 from .engine.clock import Clock, SystemClock, VirtualClock
 from .engine.config import DEFAULT_CONFIG, Config
@@ -111,7 +111,7 @@ __all__ = [
     "CancelledResult", "Candle", "CandleError", "Clock", "ClosedResult", "Config", "ConfigError",
     "CsvCandles", "DoneEvent", "Engine", "EventBus", "ExchangeError", "FilePersist", "FinishedResult",
     "IdleResult", "InstanceInfo", "Live", "MemoryCandles", "OpenedResult", "PartialEvent",
-    "PerformanceEvent", "PersistBackend", "PersistError", "PnL", "ProgressEvent", "RiskEvent",
+    "PerformanceEvent", "PersistBackend", "ReplayExchange", "replay_clock", "PersistError", "PnL", "ProgressEvent", "RiskEvent",
     "RunStateError", "ScheduledResult", "SchemaError", "SignalDto", "SignalRow", "SignalTimeoutError",
     "SignalValidationError", "Statistics", "StrategyCallbacks", "SystemClock", "TickResult",
     "UnknownNameError", "VirtualClock", "add_exchange", "add_frame", "add_risk", "add_sizing",
@@ -121,7 +121,7 @@ __all__ = [
     "list_strategies", "listen_backtest_progress", "listen_done_backtest", "listen_done_backtest_once",
     "listen_done_live", "listen_done_live_once", "listen_error", "listen_exit", "listen_partial_loss",
     "listen_partial_loss_once", "listen_partial_profit", "listen_partial_profit_once",
-    "listen_performance", "listen_progress", "listen_risk", "listen_risk_once", "listen_signal",
+    "listen_performance", "listen_progress", "listen_risk", "listen_risk_once", "listen_signal", "listen_signal_once",
     "listen_signal_backtest", "listen_signal_backtest_once", "listen_signal_live",
     "listen_signal_live_once", "listen_validation", "set_config", "set_logger",
 ]

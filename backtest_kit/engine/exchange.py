@@ -181,7 +181,8 @@ class ExchangeClient:
         step = step_ms(interval)
         check_limit(limit)
         if self.sync_source is not None:
-            return list(self.sync_source.closed_candles(symbol, interval, when_ms, limit))
+            found = self.sync_source.closed_candles(symbol, interval, when_ms, limit)
+            return found if type(found) is list else list(found)  # adapters hand out fresh lists
         newest_open = (when_ms - step) - (when_ms - step) % step
         since = newest_open - (limit - 1) * step
         candles = await self._fetch(symbol, interval, since, limit, step)
@@ -200,7 +201,8 @@ class ExchangeClient:
         check_limit(limit)
         now = self._now_ms()
         if self.sync_source is not None:
-            candles = list(self.sync_source.next_candles(symbol, interval, since_ms, limit))
+            found = self.sync_source.next_candles(symbol, interval, since_ms, limit)
+            candles = found if type(found) is list else list(found)
         else:
             candles = await self._fetch(symbol, interval, since_ms, limit, step)
             end = since_ms + limit * step
