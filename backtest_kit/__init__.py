@@ -54,10 +54,25 @@ from .engine.models import (
     SignalRow,
     TickResult,
 )
+from .engine.partial import PartialEntry, PartialStatistics
+from .engine.performance_stats import MetricStats, PerformanceStatistics
 from .engine.persist import PersistBackend
 from .engine.registry import StrategyCallbacks
+from .engine.risk import ActivePosition, RiskCheckArgs, RiskStatistics
 from .engine.runner import CancelHandle
+from .engine.schedule_stats import ScheduleEvent, ScheduleStatistics
+from .engine.signals import install_signal_handlers
+from .engine.sizing import Constant, SizingError
 from .engine.stats import Statistics
+from .listeners.notifiers import (
+    ConsoleNotifier,
+    LogNotifier,
+    Notifier,
+    NotifierStats,
+    QueuedNotifier,
+    TelegramNotifier,
+    WebhookNotifier,
+)
 
 __version__ = "0.1.0"
 
@@ -66,11 +81,18 @@ default_engine = Engine()
 
 Backtest = default_engine.backtest
 Live = default_engine.live
+Risk = default_engine.risk
+Partial = default_engine.partial
+PositionSize = default_engine.position_size
+add_notifier = default_engine.add_notifier
+Schedule = default_engine.schedule
+Performance = default_engine.performance
 
 set_config = default_engine.set_config
 get_config = default_engine.get_config
 get_default_config = default_engine.get_default_config
 set_logger = default_engine.set_logger
+use_persist = default_engine.use_persist
 
 add_exchange = default_engine.add_exchange
 add_strategy = default_engine.add_strategy
@@ -107,6 +129,10 @@ listen_partial_loss = default_engine.listen_partial_loss
 listen_partial_loss_once = default_engine.listen_partial_loss_once
 
 __all__ = [
+    "ActivePosition", "ConsoleNotifier", "Constant", "LogNotifier", "Notifier", "NotifierStats", "Partial",
+    "PartialEntry", "PartialStatistics", "PositionSize", "QueuedNotifier", "Risk", "RiskCheckArgs",
+    "RiskStatistics", "SizingError", "TelegramNotifier", "WebhookNotifier", "add_notifier",
+    "MetricStats", "Performance", "PerformanceStatistics", "Schedule", "ScheduleEvent", "ScheduleStatistics",
     "CHANNELS", "DEFAULT_CONFIG", "ActiveResult", "Backtest", "BacktestKitError", "CancelHandle",
     "CancelledResult", "Candle", "CandleError", "Clock", "ClosedResult", "Config", "ConfigError",
     "CsvCandles", "DoneEvent", "Engine", "EventBus", "ExchangeError", "FilePersist", "FinishedResult",
@@ -117,11 +143,12 @@ __all__ = [
     "UnknownNameError", "VirtualClock", "add_exchange", "add_frame", "add_risk", "add_sizing",
     "add_strategy", "bundled_sample_path", "default_engine", "execution_context", "format_price",
     "format_quantity", "get_average_price", "get_candles", "get_config", "get_date",
-    "get_default_config", "get_mode", "list_exchanges", "list_frames", "list_risks", "list_sizings",
+    "get_default_config", "get_mode", "install_signal_handlers", "list_exchanges", "list_frames",
+    "list_risks", "list_sizings",
     "list_strategies", "listen_backtest_progress", "listen_done_backtest", "listen_done_backtest_once",
     "listen_done_live", "listen_done_live_once", "listen_error", "listen_exit", "listen_partial_loss",
     "listen_partial_loss_once", "listen_partial_profit", "listen_partial_profit_once",
     "listen_performance", "listen_progress", "listen_risk", "listen_risk_once", "listen_signal", "listen_signal_once",
     "listen_signal_backtest", "listen_signal_backtest_once", "listen_signal_live",
-    "listen_signal_live_once", "listen_validation", "set_config", "set_logger",
+    "listen_signal_live_once", "listen_validation", "set_config", "set_logger", "use_persist",
 ]

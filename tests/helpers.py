@@ -7,6 +7,7 @@ lifetime, one candle attempt), with `CC_GET_CANDLES_RETRY_DELAY_MS = 0` so no te
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -67,16 +68,18 @@ def candles_from_path(start_ms: int, closes: Sequence[float], spread: float = 0.
 def concat(*parts: Iterable[bk.Candle]) -> list[bk.Candle]:
     """Concatenate parts and check they form one 1-minute grid (a guard against test typos)."""
     out = [c for part in parts for c in part]
-    for a, b in zip(out, out[1:], strict=False):
+    for a, b in itertools.pairwise(out):
         assert b.timestamp - a.timestamp == M, (a.timestamp, b.timestamp)
     return out
 
 
-def make_engine(tmp_path: Any = None, **config: Any) -> bk.Engine:
+def make_engine(tmp_path: Any = None, clock: Any = None, **config: Any) -> bk.Engine:
     """A fresh engine with the reference test-suite configuration (plus `config` overrides)."""
     kwargs: dict[str, Any] = {}
     if tmp_path is not None:
         kwargs = {"persist_dir": tmp_path / "data", "dump_dir": tmp_path / "dump"}
+    if clock is not None:
+        kwargs["clock"] = clock
     engine = bk.Engine(**kwargs)
     engine.set_config({**REFERENCE_CONFIG, **config}, unsafe=True)
     return engine
@@ -141,6 +144,29 @@ def setup(
     engine.listen_signal_backtest(h.events.append)
     engine.listen_error(h.errors.append)
     return h
+
+
+CALLBACK_NAMES = ("on_tick", "on_open", "on_active", "on_idle", "on_schedule", "on_cancel", "on_close",
+                  "on_write", "on_partial_profit", "on_partial_loss")
+
+
+def recorder(log: list[tuple[str, tuple[Any, ...]]]) -> bk.StrategyCallbacks:
+    """Strategy callbacks that append (name, args) to `log`."""
+
+    def make(name: str) -> Callable[..., None]:
+        return lambda *args: log.append((name, args))
+
+    return bk.StrategyCallbacks(**{name: make(name) for name in CALLBACK_NAMES})
+
+
+def expected_pnl(position: str, o: float, c: float, slip: float = 0.1, fee: float = 0.1) -> float:
+    """Page 01 §8, written out independently of the engine."""
+    s = slip / 100
+    if position == "long":
+        oa, ca = o * (1 + s), c * (1 - s)
+        return (ca - oa) / oa * 100 - 2 * fee
+    oa, ca = o * (1 - s), c * (1 + s)
+    return (oa - ca) / oa * 100 - 2 * fee
 
 
 def once(*signals: Any) -> SignalFn:

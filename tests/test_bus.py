@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 import backtest_kit as bk
 from backtest_kit.engine.bus import CHANNELS, EventBus
+from backtest_kit.engine.logger import EngineLogger
+from backtest_kit.listeners.subscriptions import ListenMixin
 
 # listen function -> channel it subscribes to (page 00 plus the port's aliases, 02 §1.5)
 PLAIN: dict[str, str] = {
@@ -64,9 +66,18 @@ class RecordingLogger:
         return sum(1 for _, topic, args in self.calls if text in topic or any(text in str(a) for a in args))
 
 
-def make_engine() -> tuple[bk.Engine, RecordingLogger]:
+class Hub(ListenMixin):
+    """The engine's `listen_*` API over a bare bus: no library stores subscribed, so the tests see
+    exactly their own listeners (an Engine's stores would choke on the plain test events)."""
+
+    def __init__(self, logger: RecordingLogger) -> None:
+        self.logger = EngineLogger(logger)
+        self.bus = EventBus(self.logger)
+
+
+def make_engine() -> tuple[Hub, RecordingLogger]:
     log = RecordingLogger()
-    return bk.Engine(logger=log), log
+    return Hub(log), log
 
 
 class Boom(Exception):
@@ -117,10 +128,35 @@ def test_module_level_listen_functions_exist(name: str) -> None:
     assert bk.default_engine.bus.listener_count(channel) == before
 
 
-def test_listen_functions_on_engine_are_methods() -> None:
+@pytest.mark.parametrize("name", sorted({*PLAIN, *ONCE}))
+def test_engine_listen_methods_subscribe_to_their_channel_only(name: str) -> None:
     engine = bk.Engine()
-    for name in {*PLAIN, *ONCE}:
-        assert callable(getattr(engine, name)), name
+    before = {c: engine.bus.listener_count(c) for c in CHANNELS}
+    args: tuple[Any, ...] = ((lambda e: True), (lambda e: None)) if name in ONCE else ((lambda e: None),)
+    unsubscribe = getattr(engine, name)(*args)
+    assert callable(unsubscribe)
+    channel = ONCE.get(name) or PLAIN[name]
+    after = {c: engine.bus.listener_count(c) for c in CHANNELS}
+    assert after == {**before, channel: before[channel] + 1}
+    unsubscribe()
+    unsubscribe()
+    assert {c: engine.bus.listener_count(c) for c in CHANNELS} == before
+
+
+async def test_engine_delivers_to_listen_callbacks() -> None:
+    engine = bk.Engine()
+    live: list[Any] = []
+    errors: list[BaseException] = []
+    exits: list[BaseException] = []
+    engine.listen_signal_live(live.append)
+    engine.listen_error(errors.append)
+    engine.listen_exit(exits.append)
+    await engine.bus.emit("signal_live", "tick")
+    err = RuntimeError("x")
+    await engine.report_error(err)
+    assert live == ["tick"]
+    assert errors[-1] is err
+    assert exits == []
 
 
 # --------------------------------------------------------------------------- unsubscribe
@@ -269,6 +305,34 @@ async def test_async_listener_never_runs_concurrently_with_itself() -> None:
         assert [i for t, i in seen if t == tag] == list(range(20))
     # the publishers really did interleave (otherwise the test proves nothing)
     assert [t for t, _ in seen[:3]] != ["a", "a", "a"]
+
+
+async def test_plain_function_returning_a_coroutine_is_serialised_too() -> None:
+    engine, _ = make_engine()
+    in_call = False
+    overlaps = 0
+    seen: list[tuple[str, int]] = []
+
+    async def body(event: tuple[str, int]) -> None:
+        nonlocal in_call, overlaps
+        if in_call:
+            overlaps += 1
+        in_call = True
+        for _ in range(3):
+            await asyncio.sleep(0)
+        seen.append(event)
+        in_call = False
+
+    engine.listen_signal(lambda e: body(e))  # not a coroutine function, but returns one
+
+    async def publisher(tag: str) -> None:
+        for i in range(10):
+            await engine.bus.emit("signal", (tag, i))
+
+    await asyncio.gather(publisher("a"), publisher("b"))
+    assert overlaps == 0
+    for tag in "ab":
+        assert [i for t, i in seen if t == tag] == list(range(10))
 
 
 # --------------------------------------------------------------------------- errors
@@ -521,12 +585,14 @@ async def test_unknown_channel_and_non_callable_are_rejected() -> None:
 
 
 async def test_two_engines_do_not_share_listeners() -> None:
-    e1, _ = make_engine()
-    e2, _ = make_engine()
-    got: list[int] = []
-    e1.listen_signal(got.append)
-    await e2.bus.emit("signal", 1)
+    e1 = bk.Engine()
+    e2 = bk.Engine()
+    got: list[str] = []
+    e1.listen_signal_live(got.append)
+    await e2.bus.emit("signal_live", "x")
     assert got == []
+    await e1.bus.emit("signal_live", "y")
+    assert got == ["y"]
 
 
 async def test_drain_awaits_publish_soon_deliveries() -> None:

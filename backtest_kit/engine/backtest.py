@@ -59,6 +59,7 @@ class BacktestRunner(RunnerBase[FinishedResult]):
         record = self._start(symbol, strategy_name, exchange_name)
         record.instance = instance
         self._stats[(symbol, strategy_name)] = BacktestStats()
+        engine.schedule.reset(symbol, strategy_name)
         step = FRAME_INTERVALS[frame.interval] * MINUTE_MS
         start = int(frame.start_date.timestamp() * 1000)
         end = int(frame.end_date.timestamp() * 1000)
@@ -93,6 +94,7 @@ class BacktestRunner(RunnerBase[FinishedResult]):
         bus = engine.bus
         publish = bus.publish
         stats = self._stats_for(record.symbol, record.strategy_name)
+        schedule = engine.schedule.store(record.symbol, record.strategy_name)
         total = (end - start) // step + 1 if end >= start else 0
         names = {"symbol": record.symbol, "strategy_name": record.strategy_name,
                  "exchange_name": record.exchange_name}
@@ -124,10 +126,12 @@ class BacktestRunner(RunnerBase[FinishedResult]):
             action = result.action
             if action == "opened" or action == "scheduled":
                 assert isinstance(result, OpenedResult | ScheduledResult)
+                schedule.add(result)
                 signal_started = time.perf_counter() if timed else 0.0
                 finished = await self._fast_forward(instance, result, when)
                 if finished is not None:
                     stats.add(finished)
+                    schedule.add(finished)
                     pending = publish("signal_backtest", finished)
                     if pending is not None:
                         await pending
@@ -141,7 +145,13 @@ class BacktestRunner(RunnerBase[FinishedResult]):
                     if timed:
                         last_perf = await self._perf("backtest_timeframe", frame_started, last_perf, record)
                     continue
+                filled = instance.pending
+                if filled is not None and filled.pending_at > when:
+                    # A limit signal filled on the last candle the fast-forward had: the tick path
+                    # takes over strictly after the fill, never on frames before the position existed.
+                    i = max(i, (filled.pending_at - start) // step)
             elif action == "closed" or action == "cancelled":
+                schedule.add(result)
                 yield result  # type: ignore[misc]  # a close found on the tick path (decision 8)
             if timed:
                 last_perf = await self._perf("backtest_timeframe", frame_started, last_perf, record)
@@ -192,10 +202,22 @@ class BacktestRunner(RunnerBase[FinishedResult]):
         stats = await self.get_data(symbol, strategy_name)
         return backtest_report(strategy_name, stats, show_note=self.engine.config.CC_REPORT_SHOW_SIGNAL_NOTE)
 
-    async def dump(self, symbol: str, strategy_name: str, path: str | Path | None = None) -> Path | None:
-        """Write the report to `<path or dump_dir/backtest>/<strategy>.md`; returns the path."""
+    async def dump(
+        self, symbol: str, strategy_name: str, path: str | Path | None = None, *, plot: bool = True
+    ) -> Path | None:
+        """Write the report to `<path or dump_dir/backtest>/<strategy>.md`; returns the path.
+
+        With `plot` and matplotlib importable (the `plot` extra), the equity/drawdown chart is
+        written next to it as `<strategy>-equity.png` and linked below the title.
+        """
         text = await self.get_report(symbol, strategy_name)
-        return await self._write(self._dump_path(strategy_name, path), text)
+        target = self._dump_path(strategy_name, path)
+        if plot:
+            from .plots import attach_equity_plot
+
+            text = await attach_equity_plot(text, await self.get_data(symbol, strategy_name), target,
+                                            title=f"Backtest {strategy_name} · {symbol}", logger=self.engine.logger)
+        return await self._write(target, text)
 
 
 def _check_symbol(symbol: object) -> None:

@@ -190,8 +190,12 @@ class EventBus:
         start: int,
         event: Any,
     ) -> None:
+        # a plain function that returned an awaitable (e.g. `lambda e: coro(e)`) is an async
+        # listener too: run it under its lock so it never overlaps with its previous call
+        sub.is_async = True
         try:
-            await result
+            async with sub.lock:
+                await result
         except Exception as exc:
             failure = self._report(sub, exc, event)
             if failure is not None:

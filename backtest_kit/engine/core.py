@@ -19,8 +19,10 @@ from .backtest import BacktestRunner
 from .bus import EventBus
 from .clock import Clock, SystemClock, clock_now_ms
 from .config import DEFAULT_CONFIG, Config, merge_config
+from .errors import ConfigError
 from .exchange import ExchangeClient
 from .logger import EngineLogger, LoggerLike
+from .persist import ENTITY_PARTIAL, ENTITY_RISK, ENTITY_SCHEDULES, ENTITY_SIGNALS, PersistBackend
 from .registry import (
     ExchangeSchema,
     FrameSchema,
@@ -35,7 +37,10 @@ from .registry import (
     make_sizing,
     make_strategy,
 )
+from .signal_store import PersistedSignalStore
 from .strategy import RunEnv, StrategyInstance
+
+PERSIST_ENTITIES = (ENTITY_SIGNALS, ENTITY_SCHEDULES, ENTITY_RISK, ENTITY_PARTIAL)
 
 
 class Engine(ListenMixin):
@@ -67,7 +72,23 @@ class Engine(ListenMixin):
         from .live import LiveRunner
 
         self.live = LiveRunner(self)
+        from .performance_stats import PerformanceFacade
+        from .schedule_stats import ScheduleFacade
+
+        self.schedule = ScheduleFacade(self)
+        self.performance = PerformanceFacade(self)
+        from .partial import PartialFacade, PartialService
+        from .risk import RiskFacade, RiskManager
+        from .sizing import PositionSize
+
+        self._risk = RiskManager(self)  # its report store subscribes before any user listener
+        self._partials = PartialService(self)
+        self.risk = RiskFacade(self._risk)
+        self.partial = PartialFacade(self._partials)
+        self.position_size = PositionSize(self)
         self._env = RunEnv(config=self._get_config, logger=self.logger, report_error=self.report_error)
+        self._persist: PersistBackend | None = None
+        self._persist_by_entity: dict[str, PersistBackend] = {}
 
     # ------------------------------------------------------------------ config and logging
     def _get_config(self) -> Config:
@@ -126,9 +147,23 @@ class Engine(ListenMixin):
 
     def add_sizing(
         self, *, sizing_name: str, get_quantity: Callable[..., Any] | None = None,
-        method: str | None = None, note: str | None = None, **params: float,
+        method: str | None = None, note: str | None = None,
+        callbacks: Mapping[str, Callable[..., Any]] | None = None, **params: float,
     ) -> SizingSchema:
+        """`get_quantity=fn` (or `method="custom"`) or a built-in `method` with its parameters (03 §2)."""
+        import dataclasses
+
+        from .errors import SchemaError
+        from .sizing import check_sizing_schema
+
+        if method == "custom":  # the explicit name of the get_quantity form (03 §2.4)
+            method = None
         schema = make_sizing(sizing_name, get_quantity, method, params, note)
+        if callbacks is not None:
+            if not isinstance(callbacks, Mapping):
+                raise SchemaError(f"callbacks: expected {{'on_calculate': callable}}, got {callbacks!r}")
+            schema = dataclasses.replace(schema, callbacks=dict(callbacks))
+        check_sizing_schema(schema)
         return self.registry.sizings.add(schema.sizing_name, schema)
 
     def list_exchanges(self) -> list[ExchangeSchema]:
@@ -163,17 +198,64 @@ class Engine(ListenMixin):
         self, schema: StrategySchema, exchange_name: str, symbol: str, *, backtest: bool, source: str
     ) -> StrategyInstance:
         exchange = self.exchange(exchange_name, source)
+        risk = None
         if schema.risk_name is not None:
-            self.registry.risks.get(schema.risk_name, source)
+            risk = self._risk.gate(schema.risk_name, symbol, schema.strategy_name, exchange_name,
+                                   backtest=backtest, source=source)
+        sizer = None
         if schema.sizing_name is not None:
-            self.registry.sizings.get(schema.sizing_name, source)
+            sizing = self.registry.sizings.get(schema.sizing_name, source)
+            if sizing.get_quantity is not None:  # built-in methods need a balance: not automatic
+                from .sizing import CustomSizer
+
+                sizer = CustomSizer(self, sizing, exchange, symbol, schema.strategy_name, backtest)
         return StrategyInstance(
             env=self._env, schema=schema, exchange=exchange, symbol=symbol, backtest=backtest,
-            store=None if backtest else self._signal_store(symbol, schema.strategy_name),
+            risk=risk, sizer=sizer, partial=self._partials.tracker(
+                symbol, schema.strategy_name, backtest=backtest,
+                callbacks=schema.callbacks.on_partial_profit is not None
+                or schema.callbacks.on_partial_loss is not None,
+            ),
+            store=None if backtest else self._signal_store(symbol, schema.strategy_name, exchange_name),
         )
 
-    def _signal_store(self, symbol: str, strategy_name: str) -> Any:
-        return None  # persistence arrives with the persistence layer
+    # ------------------------------------------------------------------ persistence (live only)
+    @property
+    def persist(self) -> PersistBackend:
+        """The backend of every entity without its own (`use_persist`); `FilePersist(persist_dir)` by
+        default, created on first use so that building an Engine touches no disk."""
+        if self._persist is None:
+            from ..adapters.file_persist import FilePersist
+
+            self._persist = FilePersist(self.persist_dir)
+        return self._persist
+
+    def use_persist(self, backend: PersistBackend, *, entity: str | None = None) -> None:
+        """Store live state in `backend`: for every entity, or only for `entity` ("signals",
+        "schedules", "risk", "partial"). Call it before starting live runs: running instances read
+        their backend on every operation, so a switch mid-run would not see what the old one holds."""
+        if not isinstance(backend, PersistBackend):
+            raise TypeError(
+                f"use_persist: backend must implement PersistBackend (async read, write, delete, keys), "
+                f"got {type(backend).__name__}"
+            )
+        if entity is None:
+            self._persist = backend
+            self._persist_by_entity.clear()
+            return
+        if entity not in PERSIST_ENTITIES:
+            raise ConfigError(f"use_persist: entity must be one of {', '.join(PERSIST_ENTITIES)}, got {entity!r}")
+        self._persist_by_entity[entity] = backend
+
+    def persist_for(self, entity: str) -> PersistBackend:
+        """The backend that stores `entity`."""
+        backend = self._persist_by_entity.get(entity)
+        return backend if backend is not None else self.persist
+
+    def _signal_store(self, symbol: str, strategy_name: str, exchange_name: str) -> PersistedSignalStore:
+        return PersistedSignalStore(
+            self.persist_for, symbol, strategy_name, self.report_error, exchange_name=exchange_name
+        )
 
     async def report_error(self, error: BaseException) -> None:
         """Log a recoverable error and publish it on the `error` channel."""
@@ -187,6 +269,18 @@ class Engine(ListenMixin):
     def add_shutdown_hook(self, hook: Callable[[], Awaitable[Any] | Any]) -> None:
         """Run `hook` (sync or async) when the engine closes, e.g. to close a network client."""
         self._shutdown_hooks.append(hook)
+
+    def add_notifier(
+        self, notifier: Any, *, channels: Sequence[str] | str | None = None,
+        filter: Callable[[Any], Any] | None = None,
+    ) -> Callable[[], None]:
+        """Send events to `notifier` (a `bk.Notifier`) through its own bounded queue, never awaiting
+        the network; `close()` drains and closes it. Default channels: live signals, errors, risk
+        rejections, partial levels, live done; default filter: no idle/active ticks, no backtest
+        events. Returns an unsubscribe function."""
+        from ..listeners.notifiers import attach_notifier
+
+        return attach_notifier(self, notifier, channels=channels, filter=filter)
 
     async def close(self) -> None:
         """Stop background runs gracefully, wait for them, close exchanges and run shutdown hooks."""

@@ -6,9 +6,10 @@ strategy without risk, sizing or persistence pays nothing for them on the hot pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
-from .models import SignalRow
+from .models import Candle, SignalRow
 
 
 class RiskGate(Protocol):
@@ -26,6 +27,10 @@ class RiskGate(Protocol):
         """The position closed (or was never filled)."""
         ...
 
+    async def restore(self, row: SignalRow) -> None:
+        """A live instance restored this open position: make sure it is registered (no checks)."""
+        ...
+
 
 class Sizer(Protocol):
     async def quantity(self, row: SignalRow, current_price: float) -> float | None: ...
@@ -34,6 +39,11 @@ class Sizer(Protocol):
 class PartialTracker(Protocol):
     async def progress(self, row: SignalRow, price: float, percent_tp: float, percent_sl: float,
                        timestamp: int) -> None: ...
+
+    async def replay(self, row: SignalRow, candles: Sequence[Candle], start: int, end_ts: int,
+                     count: int) -> None:
+        """`progress` for every fast-forward candle in `candles[start:]` opening before `end_ts`."""
+        ...
 
     async def clear(self, row: SignalRow) -> None: ...
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,6 +54,7 @@ class LiveRunner(RunnerBase[TickResult]):
         record = self._start(symbol, strategy_name, exchange_name)
         record.instance = instance
         self._stats[(symbol, strategy_name)] = LiveStats(engine.config.MAX_EVENTS)
+        engine.schedule.reset(symbol, strategy_name)
         return record, self._loop(record, instance)
 
     def run(self, symbol: str, *, strategy_name: str, exchange_name: str) -> AsyncIterator[TickResult]:
@@ -83,8 +84,10 @@ class LiveRunner(RunnerBase[TickResult]):
         bus = engine.bus
         publish = bus.publish
         stats = self._stats_for(record.symbol, record.strategy_name)
+        schedule = engine.schedule.store(record.symbol, record.strategy_name)
         last_perf: float | None = None
-        with self._attached():
+        with ExitStack() as attached:
+            attached.enter_context(self._attached())
             while True:
                 if instance.stopped and not instance.has_signal:
                     return
@@ -98,16 +101,23 @@ class LiveRunner(RunnerBase[TickResult]):
                     await self._sleep(record)
                     continue
                 stats.add(result, now)
+                schedule.add(result)
                 pending = publish("signal_live", result)
                 if pending is not None:
                     await pending
                 pending = publish("signal", result)
                 if pending is not None:
                     await pending
+                if instance.store is not None:  # deletes only after the listeners saw the close
+                    await instance.sync_store()
                 if timed:
                     last_perf = await self._perf(started, last_perf, record)
                 if result.action in _YIELDED:
+                    # Detached while the consumer holds the result: an abandoned `async for` is closed
+                    # right here, from the event loop's finaliser task, outside this task's context.
+                    attached.close()
                     yield result
+                    attached.enter_context(self._attached())
                 if instance.stopped and not instance.has_signal:
                     return
                 await self._sleep(record)
@@ -132,6 +142,8 @@ class LiveRunner(RunnerBase[TickResult]):
                     task.cancel()
             await asyncio.gather(sleeper, waiter, return_exceptions=True)
         wake.clear()
+        if sleeper.done() and not sleeper.cancelled() and (failure := sleeper.exception()) is not None:
+            raise failure  # a broken clock must fail the run, not turn the loop into a busy spin
 
     async def _perf(self, started: float, previous: float | None, record: RunRecord) -> float:
         now = time.time() * 1000
@@ -154,7 +166,20 @@ class LiveRunner(RunnerBase[TickResult]):
         stats = await self.get_data(symbol, strategy_name)
         return live_report(strategy_name, stats, show_note=self.engine.config.CC_REPORT_SHOW_SIGNAL_NOTE)
 
-    async def dump(self, symbol: str, strategy_name: str, path: str | Path | None = None) -> Path | None:
-        """Write the report to `<path or dump_dir/live>/<strategy>.md`; returns the path."""
+    async def dump(
+        self, symbol: str, strategy_name: str, path: str | Path | None = None, *, plot: bool = True
+    ) -> Path | None:
+        """Write the report to `<path or dump_dir/live>/<strategy>.md`; returns the path.
+
+        With `plot` and matplotlib importable, the equity/drawdown chart of the recent closed trades
+        is written next to it as `<strategy>-equity.png` and linked below the title.
+        """
         text = await self.get_report(symbol, strategy_name)
-        return await self._write(self._dump_path(strategy_name, path), text)
+        target = self._dump_path(strategy_name, path)
+        if plot:
+            from .plots import attach_equity_plot
+
+            text = await attach_equity_plot(text, await self.get_data(symbol, strategy_name), target,
+                                            title=f"Live {strategy_name} · {symbol}", logger=self.engine.logger,
+                                            live=True)
+        return await self._write(target, text)

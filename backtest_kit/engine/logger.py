@@ -18,6 +18,7 @@ class LoggerLike(Protocol):
     def warn(self, topic: str, *args: Any) -> Any: ...
 
 
+_METHODS = ("log", "debug", "info", "warn")
 _LIBRARY_LOGGER = logging.getLogger("backtest_kit")
 _LIBRARY_LOGGER.addHandler(logging.NullHandler())  # silent unless the application configures logging
 
@@ -26,10 +27,14 @@ class EngineLogger:
     """What the engine calls; forwards to the user's logger or the stdlib logger `backtest_kit`."""
 
     def __init__(self, target: LoggerLike | logging.Logger | None = None) -> None:
-        self._target: LoggerLike | logging.Logger = target or _LIBRARY_LOGGER
+        self._target: LoggerLike | logging.Logger = _LIBRARY_LOGGER
+        if target is not None:
+            self.set(target)
 
     def set(self, target: LoggerLike | logging.Logger) -> None:
-        if not isinstance(target, logging.Logger) and not isinstance(target, LoggerLike):
+        if not isinstance(target, logging.Logger) and not (
+            isinstance(target, LoggerLike) and all(callable(getattr(target, m)) for m in _METHODS)
+        ):
             from .errors import SchemaError
 
             raise SchemaError(

@@ -111,6 +111,7 @@ class SizingSchema:
     method: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     note: str | None = None
+    callbacks: Mapping[str, AnyCallable] = field(default_factory=dict)
 
 
 SIZING_METHODS = ("fixed-percentage", "kelly-criterion", "atr-based")
@@ -164,7 +165,7 @@ def make_strategy(
     sizing_name: Any, note: Any,
 ) -> StrategySchema:
     name = _name("strategy", strategy_name)
-    if interval not in SIGNAL_INTERVALS:
+    if not isinstance(interval, str) or interval not in SIGNAL_INTERVALS:
         raise SchemaError(
             f"interval: unknown strategy interval {interval!r} for strategy {name!r}; "
             f"expected one of {', '.join(SIGNAL_INTERVALS)}"
@@ -187,7 +188,7 @@ def make_frame(
     frame_name: Any, interval: Any, start_date: Any, end_date: Any, note: Any, on_timeframe: Any
 ) -> FrameSchema:
     name = _name("frame", frame_name)
-    if interval not in FRAME_INTERVALS:
+    if not isinstance(interval, str) or interval not in FRAME_INTERVALS:
         raise SchemaError(
             f"interval: unknown frame interval {interval!r} for frame {name!r}; "
             f"expected one of {', '.join(FRAME_INTERVALS)}"
@@ -206,10 +207,10 @@ def make_risk(
     if max_concurrent_positions is not None and (
         isinstance(max_concurrent_positions, bool)
         or not isinstance(max_concurrent_positions, int)
-        or max_concurrent_positions < 1
+        or max_concurrent_positions < 0
     ):
         raise SchemaError(
-            f"max_concurrent_positions: expected a whole number >= 1 or None, got {max_concurrent_positions!r}"
+            f"max_concurrent_positions: expected a whole number >= 0 or None, got {max_concurrent_positions!r}"
         )
     if validations is None:
         validations = []
@@ -228,6 +229,8 @@ def make_risk(
             raise SchemaError(
                 f"validations[{i}]: expected a callable or {{'validate': fn, 'note': str}}, got {item!r}"
             )
+    if callbacks is not None and not isinstance(callbacks, Mapping):
+        raise SchemaError(f"callbacks: expected a dict of on_rejected/on_allowed callables, got {callbacks!r}")
     cbs = dict(callbacks or {})
     for key, fn in cbs.items():
         if key not in ("on_rejected", "on_allowed") or not callable(fn):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -89,7 +88,7 @@ def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
     try:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
-        return threading.current_thread() is threading.main_thread() and False
+        return False
 
 
 class RunnerBase(Generic[R]):
@@ -186,6 +185,7 @@ class RunnerBase(Generic[R]):
         if record.done_published:
             return
         record.done_published = True
+        await self.engine.bus.drain()  # events published from sync code reach listeners before done
         await self.engine.bus.emit(
             self.done_channel,
             DoneEvent(symbol=record.symbol, strategy_name=record.strategy_name,

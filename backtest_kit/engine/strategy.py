@@ -22,7 +22,7 @@ import msgspec
 
 from . import context
 from .config import Config
-from .errors import SignalTimeoutError
+from .errors import SignalTimeoutError, SignalValidationError
 from .exchange import ExchangeClient
 from .hooks import PartialTracker, RiskGate, SignalStore, Sizer
 from .intervals import MINUTE_MS, SIGNAL_INTERVALS
@@ -154,17 +154,63 @@ class StrategyInstance:
         if self.store is not None:
             await self.store.save_scheduled(row)
 
-    async def _restore(self) -> None:
+    async def _restore(self, now_ms: int) -> None:
+        """Read the stored state once; a load that raises leaves `restored` False (retried next tick)."""
         assert self.store is not None
         pending, scheduled = await self.store.load()
         self.restored = True
         if pending is not None and self._owned(pending):
             self.pending = pending
+            if self.risk is not None:  # re-count it even if a crash lost the risk write
+                await self.risk.restore(pending)
         if scheduled is not None and self._owned(scheduled):
             if self.pending is not None and scheduled.id == self.pending.id:
                 await self.store.save_scheduled(None)  # crash between activation's two writes
             else:
                 self.scheduled = scheduled
+                if self.callbacks.on_schedule is not None:  # page 01 rule 45 (on_active: decision 10)
+                    try:
+                        price = await self._price(now_ms)
+                    except Exception as exc:
+                        await self.env.report_error(exc)
+                    else:
+                        await self._callback(
+                            self.callbacks.on_schedule, now_ms, self.symbol, scheduled, price, self.backtest
+                        )
+
+    async def _store_ready(self) -> bool:
+        """Retry unsynced persistence; False (error reported) while the stored state is unknown."""
+        store = self.store
+        if store is None or getattr(store, "healthy", True):
+            return True
+        try:
+            await store.flush()  # type: ignore[attr-defined]
+        except Exception as exc:
+            await self.env.report_error(exc)
+            return False
+        return True
+
+    async def sync_store(self) -> None:
+        """Apply deferred deletes once the tick's result reached the listeners (live loop)."""
+        store = self.store
+        if store is None or not getattr(store, "has_deferred", False):
+            return
+        try:
+            await store.flush()  # type: ignore[attr-defined]
+        except Exception as exc:
+            await self.env.report_error(exc)
+
+    async def _forget(self, scheduled: bool) -> None:
+        """A save raised: the write may still have landed, so make sure the store ends empty."""
+        if self.store is None:
+            return
+        try:
+            if scheduled:
+                await self.store.save_scheduled(None)
+            else:
+                await self.store.save_pending(None)
+        except Exception as exc:
+            await self.env.report_error(exc)
 
     def _owned(self, row: SignalRow) -> bool:
         return (
@@ -177,7 +223,8 @@ class StrategyInstance:
     async def tick(self, now_ms: int) -> TickResult:
         """One step on the tick path at `now_ms`."""
         if not self.restored:
-            await self._restore()
+            await self._restore(now_ms)
+        store_ready = await self._store_ready() if self.store is not None else True
         if self.pending is not None:
             return await self._monitor_pending(self.pending, now_ms)
         if self.scheduled is not None:
@@ -185,7 +232,7 @@ class StrategyInstance:
                 return await self._cancel(self.scheduled, await self._price(now_ms), now_ms)
             return await self._monitor_scheduled(self.scheduled, now_ms)
         price = await self._price(now_ms)  # a dead exchange fails the tick once, here
-        if not self.stopped and (
+        if not self.stopped and store_ready and (
             self.last_signal_ms is None or now_ms - self.last_signal_ms >= self.interval_ms
         ):
             self.last_signal_ms = now_ms
@@ -246,8 +293,17 @@ class StrategyInstance:
     def _build_row(self, dto: SignalDto, price: float, now_ms: int) -> SignalRow:
         limit = not isinstance(dto.price_open, msgspec.UnsetType)
         if limit:
-            price_open = float(dto.price_open)  # type: ignore[arg-type]
-            scheduled = not is_immediate(dto.position, price_open, price)
+            # Decision 5: never coerce. A SignalDto built in Python is not type-checked by msgspec,
+            # so "100" or True must reach validation as is (float() would accept them).
+            raw: Any = dto.price_open
+            if raw is None:
+                raise SignalValidationError(
+                    f"Invalid signal for {dto.position} position: price_open is None; "
+                    "omit price_open for a market entry"
+                )
+            numeric = isinstance(raw, int | float) and not isinstance(raw, bool)
+            price_open = float(raw) if numeric else raw
+            scheduled = numeric and not is_immediate(dto.position, price_open, price)
             signal_id = str(uuid.uuid4())
         else:
             price_open, scheduled = price, False
@@ -284,6 +340,7 @@ class StrategyInstance:
                 await self._set_pending(row)
             except Exception:
                 self.pending = None
+                await self._forget(scheduled=False)
                 if self.risk is not None:
                     await self.risk.release(row)
                 raise
@@ -311,6 +368,7 @@ class StrategyInstance:
                 await self._set_scheduled(row)
             except Exception:
                 self.scheduled = None
+                await self._forget(scheduled=True)
                 raise
         except Exception as exc:
             await self.env.report_error(exc)
@@ -379,8 +437,17 @@ class StrategyInstance:
             if self.risk is not None and not await self.risk.try_open(activated, activated.price_open, now_ms):
                 await self._set_scheduled(None)
                 return None
-            await self._set_pending(activated)  # pending first: a crash between the writes keeps the fill
-            await self._set_scheduled(None)
+            try:
+                await self._set_pending(activated)  # pending first: a crash between the writes keeps the fill
+            except Exception:
+                self.pending = None  # not filled: the limit signal keeps waiting, re-checked next tick
+                await self._forget(scheduled=False)
+                raise
+            try:
+                await self._set_scheduled(None)
+            except Exception as exc:  # the fill is saved; restore drops a schedule with the pending id
+                self.scheduled = None
+                await self.env.report_error(exc)
         except Exception as exc:
             if self.pending is None and self.risk is not None:
                 await self.risk.release(activated)
@@ -463,8 +530,13 @@ class StrategyInstance:
                 return None
             start = index
         outcome = scan_pending(row, candles, start, count)
-        if self.partial is not None or self.callbacks.on_partial_profit or self.callbacks.on_partial_loss:
+        if self.callbacks.on_partial_profit or self.callbacks.on_partial_loss:
             await self._replay_progress(row, candles, start, outcome.timestamp, count)
+        elif self.partial is not None:  # levels only: one vectorised pass, no per-candle await
+            try:
+                await self.partial.replay(row, candles, start, outcome.timestamp, count)
+            except Exception as exc:
+                await self.env.report_error(exc)
         if outcome.kind == "open" or outcome.reason is None:
             return None
         return await self._close(row, outcome.reason, outcome.price, outcome.timestamp)

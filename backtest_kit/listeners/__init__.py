@@ -1,5 +1,31 @@
-"""Subscriptions to engine events (`listen_*`) and, later, ready notifiers."""
+"""Subscriptions to engine events (`listen_*`) and ready notifiers (log, console, webhook, Telegram)."""
 
+from .notifiers import (
+    DEFAULT_CHANNELS,
+    ConsoleNotifier,
+    LogNotifier,
+    Notifier,
+    NotifierStats,
+    QueuedAdapter,
+    QueuedNotifier,
+    TelegramNotifier,
+    WebhookNotifier,
+    default_filter,
+    default_format,
+)
 from .subscriptions import ListenMixin
 
-__all__ = ["ListenMixin"]
+__all__ = [
+    "DEFAULT_CHANNELS",
+    "ConsoleNotifier",
+    "ListenMixin",
+    "LogNotifier",
+    "Notifier",
+    "NotifierStats",
+    "QueuedAdapter",
+    "QueuedNotifier",
+    "TelegramNotifier",
+    "WebhookNotifier",
+    "default_filter",
+    "default_format",
+]

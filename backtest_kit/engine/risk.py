@@ -1,0 +1,568 @@
+"""Risk profiles (page 03 §1): shared position registries, validations, rejection events and reports.
+
+One `RiskState` per (risk_name, mode) for the life of the engine (03 §1.2 port decision, decision 11):
+every strategy and symbol naming the profile in that mode shares it, and a backtest never sees live
+positions. Each strategy instance gets a `RiskGate` bound to its pair; the state machine calls
+
+- `check(row, price, now)` when a limit signal is created (checkpoint A: evaluate, register nothing),
+- `try_open(row, price, now)` right before a position opens or a limit signal activates (B1 / B2):
+  the built-in limit, the validations and the add run under the profile's `asyncio.Lock`, so a limit
+  of N can never be exceeded however many pairs open in the same tick,
+- `release(row)` when the position closes.
+
+Validation semantics (03 §1.5, plus one port extension):
+
+- `max_concurrent_positions=N` runs first and rejects when `active_position_count >= N`, with the
+  comment `max_concurrent_positions=N reached`;
+- the validations then run in list order, each awaited if async, and the first failure stops the
+  check. A validation fails when it **raises** (the reference rule) or, port extension, when it
+  returns `False` (any falsy value other than `None`) or a string. A validation returning `None` or a
+  truthy value passes, so every reference-style validation behaves as in the reference;
+- the rejection comment is the failing item's `note`; else the returned string; else `N/A`. A raised
+  error's message is never the comment; the error goes to the `validation` channel and the logger.
+
+Rejections publish a `RiskEvent` on the `risk` channel (after the lock is released) and call
+`on_rejected(symbol, args)`; an allowed check calls `on_allowed(symbol, args)` and publishes nothing.
+Callbacks may be sync or async; an exception inside one is reported through `listen_error` and never
+changes the decision.
+
+Persistence (03 §1.8 port decision): in live mode only, the registry is written through the engine's
+persistence backend (entity `risk`, key = risk name) after every add and remove, and read once when the
+live state is first used. A document that fails validation is reported on the error channel, moved
+aside when the backend can quarantine, and the registry starts empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+from msgspec import Struct
+
+from .errors import PersistError
+from .models import RiskEvent, SignalRow
+from .persist import ENTITY_RISK, QuarantineBackend
+from .registry import RiskSchema, RiskValidation
+
+if TYPE_CHECKING:
+    from .core import Engine
+
+__all__ = [
+    "MAX_REPORT_EVENTS",
+    "ActivePosition",
+    "RiskCheckArgs",
+    "RiskFacade",
+    "RiskGateImpl",
+    "RiskManager",
+    "RiskState",
+    "RiskStatistics",
+    "risk_report",
+]
+
+MAX_REPORT_EVENTS: Final = 250
+NA: Final = "N/A"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Payloads
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ActivePosition(Struct, frozen=True, kw_only=True):
+    """One open position of a profile (03 §1.3 port decision: the real row, exchange and open time)."""
+
+    signal: SignalRow
+    symbol: str
+    strategy_name: str
+    exchange_name: str
+    open_timestamp: int
+
+
+class RiskCheckArgs(Struct, frozen=True, kw_only=True):
+    """What a validation (and `on_allowed` / `on_rejected`) receives (03 §1.4).
+
+    `pending_signal` is always a `SignalRow`: at the creation checkpoint of a market signal its
+    `price_open` is already the current price, never `None` (03 §1.4 port decision).
+    `active_position_count` and `active_positions` do not include the checking pair's own new
+    position. Fields can be read as attributes (`args.symbol`) or as keys (`args["symbol"]`).
+    """
+
+    symbol: str
+    pending_signal: SignalRow
+    strategy_name: str
+    exchange_name: str
+    current_price: float
+    timestamp: int
+    active_position_count: int
+    active_positions: tuple[ActivePosition, ...]
+    risk_name: str
+    backtest: bool
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__struct_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default) if key in self.__struct_fields__ else default
+
+
+class RiskStatistics(Struct, frozen=True, kw_only=True):
+    """`Risk.get_data` (03 §1.7): rejections of one (symbol, strategy), newest first."""
+
+    event_list: list[RiskEvent]
+    total_rejections: int
+    by_symbol: dict[str, int]
+    by_strategy: dict[str, int]
+
+
+_Document = list[tuple[str, ActivePosition]]
+
+
+def backend_for(engine: Any, entity: str) -> Any:
+    """The engine's persistence backend for `entity` (None when the engine has no persistence)."""
+    persist_for = getattr(engine, "persist_for", None)
+    if persist_for is not None:
+        return persist_for(entity)
+    return getattr(engine, "persist", None)
+
+
+def position_key(strategy_name: str, symbol: str) -> str:
+    """The registry key of a pair: `"<strategy_name>:<symbol>"` (the exchange is not part of it)."""
+    return f"{strategy_name}:{symbol}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One profile in one mode
+# ---------------------------------------------------------------------------------------------------------
+
+
+class RiskState:
+    """The shared registry of one (profile, mode): positions, lock, lazy live restore."""
+
+    def __init__(self, manager: RiskManager, schema: RiskSchema, backtest: bool) -> None:
+        self.manager = manager
+        self.schema = schema
+        self.name = schema.risk_name
+        self.backtest = backtest
+        self.positions: dict[str, ActivePosition] = {}
+        self.loaded = backtest  # backtest state starts empty and never touches persistence
+        self._lock: asyncio.Lock | None = None
+        self._lock_loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        """The profile's lock, re-created if the engine is reused on another event loop."""
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._lock_loop is not loop:
+            self._lock = asyncio.Lock()
+            self._lock_loop = loop
+        return self._lock
+
+    @property
+    def active_position_count(self) -> int:
+        return len(self.positions)
+
+    # ------------------------------------------------------------------ persistence (live only)
+    def _backend(self) -> Any:
+        return backend_for(self.manager.engine, ENTITY_RISK)
+
+    async def ensure_loaded(self) -> None:
+        """Load the live registry once; must be called with the lock held."""
+        if self.loaded:
+            return
+        self.loaded = True
+        backend = self._backend()
+        if backend is None:
+            return
+        engine = self.manager.engine
+        try:
+            data = await backend.read(ENTITY_RISK, self.name)
+        except Exception as exc:
+            await engine.report_error(exc)
+            return
+        if data is None:
+            return
+        try:
+            items = msgspec.json.decode(data, type=_Document)
+            restored: dict[str, ActivePosition] = {}
+            for key, pos in items:
+                expected = position_key(pos.strategy_name, pos.symbol)
+                if key != expected:
+                    raise ValueError(f"key {key!r} does not match its position ({expected!r})")
+                restored[key] = pos
+        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
+            where = None
+            if isinstance(backend, QuarantineBackend):
+                try:
+                    where = await backend.quarantine(ENTITY_RISK, self.name)
+                except Exception as qexc:
+                    engine.logger.warn(f"risk {self.name}: quarantine failed", repr(qexc))
+            moved = f"; moved aside to {where}" if where else ""
+            await engine.report_error(PersistError(
+                f"risk {self.name}: stored positions are invalid and were not restored ({exc}){moved}"
+            ))
+            return
+        self.positions = restored
+        engine.logger.info(f"risk {self.name}: restored {len(restored)} live position(s)")
+
+    async def save(self) -> None:
+        """Write the registry (live only); a failure is reported, the memory state stays."""
+        if self.backtest:
+            return
+        backend = self._backend()
+        if backend is None:
+            return
+        try:
+            if self.positions:
+                await backend.write(ENTITY_RISK, self.name, msgspec.json.encode(list(self.positions.items())))
+            else:
+                await backend.delete(ENTITY_RISK, self.name)
+        except Exception as exc:
+            await self.manager.engine.report_error(exc)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The gate one strategy instance uses
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _Verdict:
+    __slots__ = ("args", "comment", "errors", "ok")
+
+    def __init__(self, ok: bool, args: RiskCheckArgs, comment: str, errors: list[BaseException]) -> None:
+        self.ok = ok
+        self.args = args
+        self.comment = comment
+        self.errors = errors
+
+
+class RiskGateImpl:
+    """The `RiskGate` of one (mode, symbol, strategy) instance over its profile's shared state."""
+
+    def __init__(self, state: RiskState, symbol: str, strategy_name: str, exchange_name: str) -> None:
+        self.state = state
+        self.symbol = symbol
+        self.strategy_name = strategy_name
+        self.exchange_name = exchange_name
+        self.key = position_key(strategy_name, symbol)
+
+    async def check(self, row: SignalRow, current_price: float, now_ms: int) -> bool:
+        """Checkpoint A for a limit signal: evaluate, register nothing."""
+        state = self.state
+        if not state.loaded:
+            async with state.lock:
+                await state.ensure_loaded()
+        verdict = await self._evaluate(row, current_price, now_ms)
+        await self._conclude(verdict)
+        return verdict.ok
+
+    async def try_open(self, row: SignalRow, current_price: float, now_ms: int) -> bool:
+        """Checkpoints B1/B2: evaluate and add atomically under the profile lock."""
+        state = self.state
+        async with state.lock:
+            await state.ensure_loaded()
+            verdict = await self._evaluate(row, current_price, now_ms)
+            if verdict.ok:
+                state.positions.pop(self.key, None)  # re-insert: insertion order = open order
+                state.positions[self.key] = ActivePosition(
+                    signal=row, symbol=self.symbol, strategy_name=self.strategy_name,
+                    exchange_name=self.exchange_name, open_timestamp=now_ms,
+                )
+                await state.save()
+        await self._conclude(verdict)
+        return verdict.ok
+
+    async def release(self, row: SignalRow) -> None:
+        """The pair's position closed: remove it (a missing key is a no-op)."""
+        state = self.state
+        async with state.lock:
+            await state.ensure_loaded()
+            if state.positions.pop(self.key, None) is not None:
+                await state.save()
+
+    async def restore(self, row: SignalRow) -> None:
+        """A restarted live instance holds this open position: register it if the registry lacks it
+        (a crash between the signal write and the risk write); no validation, it is already open."""
+        state = self.state
+        async with state.lock:
+            await state.ensure_loaded()
+            current = state.positions.get(self.key)
+            if current is None or current.signal.id != row.id:
+                state.positions[self.key] = ActivePosition(
+                    signal=row, symbol=self.symbol, strategy_name=self.strategy_name,
+                    exchange_name=self.exchange_name, open_timestamp=row.pending_at,
+                )
+                await state.save()
+
+    # ------------------------------------------------------------------ evaluation
+    def _others(self) -> tuple[ActivePosition, ...]:
+        """Every registered position except the pair's own key.
+
+        A pair asking to open holds no position by definition, so an entry under its own key is stale
+        (left by a crash between the risk write and the signal write): it must not count against it.
+        """
+        positions = self.state.positions
+        if self.key in positions:
+            return tuple(p for k, p in positions.items() if k != self.key)
+        return tuple(positions.values())
+
+    async def _evaluate(self, row: SignalRow, current_price: float, now_ms: int) -> _Verdict:
+        state = self.state
+        schema = state.schema
+        others = self._others()
+        args = RiskCheckArgs(
+            symbol=self.symbol, pending_signal=row, strategy_name=self.strategy_name,
+            exchange_name=self.exchange_name, current_price=current_price, timestamp=now_ms,
+            active_position_count=len(others), active_positions=others, risk_name=state.name,
+            backtest=state.backtest,
+        )
+        limit = schema.max_concurrent_positions
+        if limit is not None and len(others) >= limit:
+            return _Verdict(False, args, f"max_concurrent_positions={limit} reached", [])
+        for item in schema.validations:
+            failed, comment, error = await _run_validation(item, args)
+            if failed:
+                return _Verdict(False, args, comment, [error] if error is not None else [])
+        return _Verdict(True, args, "", [])
+
+    async def _conclude(self, verdict: _Verdict) -> None:
+        """Events and callbacks, outside the lock (a listener may itself use the profile)."""
+        manager = self.state.manager
+        engine = manager.engine
+        callbacks = self.state.schema.callbacks
+        args = verdict.args
+        if verdict.ok:
+            await manager.callback(callbacks.get("on_allowed"), args)
+            return
+        for error in verdict.errors:
+            engine.logger.warn(f"risk {self.state.name}: validation raised for {args.symbol}", repr(error))
+            await engine.bus.emit("validation", error)
+        await engine.bus.emit("risk", RiskEvent(
+            symbol=args.symbol, strategy_name=args.strategy_name, exchange_name=args.exchange_name,
+            pending_signal=args.pending_signal, current_price=args.current_price,
+            active_position_count=args.active_position_count, comment=verdict.comment,
+            timestamp=args.timestamp, backtest=args.backtest,
+        ))
+        await manager.callback(callbacks.get("on_rejected"), args)
+
+
+async def _run_validation(item: RiskValidation, args: RiskCheckArgs) -> tuple[bool, str, BaseException | None]:
+    """(failed, comment, raised error) of one validation item."""
+    note = item.note if item.note else None
+    try:
+        result = item.validate(args)
+        if inspect.isawaitable(result):
+            result = await result
+    except Exception as exc:
+        return True, note or NA, exc
+    if result is None:
+        return False, "", None
+    if isinstance(result, str):
+        return True, note or result.strip() or NA, None
+    if not result:
+        return True, note or NA, None
+    return False, "", None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Engine-level manager, rejection store and facade
+# ---------------------------------------------------------------------------------------------------------
+
+
+class RiskManager:
+    """The engine's risk states and the rejection report store (subscribed at engine creation)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._states: dict[tuple[str, bool], RiskState] = {}
+        self._events: dict[tuple[str, str], deque[RiskEvent]] = {}
+        engine.bus.subscribe("risk", self._record)
+
+    def state(self, risk_name: str, *, backtest: bool, source: str = "") -> RiskState:
+        key = (risk_name, backtest)
+        state = self._states.get(key)
+        if state is None:
+            schema = self.engine.registry.risks.get(risk_name, source)
+            state = self._states[key] = RiskState(self, schema, backtest)
+        return state
+
+    def gate(
+        self, risk_name: str, symbol: str, strategy_name: str, exchange_name: str, *, backtest: bool,
+        source: str = "",
+    ) -> RiskGateImpl:
+        return RiskGateImpl(self.state(risk_name, backtest=backtest, source=source), symbol, strategy_name,
+                            exchange_name)
+
+    async def callback(self, fn: Callable[..., Any] | None, args: RiskCheckArgs) -> None:
+        if fn is None:
+            return
+        try:
+            result = fn(args.symbol, args)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            await self.engine.report_error(exc)
+
+    def _record(self, event: RiskEvent) -> None:
+        key = (event.symbol, event.strategy_name)
+        events = self._events.get(key)
+        if events is None:
+            events = self._events[key] = deque(maxlen=MAX_REPORT_EVENTS)
+        events.appendleft(event)
+
+    def events(self, symbol: str, strategy_name: str) -> list[RiskEvent]:
+        return list(self._events.get((symbol, strategy_name), ()))
+
+    def clear_events(self, symbol: str | None = None, strategy_name: str | None = None) -> None:
+        for key in list(self._events):
+            if (symbol is None or key[0] == symbol) and (strategy_name is None or key[1] == strategy_name):
+                del self._events[key]
+
+    def iter_states(self) -> Iterator[RiskState]:
+        return iter(self._states.values())
+
+
+class RiskFacade:
+    """`bk.Risk`: rejection statistics and reports per (symbol, strategy), and profile introspection."""
+
+    def __init__(self, manager: RiskManager) -> None:
+        self._manager = manager
+
+    def _validate(self, strategy_name: str, source: str) -> None:
+        registry = self._manager.engine.registry
+        schema = registry.strategies.get(strategy_name, source)
+        if schema.risk_name is not None:
+            registry.risks.get(schema.risk_name, source)
+
+    async def get_data(self, symbol: str, strategy_name: str) -> RiskStatistics:
+        """Rejections of the pair, newest first (at most 250), with counts by symbol and strategy."""
+        self._validate(strategy_name, "Risk.get_data")
+        events = self._manager.events(symbol, strategy_name)
+        by_symbol: dict[str, int] = {}
+        by_strategy: dict[str, int] = {}
+        for e in events:
+            by_symbol[e.symbol] = by_symbol.get(e.symbol, 0) + 1
+            by_strategy[e.strategy_name] = by_strategy.get(e.strategy_name, 0) + 1
+        return RiskStatistics(event_list=events, total_rejections=len(events), by_symbol=by_symbol,
+                              by_strategy=by_strategy)
+
+    async def get_report(self, symbol: str, strategy_name: str) -> str:
+        data = await self.get_data(symbol, strategy_name)
+        show_note = self._manager.engine.config.CC_REPORT_SHOW_SIGNAL_NOTE
+        return risk_report(symbol, strategy_name, data, show_note=show_note)
+
+    async def dump(self, symbol: str, strategy_name: str, path: str | Path | None = None) -> Path | None:
+        """Write the report to `<path or dump_dir/risk>/<symbol>_<strategy>.md`; None if it failed."""
+        text = await self.get_report(symbol, strategy_name)
+        return await _dump(self._manager.engine, "risk", symbol, strategy_name, path, text)
+
+    def clear(self, symbol: str | None = None, strategy_name: str | None = None) -> None:
+        """Forget recorded rejections (all, or of one symbol and/or strategy); positions are untouched."""
+        self._manager.clear_events(symbol, strategy_name)
+
+    async def get_positions(self, risk_name: str, *, backtest: bool = False) -> list[ActivePosition]:
+        """The open positions of a profile in one mode, in open order (loads the live state if needed)."""
+        state = self._manager.state(risk_name, backtest=backtest, source="Risk.get_positions")
+        async with state.lock:
+            await state.ensure_loaded()
+            return list(state.positions.values())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Report (02 §4.7)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def md_row(cells: list[str]) -> str:
+    """A table row with `|` escaped and line breaks flattened in every cell (02 §4.0 PORT rule)."""
+    out = []
+    for c in cells:
+        if "|" in c:
+            c = c.replace("|", "\\|")
+        if "\n" in c or "\r" in c:
+            c = " ".join(c.split())
+        out.append(c)
+    return "| " + " | ".join(out) + " |"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [md_row(header), md_row(["---"] * len(header)), *(md_row(r) for r in rows)]
+
+
+def _flat(value: str | None) -> str:
+    if not value:
+        return NA
+    return " ".join(value.split()) or NA
+
+
+def _signal_field(signal: Any, name: str) -> Any:
+    if signal is None:
+        return None
+    if isinstance(signal, dict):
+        return signal.get(name)
+    return getattr(signal, name, None)
+
+
+def risk_report(symbol: str, strategy_name: str, data: RiskStatistics, *, show_note: bool = False) -> str:
+    """`# Risk Rejection Report: <symbol>:<strategy>` with the rejections table and the two tallies."""
+    from .report import format_price, format_timestamp
+
+    title = f"# Risk Rejection Report: {symbol}:{strategy_name}"
+    if not data.event_list:
+        return f"{title}\n\nNo risk rejections recorded yet."
+    header = ["Symbol", "Strategy", "Signal ID", "Position"]
+    if show_note:
+        header.append("Note")
+    header += ["Exchange", "Open Price", "Take Profit", "Stop Loss", "Current Price", "Active Positions",
+               "Reason", "Timestamp"]
+    rows: list[list[str]] = []
+    for e in data.event_list:
+        s = e.pending_signal
+        position = _signal_field(s, "position")
+        cells = [e.symbol, e.strategy_name, _flat(_signal_field(s, "id")),
+                 str(position).upper() if position else NA]
+        if show_note:
+            cells.append(_flat(_signal_field(s, "note")))
+        cells += [
+            e.exchange_name,
+            format_price(_signal_field(s, "price_open")),
+            format_price(_signal_field(s, "price_take_profit")),
+            format_price(_signal_field(s, "price_stop_loss")),
+            format_price(e.current_price),
+            str(e.active_position_count),
+            _flat(e.comment),
+            format_timestamp(e.timestamp),
+        ]
+        rows.append(cells)
+    lines = [title, "", *md_table(header, rows), "", f"**Total rejections:** {data.total_rejections}", "",
+             "## Rejections by Symbol"]
+    lines += [f"- {k}: {v}" for k, v in data.by_symbol.items()]
+    lines += ["", "## Rejections by Strategy"]
+    lines += [f"- {k}: {v}" for k, v in data.by_strategy.items()]
+    return "\n".join(lines)
+
+
+async def _dump(
+    engine: Engine, kind: str, symbol: str, strategy_name: str, path: str | Path | None, text: str
+) -> Path | None:
+    """Write a per-pair report to `<path or dump_dir/kind>/<symbol>_<strategy>.md`; never raises."""
+    from .naming import safe_file_name
+    from .report import write_report
+
+    base = Path(path) if path is not None else Path(engine.dump_dir) / kind
+    target = base / f"{safe_file_name(symbol)}_{safe_file_name(strategy_name)}.md"
+    write: Callable[[Path, str], Path] = write_report
+    try:
+        done: Awaitable[Path] = asyncio.to_thread(write, target, text)
+        written = await done
+    except OSError as exc:
+        engine.logger.warn(f"{kind} report could not be written to {target}", repr(exc))
+        return None
+    engine.logger.info(f"{kind} report saved: {written}")
+    return written

@@ -1,0 +1,131 @@
+"""Event bus throughput: awaited, ordered delivery through `bk.Engine().bus`.
+
+Run: ``python benchmarks/bench_bus.py [--seconds S | --events N]``. Each case publishes events on
+the `signal` channel, awaiting each delivery the way the engine does (`pending = bus.publish(...)`;
+`await pending` when it is not None), and prints events/s. By default a short calibration run sizes
+each case to last about one second (~500k events for one async listener); `--events N` fixes the
+count instead. The async case is compared with the 400k events/s target.
+
+Cases:
+- 1 sync listener   (the synchronous fast path: `publish` returns None);
+- 1 async listener  (each event awaited, per-listener lock held, in order);
+- 10 listeners      (5 sync + 5 async, interleaved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import backtest_kit as bk
+
+TARGET = 400_000  # events/s for one async listener
+
+
+def _sync_listener(counter: list[int]) -> Callable[[Any], None]:
+    def listener(event: Any) -> None:
+        counter[0] += 1
+
+    return listener
+
+
+def _async_listener(counter: list[int]) -> Callable[[Any], Any]:
+    async def listener(event: Any) -> None:
+        counter[0] += 1
+
+    return listener
+
+
+async def _run(listeners: list[Callable[[Any], Any]], counters: list[list[int]], n: int) -> float:
+    engine = bk.Engine()
+    bus = engine.bus
+    for fn in listeners:
+        bus.subscribe("signal", fn)
+    publish = bus.publish
+    event = object()
+    start = time.perf_counter()
+    for _ in range(n):
+        pending = publish("signal", event)
+        if pending is not None:
+            await pending
+    elapsed = time.perf_counter() - start
+    for c in counters:
+        assert c[0] == n, f"lost events: {c[0]} of {n}"
+    return elapsed
+
+
+async def _run_emit(n: int) -> float:
+    """Same as the async case, through the convenience `await bus.emit(...)`."""
+    engine = bk.Engine()
+    counter = [0]
+    engine.bus.subscribe("signal", _async_listener(counter))
+    emit = engine.bus.emit
+    event = object()
+    start = time.perf_counter()
+    for _ in range(n):
+        await emit("signal", event)
+    elapsed = time.perf_counter() - start
+    assert counter[0] == n
+    return elapsed
+
+
+def case(kind: str) -> tuple[list[Callable[[Any], Any]], list[list[int]]]:
+    if kind == "sync":
+        c = [0]
+        return [_sync_listener(c)], [c]
+    if kind == "async":
+        c = [0]
+        return [_async_listener(c)], [c]
+    counters = [[0] for _ in range(10)]
+    fns = [(_sync_listener if i % 2 == 0 else _async_listener)(counters[i]) for i in range(10)]
+    return fns, counters
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=1.0, help="target duration of each case")
+    parser.add_argument("--events", type=int, default=0, help="fixed event count per case")
+    args = parser.parse_args()
+
+    def size(run: Callable[[int], float]) -> int:
+        if args.events > 0:
+            return int(args.events)
+        probe = 20_000
+        return max(probe, int(probe / run(probe) * args.seconds))
+
+    rows: list[tuple[str, float, int]] = []
+    for label, kind in (
+        ("1 sync listener", "sync"),
+        ("1 async listener (publish)", "async"),
+        ("10 listeners (5 sync + 5 async)", "mixed"),
+    ):
+        def run(count: int, kind: str = kind) -> float:
+            fns, counters = case(kind)
+            return asyncio.run(_run(fns, counters, count))
+
+        count = size(run)
+        rows.append((label, run(count), count))
+
+    def run_emit(count: int) -> float:
+        return asyncio.run(_run_emit(count))
+
+    count = size(run_emit)
+    rows.insert(2, ("1 async listener (await bus.emit)", run_emit(count), count))
+
+    print(f"event bus throughput (python {sys.version.split()[0]}, awaited in-order delivery)")
+    for label, secs, count in rows:
+        print(f"  {label:<36} {count / secs:>12,.0f} events/s   ({count:,} in {secs:.3f} s)")
+    async_rate = rows[1][2] / rows[1][1]
+    emit_rate = rows[2][2] / rows[2][1]
+    print(f"  async vs {TARGET:,}/s target: publish {async_rate / TARGET:.2f}x, emit {emit_rate / TARGET:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""A local Binance-spot-protocol REST server for testing the ccxt adapter with the real ccxt client.
+
+It speaks the public endpoints ccxt's `binance` uses for spot market data — `/api/v3/exchangeInfo`,
+`/api/v3/klines`, `/api/v3/ping`, `/api/v3/time` — on 127.0.0.1 with an OS-assigned port, serving
+real candles from a `MemoryCandles` / `CsvCandles` store (any interval, aggregated from 1m).
+
+- `now_ms`: the server's "now". `/api/v3/klines` never returns a candle that has not opened by then
+  (like Binance it does return the candle that is still forming) and `/api/v3/time` reports it, so
+  a live run on a `VirtualClock` sees exactly what a real exchange would show at that moment.
+- `/api/v3/klines` honours `symbol`, `interval`, `startTime`, `endTime` and `limit` (default 500, at
+  most 1000 — more is a -1130 error, as on Binance); rows are Binance's 12-field arrays, prices as
+  strings with 8 decimals.
+- Fault injection: `server.fail(kind, times=n, path=...)` queues faults for the next requests to a
+  path: HTTP 429 / 418 / 500 / 503, `"slow"` (answer after `slow_seconds`, past a short client
+  timeout), `"html"` (a 200 with an HTML page), `"truncated"` (a 200 with cut-off JSON) and
+  `"empty"` (a 200 with `[]`).
+- Every request is counted per path (`server.counts`) and recorded (`server.requests`), so a test
+  can assert markets were loaded once, that pagination happened, and that no other endpoint (sapi,
+  fapi, dapi, ...) was called (`server.unknown`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from backtest_kit.adapters.candles import MemoryCandles
+from backtest_kit.engine.errors import CandleError
+from backtest_kit.engine.intervals import CANDLE_INTERVALS, MINUTE_MS
+
+KLINES = "/api/v3/klines"
+EXCHANGE_INFO = "/api/v3/exchangeInfo"
+PING = "/api/v3/ping"
+TIME = "/api/v3/time"
+KNOWN_PATHS = frozenset({KLINES, EXCHANGE_INFO, PING, TIME})
+FAULTS = ("429", "418", "500", "503", "slow", "html", "truncated", "empty")
+MAX_LIMIT = 1000
+_QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
+
+
+@dataclass
+class Symbol:
+    """One spot market of exchangeInfo."""
+
+    symbol: str
+    base: str
+    quote: str
+    tick_size: str = "0.01"
+    step_size: str = "0.00001"
+    min_qty: str = "0.00001"
+    min_notional: str = "5.00000000"
+
+
+def split_symbol(symbol: str) -> tuple[str, str]:
+    for quote in _QUOTES:
+        if symbol.endswith(quote) and len(symbol) > len(quote):
+            return symbol[: -len(quote)], quote
+    raise ValueError(f"cannot split {symbol!r} into base and quote; pass Symbol(...) explicitly")
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.8f}"
+
+
+class BinanceServer:
+    """The server; `await start()` binds it, `url` / `api_urls()` say where it is, `await close()`."""
+
+    def __init__(
+        self,
+        candles: MemoryCandles,
+        *,
+        now_ms: Callable[[], int] | None = None,
+        symbols: Mapping[str, Symbol] | None = None,
+        slow_seconds: float = 1.0,
+    ) -> None:
+        self.candles = candles
+        self.now_ms: Callable[[], int] = now_ms or (lambda: int(time.time() * 1000))
+        self.symbols: dict[str, Symbol] = dict(symbols) if symbols is not None else {}
+        for name in candles.symbols:
+            if name not in self.symbols:
+                base, quote = split_symbol(name)
+                self.symbols[name] = Symbol(name, base, quote)
+        self.slow_seconds = slow_seconds
+        self.counts: Counter[str] = Counter()
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.unknown: list[str] = []
+        self.faults_served: Counter[str] = Counter()
+        self._faults: dict[str, deque[str]] = {}
+        self._closing = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> BinanceServer:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        # handler_cancellation: a slow handler is cancelled when the client gives up on it.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def api_urls(self) -> dict[str, str]:
+        """Every entry ccxt's binance has in `urls['api']`, pointed here (unknown paths are counted)."""
+        import ccxt
+
+        out: dict[str, str] = {}
+        for key, value in ccxt.binance().urls["api"].items():
+            if isinstance(value, str):
+                path = value.split("://", 1)[-1].partition("/")[2]
+                out[key] = f"{self.url}/{path}"
+        return out
+
+    # ------------------------------------------------------------------ fault injection
+    def fail(self, kind: str, times: int = 1, *, path: str = KLINES) -> None:
+        """Answer the next `times` requests to `path` with fault `kind` (one of FAULTS)."""
+        if kind not in FAULTS:
+            raise ValueError(f"unknown fault {kind!r}; expected one of {FAULTS}")
+        self._faults.setdefault(path, deque()).extend([kind] * times)
+
+    def pending_faults(self, path: str = KLINES) -> int:
+        return len(self._faults.get(path, ()))
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    # ------------------------------------------------------------------ dispatch
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        self.counts[path] += 1
+        self.requests.append((path, dict(request.query)))
+        queue = self._faults.get(path)
+        if queue:
+            kind = queue.popleft()
+            self.faults_served[kind] += 1
+            fault = await self._fault(kind)
+            if fault is not None:
+                return fault
+        handler = self._handlers().get(path)
+        if handler is None:
+            self.unknown.append(path)
+            return _error(404, -1, f"unknown endpoint {request.method} {path}")
+        return await handler(request)
+
+    def _handlers(self) -> dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]:
+        return {KLINES: self._klines, EXCHANGE_INFO: self._exchange_info, PING: self._ping, TIME: self._time}
+
+    async def _fault(self, kind: str) -> web.StreamResponse | None:
+        if kind in ("429", "418"):
+            return web.json_response(
+                {"code": -1003, "msg": "Too many requests; current limit is 6000 request weight per 1 MINUTE."},
+                status=int(kind), headers={"Retry-After": "1"},
+            )
+        if kind in ("500", "503"):
+            return web.Response(status=int(kind), text="<html><body>Service Unavailable</body></html>",
+                                content_type="text/html")
+        if kind == "html":
+            return web.Response(status=200, text="<!DOCTYPE html><html><body><h1>Maintenance</h1></body></html>",
+                                content_type="text/html")
+        if kind == "truncated":
+            return web.Response(status=200, text='[[1747699200000,"105573.73000000","105597.1',
+                                content_type="application/json")
+        if kind == "empty":
+            return web.json_response([])
+        # slow: answer normally, but only after the client's timeout has passed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), self.slow_seconds)
+        return None
+
+    async def _ping(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({})
+
+    async def _time(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"serverTime": self.now_ms()})
+
+    async def _exchange_info(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({
+            "timezone": "UTC",
+            "serverTime": self.now_ms(),
+            "rateLimits": [
+                {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
+                {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
+            ],
+            "exchangeFilters": [],
+            "symbols": [self._symbol_info(s) for s in self.symbols.values()],
+        })
+
+    @staticmethod
+    def _symbol_info(s: Symbol) -> dict[str, Any]:
+        return {
+            "symbol": s.symbol,
+            "status": "TRADING",
+            "baseAsset": s.base,
+            "baseAssetPrecision": 8,
+            "quoteAsset": s.quote,
+            "quotePrecision": 8,
+            "quoteAssetPrecision": 8,
+            "baseCommissionPrecision": 8,
+            "quoteCommissionPrecision": 8,
+            "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
+            "icebergAllowed": True,
+            "ocoAllowed": True,
+            "quoteOrderQtyMarketAllowed": True,
+            "allowTrailingStop": True,
+            "cancelReplaceAllowed": True,
+            "isSpotTradingAllowed": True,
+            "isMarginTradingAllowed": False,
+            "filters": [
+                {"filterType": "PRICE_FILTER", "minPrice": s.tick_size, "maxPrice": "1000000.00000000",
+                 "tickSize": s.tick_size},
+                {"filterType": "LOT_SIZE", "minQty": s.min_qty, "maxQty": "9000.00000000",
+                 "stepSize": s.step_size},
+                {"filterType": "ICEBERG_PARTS", "limit": 10},
+                {"filterType": "MARKET_LOT_SIZE", "minQty": "0.00000000", "maxQty": "100.00000000",
+                 "stepSize": "0.00000000"},
+                {"filterType": "NOTIONAL", "minNotional": s.min_notional, "applyMinToMarket": True,
+                 "maxNotional": "9000000.00000000", "applyMaxToMarket": False, "avgPriceMins": 5},
+                {"filterType": "MAX_NUM_ORDERS", "maxNumOrders": 200},
+            ],
+            "permissions": [],
+            "permissionSets": [["SPOT"]],
+            "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+            "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
+        }
+
+    async def _klines(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        symbol = q.get("symbol", "")
+        interval = q.get("interval", "")
+        if symbol not in self.symbols or symbol not in self.candles.symbols:
+            return _error(400, -1121, "Invalid symbol.")
+        minutes = CANDLE_INTERVALS.get(interval)
+        if minutes is None:
+            return _error(400, -1120, "Invalid interval.")
+        try:
+            limit = int(q.get("limit", "500"))
+            start = int(q["startTime"]) if "startTime" in q else None
+            end = int(q["endTime"]) if "endTime" in q else None
+        except ValueError:
+            return _error(400, -1100, "Illegal characters found in a parameter.")
+        if not 1 <= limit <= MAX_LIMIT:
+            return _error(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        step = minutes * MINUTE_MS
+        now = self.now_ms()
+        last_open = now - now % step  # the candle forming now is served, as Binance does
+        if end is None or end > last_open:
+            end = last_open
+        try:
+            if start is not None:
+                rows = self.candles.next_candles(symbol, interval, start, limit)
+            else:
+                # the newest `limit` candles opening at or before `end`
+                rows = self.candles.closed_candles(symbol, interval, end + step, limit)
+        except CandleError as exc:
+            return _error(400, -1121, str(exc))
+        rows = [c for c in rows if c.timestamp <= end]
+        payload = [
+            [c.timestamp, _fmt(c.open), _fmt(c.high), _fmt(c.low), _fmt(c.close), _fmt(c.volume),
+             c.timestamp + step - 1, _fmt(c.volume * c.close), 100, _fmt(c.volume / 2),
+             _fmt(c.volume * c.close / 2), "0"]
+            for c in rows
+        ]
+        return web.Response(text=json.dumps(payload), content_type="application/json")
+
+
+def _error(status: int, code: int, msg: str) -> web.Response:
+    return web.json_response({"code": code, "msg": msg}, status=status)
+
+
+# ---------------------------------------------------------------------- fixtures
+ServerFactory = Callable[..., Awaitable[BinanceServer]]
+
+
+@pytest.fixture
+async def binance_server_factory() -> AsyncIterator[ServerFactory]:
+    """`await factory(candles, now_ms=..., ...)` starts a server; all are closed after the test."""
+    servers: list[BinanceServer] = []
+
+    async def factory(candles: MemoryCandles, **kwargs: Any) -> BinanceServer:
+        server = await BinanceServer(candles, **kwargs).start()
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        await server.close()
