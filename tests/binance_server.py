@@ -9,7 +9,7 @@ real candles from a `MemoryCandles` / `CsvCandles` store (any interval, aggregat
   a live run on a `VirtualClock` sees exactly what a real exchange would show at that moment.
 - `/api/v3/klines` honours `symbol`, `interval`, `startTime`, `endTime` and `limit` (default 500, at
   most 1000 — more is a -1130 error, as on Binance); rows are Binance's 12-field arrays, prices as
-  strings with 8 decimals.
+  strings with 8 decimals (exact, see `_fmt`).
 - Fault injection: `server.fail(kind, times=n, path=...)` queues faults for the next requests to a
   path: HTTP 429 / 418 / 500 / 503, `"slow"` (answer after `slow_seconds`, past a short client
   timeout), `"html"` (a 200 with an HTML page), `"truncated"` (a 200 with cut-off JSON) and
@@ -68,7 +68,10 @@ def split_symbol(symbol: str) -> tuple[str, str]:
 
 
 def _fmt(value: float) -> str:
-    return f"{value:.8f}"
+    """Binance's 8-decimal strings, or the shortest exact repr when 8 decimals would change the float
+    (sums of aggregated volumes), so candles arrive bit-identical to the source's."""
+    text = f"{value:.8f}"
+    return text if float(text) == value else repr(value)
 
 
 class BinanceServer:
@@ -92,6 +95,7 @@ class BinanceServer:
         self.slow_seconds = slow_seconds
         self.counts: Counter[str] = Counter()
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.headers: list[dict[str, str]] = []  # request headers, to check what a client sent
         self.unknown: list[str] = []
         self.faults_served: Counter[str] = Counter()
         self._faults: dict[str, deque[str]] = {}
@@ -108,9 +112,7 @@ class BinanceServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        server = site._server
-        assert server is not None
-        port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        port = self._runner.addresses[0][1]  # the port the OS picked
         self.url = f"http://127.0.0.1:{port}"
         return self
 
@@ -144,11 +146,16 @@ class BinanceServer:
     def clear_faults(self) -> None:
         self._faults.clear()
 
+    def klines_queries(self) -> list[dict[str, str]]:
+        """The query of every /api/v3/klines request, in order."""
+        return [query for path, query in self.requests if path == KLINES]
+
     # ------------------------------------------------------------------ dispatch
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         self.counts[path] += 1
         self.requests.append((path, dict(request.query)))
+        self.headers.append(dict(request.headers))
         queue = self._faults.get(path)
         if queue:
             kind = queue.popleft()

@@ -6,9 +6,11 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ import pytest
 
 import backtest_kit as bk
 from backtest_kit.cli.app import build_parser, config_item, parse_value, speed, when
-from backtest_kit.cli.render import LiveStatus, PlainProgress, summary_rows
+from backtest_kit.cli.render import LiveStatus, PlainProgress, format_span, summary_rows
 from backtest_kit.engine import plots
 from backtest_kit.engine.models import ProgressEvent
 
@@ -231,6 +233,53 @@ def test_live_replay_until_the_window_ends(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()
 
 
+SYNTHETIC_EXCHANGE = """
+import math, time
+from datetime import datetime
+
+async def get_candles(symbol, interval, since, limit):
+    start = int(since.timestamp() * 1000) if isinstance(since, datetime) else int(since)
+    now = int(time.time() * 1000)
+    out, t = [], start - start % 60_000
+    while len(out) < limit and t + 60_000 <= now:
+        p = 100 + math.sin(t / 600_000)
+        out.append((t, p, p + 0.1, p - 0.1, p, 10.0))
+        t += 60_000
+    return out
+
+async def get_signal(symbol, when):
+    return None
+
+def register(engine, csv_path=None):
+    engine.add_exchange(exchange_name="synthetic", get_candles=get_candles)
+    engine.add_strategy(strategy_name="idle", interval="1m", get_signal=get_signal)
+    return "SYNTH"
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+def test_live_runs_until_ctrl_c_then_reports(tmp_path: Path) -> None:
+    (tmp_path / "synth.py").write_text(SYNTHETIC_EXCHANGE)
+    proc = subprocess.Popen([sys.executable, "-m", "backtest_kit", "live", "synth.py", "-c", "CC_TICK_TTL_MS=50",
+                             "--no-plot"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        banner = proc.stderr.readline()  # printed once the run has started
+        assert banner.startswith("live idle on SYNTH (synthetic); Ctrl-C stops")
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out.startswith("# Live Trading Report: idle\n")
+    assert "| IDLE | SYNTH |" in out
+    status = err.strip().splitlines()[-1]
+    assert status.startswith("live idle SYNTH | ") and int(status.split("ticks ")[1].split(" ")[0]) > 0
+    assert (tmp_path / "dump" / "live" / "idle.md").is_file()
+
+
 def test_report_lists_and_prints_dumps(tmp_path: Path) -> None:
     assert run("backtest", "--no-progress", "--no-plot", cwd=tmp_path).returncode == 0
     proc = run("report", cwd=tmp_path)
@@ -299,3 +348,5 @@ def test_summary_rows_handle_an_empty_run() -> None:
 
     rows: dict[str, Any] = dict(summary_rows(BacktestStats().data()))
     assert rows["Trades"] == "0 (0 won / 0 lost)" and rows["Win rate"] == "n/a" and rows["Max drawdown"] == "n/a"
+    assert (format_span(42 * 60_000), format_span(307 * 60_000), format_span(90 * 86_400_000)) == (
+        "42 min", "5 h 07 min", "90.0 days")

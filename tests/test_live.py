@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import inspect
 import os
 import sys
 import threading
@@ -22,16 +23,16 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import REFERENCE_CONFIG, T0, M, candles_from_path, concat, dt, flat_candles, long
 
 import backtest_kit as bk
 from backtest_kit.engine.models import ActiveResult, ClosedResult, OpenedResult, PnL, SignalRow
 from backtest_kit.engine.stats import LiveStats
-
-from helpers import REFERENCE_CONFIG, T0, M, candles_from_path, concat, dt, flat_candles, long
 
 TTL = 60_001  # the default CC_TICK_TTL_MS
 SYMBOL = "BTCUSDT"
@@ -105,9 +106,7 @@ def make_world(
     async def recording_signal(symbol: str, when: datetime) -> Any:
         w.calls.append((symbol, clock.now_ms()))
         result = fn(symbol, when)
-        if hasattr(result, "__await__"):
-            result = await result
-        return result
+        return await result if inspect.isawaitable(result) else result
 
     def recorder(name: str) -> Callable[..., None]:
         def cb(symbol: str, row: Any = None, *rest: Any) -> None:
@@ -161,7 +160,7 @@ async def test_run_yields_opened_closed_cancelled_every_tick_ttl(tmp_path: Path)
     # every tick reached the listeners, one TICK_TTL apart, starting at the clock's start
     times = w.times()
     assert times[0] == T0
-    assert {b - a for a, b in zip(times, times[1:], strict=False)} == {TTL}
+    assert {b - a for a, b in pairwise(times)} == {TTL}
     assert set(w.actions()) == {"opened", "active", "closed", "scheduled", "cancelled"}
     # a foreground run publishes no done event; breaking out ends it
     assert w.done == []
@@ -304,6 +303,24 @@ async def test_stop_while_open_keeps_monitoring_until_the_close(tmp_path: Path, 
     assert stats.total_trades == 1
 
 
+async def test_cancel_on_every_tick_while_open_does_not_spin(tmp_path: Path) -> None:
+    """cancel() called again and again (here from a listener on every tick) keeps the tick period."""
+    w = make_world(tmp_path, first_then_none(long(110, 90, 30)))
+    handle: bk.CancelHandle | None = None
+
+    def cancel_again(result: bk.TickResult) -> None:
+        if handle is not None and result.action != "opened":
+            handle()
+
+    w.engine.listen_signal_live(cancel_again)
+    handle = w.start()
+    await asyncio.wait_for(handle.wait(), 5)
+    assert w.actions() == ["opened"] + ["active"] * 30 + ["closed"]  # one extra tick: the stop's wake-up
+    gaps = [b - a for a, b in pairwise(w.times())]
+    assert gaps == [TTL, 0] + [TTL] * 29
+    assert len(w.done) == 1
+
+
 async def test_stop_before_start_does_not_affect_a_later_run(tmp_path: Path) -> None:
     w = make_world(tmp_path, first_then_none(long(110, 90, 5)))
     await w.engine.live.stop(SYMBOL, "s")  # prepares the pair only
@@ -354,7 +371,7 @@ async def test_get_signal_errors_are_reported_and_the_loop_goes_on(tmp_path: Pat
         await handle.wait()
     assert [str(e) for e in w.errors] == ["boom 1", "boom 2", "boom 3"]
     assert w.actions()[:5] == ["idle", "idle", "idle", "opened", "active"]
-    assert {b - a for a, b in zip(w.times(), w.times()[1:], strict=False)} == {TTL}
+    assert {b - a for a, b in pairwise(w.times())} == {TTL}
     assert len(w.done) == 1
 
 
@@ -383,7 +400,7 @@ async def test_get_candles_errors_fail_the_tick_which_is_retried_a_tick_later(tm
     # the position opened at tick 0 survived the outage and expired on time
     assert w.actions()[:4] == ["opened", "active", "active", "active"]
     ticks = sorted(w.times() + error_times)
-    assert {b - a for a, b in zip(ticks, ticks[1:], strict=False)} == {TTL}
+    assert {b - a for a, b in pairwise(ticks)} == {TTL}
     closed = [r for _, r in w.events if isinstance(r, bk.ClosedResult)]
     assert len(closed) == 1 and closed[0].close_reason == "time_expired"
     assert len(w.done) == 1
@@ -520,9 +537,10 @@ async def test_listener_ordering_across_many_pairs(tmp_path: Path) -> None:
     assert max_inflight == 1  # one event at a time
     assert async_order == sync_order == global_order  # everyone sees the emission order
     assert [t for *_, t in sync_order] == sorted(t for *_, t in sync_order)  # time never goes back
-    for pair in pairs:  # per pair: one tick per TICK_TTL (0 once: the wake-up of a stop with a position open)
+    for pair in pairs:  # per pair: one tick per TICK_TTL, but a stop wakes a pair with a position at once
         times = [t for s, st, t in sync_order if (s, st) == pair]
-        assert {b - a for a, b in zip(times, times[1:], strict=False)} <= {TTL, 0}
+        gaps = [b - a for a, b in pairwise(times)]
+        assert sum(1 for g in gaps if g != TTL) <= 1 and all(0 <= g <= TTL for g in gaps)
         actions = [r.action for _, r in w.events if (r.symbol, r.strategy_name) == pair]
         trades = [a for a in actions if a in ("opened", "closed")]
         assert trades == ["opened", "closed"] * (len(trades) // 2)  # lifecycle order, every trade closed
@@ -587,13 +605,13 @@ def _results(n_signals: int) -> list[list[bk.TickResult]]:
                         price_stop_loss=90.0, minute_estimated_time=60, note="", symbol=SYMBOL,
                         strategy_name="s", exchange_name="mem", scheduled_at=T0 + k * M, pending_at=T0 + k * M,
                         is_scheduled=False)
-        base = {"symbol": SYMBOL, "strategy_name": "s", "exchange_name": "mem", "backtest": False, "signal": row}
-        trade: list[bk.TickResult] = [OpenedResult(current_price=100.0, **base)]
-        trade += [ActiveResult(current_price=100.0 + i, percent_tp=10.0 * i, percent_sl=0.0, **base)
-                  for i in range(5)]
+        names = {"symbol": SYMBOL, "strategy_name": "s", "exchange_name": "mem"}
+        trade: list[bk.TickResult] = [OpenedResult(**names, current_price=100.0, backtest=False, signal=row)]
+        trade += [ActiveResult(**names, current_price=100.0 + i, backtest=False, signal=row,
+                               percent_tp=10.0 * i, percent_sl=0.0) for i in range(5)]
         pnl = PnL(1.0 if k % 3 else -0.5, 100.0, 101.0)
-        trade.append(ClosedResult(current_price=101.0, close_reason="take_profit",
-                                  close_timestamp=T0 + k * M + 5 * M, pnl=pnl, **base))
+        trade.append(ClosedResult(**names, current_price=101.0, backtest=False, signal=row,
+                                  close_reason="take_profit", close_timestamp=T0 + k * M + 5 * M, pnl=pnl))
         out.append(trade)
     return out
 

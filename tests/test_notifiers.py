@@ -21,11 +21,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from helpers import T0, M, candle, dt, long, make_engine
 
 import backtest_kit as bk
 from backtest_kit.listeners.notifiers import QueuedAdapter, default_filter, default_format, event_kind, event_payload
-
-from helpers import T0, M, candle, dt, long, make_engine
 
 TOKEN = "123456789:AAH-super-secret-token_XYZ"
 

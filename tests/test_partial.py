@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -17,15 +18,14 @@ from typing import Any
 
 import msgspec
 import pytest
+from helpers import T0, M, candle, candles_from_path, dt, long, make_engine, short
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_risk import MemoryPersist
 
 import backtest_kit as bk
 from backtest_kit.engine.lifecycle import progress_of, window_vwap
 from backtest_kit.engine.partial import LevelTracker
-
-from helpers import T0, M, candle, candles_from_path, dt, long, make_engine, short
-from test_risk import MemoryPersist
 
 SYMBOL = "BTCUSDT"
 
@@ -90,7 +90,7 @@ async def test_rule54_55_callbacks_every_evaluation(position: str, step: float, 
     assert len(calls[side]) >= 5 and calls[other] == []
     pcts = [p for p, _ in calls[side]]
     assert all(bt for _, bt in calls[side]) and all(0 <= p <= 100 for p in pcts)
-    assert all(a < b for a, b in zip(pcts, pcts[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(pcts))
 
 
 # ------------------------------------------------------------------------------------- milestone events
@@ -162,7 +162,7 @@ async def test_rule61_event_fields() -> None:
     assert events and all(isinstance(e.level, int) and e.symbol == SYMBOL and e.backtest for e in events)
     assert all(e.strategy_name == "s" and e.exchange_name == "mem" for e in events)
     assert [e.level for e in events] == sorted({e.level for e in events})
-    assert all(a.timestamp < b.timestamp for a, b in zip(events, events[1:], strict=False))
+    assert all(a.timestamp < b.timestamp for a, b in itertools.pairwise(events))
 
 
 async def test_rule63_never_traded_symbol() -> None:

@@ -7,6 +7,7 @@ import statistics
 from typing import Any
 
 import pytest
+from helpers import T0, M, flat_candles, long, make_engine, once, setup
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,8 +19,6 @@ from backtest_kit.engine.performance_stats import (
     nearest_rank,
     performance_report,
 )
-
-from helpers import M, T0, flat_candles, long, make_engine, once, setup
 
 try:
     import numpy as np

@@ -19,6 +19,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from helpers import REFERENCE_CONFIG, T0, M, dt, flat_candles, long
 
 import backtest_kit as bk
 from backtest_kit.engine.persist import QuarantineBackend
@@ -28,8 +29,6 @@ from backtest_kit.engine.signal_store import (
     encode_signal_row,
     signal_key,
 )
-
-from helpers import REFERENCE_CONFIG, T0, M, dt, flat_candles, long
 
 TTL = 60_001  # the default CC_TICK_TTL_MS
 SYMBOL = "BTCUSDT"
@@ -74,22 +73,23 @@ class World:
         open position runs to its close) or, with `crash`, abandon the task at once."""
         handle = self.engine.live.background(SYMBOL, strategy_name="s", exchange_name="mem")
 
-        def check(_: bk.TickResult) -> None:
-            if done(self) or len(self.events) >= max_ticks:
+        def check(_: Any) -> None:
+            if done(self) or len(self.events) + len(self.errors) >= max_ticks:
                 if crash:
                     handle.task.cancel()
                 else:
                     handle()
 
-        unsubscribe = self.engine.listen_signal_live(check)
+        unsubscribe = [self.engine.listen_signal_live(check), self.engine.listen_error(check)]
         try:
             await handle.wait()
         except asyncio.CancelledError:
             if not crash:
                 raise
         finally:
-            unsubscribe()
-        assert len(self.events) < max_ticks, "condition not reached"
+            for off in unsubscribe:
+                off()
+        assert len(self.events) + len(self.errors) < max_ticks, "condition not reached"
 
 
 def make_world(
@@ -238,7 +238,12 @@ async def test_scheduled_file_is_written_before_scheduled_then_moves_to_pending_
 async def test_cancelled_scheduled_signal_file_is_removed(tmp_path: Path) -> None:
     w = make_world(tmp_path, first_then_none(long(110, 90, 5, price_open=95)), CC_SCHEDULE_AWAIT_MINUTES=3)
     present: list[bool] = []
-    w.engine.listen_signal_live(lambda r: present.append(w.scheduled_file.exists()) if r.action == "cancelled" else None)
+
+    def listener(result: bk.TickResult) -> None:
+        if result.action == "cancelled":
+            present.append(w.scheduled_file.exists())
+
+    w.engine.listen_signal_live(listener)
     await w.run_until(lambda w: "cancelled" in w.actions())
     assert present == [True]  # still there while listeners get the cancel, gone after the tick
     assert not w.scheduled_file.exists()
@@ -303,7 +308,7 @@ async def test_restart_restores_a_scheduled_signal_and_its_await_window(tmp_path
 
     restart_at = T0 + 5 * TTL
     second = make_world(tmp_path, start=restart_at, CC_SCHEDULE_AWAIT_MINUTES=20)
-    await second.run_until(lambda w: "cancelled" in w.actions())
+    await second.run_until(lambda w: "cancelled" in w.actions() and w.actions()[-1] == "idle")
     assert ("on_schedule", scheduled.id, restart_at) in second.callbacks  # announced on restore
     cancelled = second.of("cancelled")[0]
     assert cancelled.signal == scheduled
@@ -443,7 +448,7 @@ async def test_failed_delete_after_close_blocks_new_positions_until_it_succeeds(
             backend.fail = set()
 
     w.engine.listen_signal_live(break_on_close)
-    await w.run_until(lambda w: len(w.of("opened")) == 2)
+    await w.run_until(lambda w: len(w.of("opened")) == 2, crash=True)
     actions = w.actions()
     first_close = actions.index("closed")
     assert actions[first_close + 1: first_close + 5] == ["idle"] * 4

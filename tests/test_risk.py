@@ -23,11 +23,10 @@ from typing import Any
 
 import msgspec
 import pytest
+from helpers import T0, M, candle, dt, flat_candles, long, make_engine
 
 import backtest_kit as bk
 from backtest_kit.engine.risk import RiskGateImpl, risk_report
-
-from helpers import T0, M, candle, dt, flat_candles, long, make_engine
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT")
 
@@ -614,7 +613,7 @@ async def test_activation_rejected_in_backtest_discards_silently(engine: bk.Engi
     engine.add_frame(frame_name="f", interval="1m", start_date=dt(T0), end_date=dt(T0) + timedelta(minutes=20))
     checks: list[bool] = []
     engine.add_risk(risk_name="rk", validations=[
-        lambda a: checks.append(a.pending_signal.is_scheduled) or (True if a.pending_signal.is_scheduled else False)])
+        lambda a: checks.append(a.pending_signal.is_scheduled) or bool(a.pending_signal.is_scheduled)])
     errors: list[BaseException] = []
     engine.listen_error(errors.append)
     events: list[bk.TickResult] = []
@@ -826,3 +825,32 @@ async def test_live_restart_restores_risk_and_closes_it(tmp_path: Any) -> None:
     await h2.wait()
     assert await engine2.risk.get_positions("rk") == []
     assert ("risk", "rk") not in backend.data
+
+
+async def test_a_cancelled_backtest_does_not_keep_its_slot(engine: bk.Engine) -> None:
+    """Rule 12 under cancellation: a run killed mid-position releases the slot for later runs."""
+    market = flat_market(("BTCUSDT",), 300)
+    hang = asyncio.Event()
+    fetching = asyncio.Event()
+
+    async def get_candles(symbol: str, interval: str, since: datetime, limit: int) -> list[bk.Candle]:
+        arr = market[symbol]
+        i = max(0, (int(since.timestamp() * 1000) - arr[0].timestamp) // M)
+        if limit > 5:  # the fast-forward fetch of the first strategy hangs until cancelled
+            fetching.set()
+            await hang.wait()
+        return arr[i:i + limit]
+
+    engine.add_exchange(exchange_name="mem", get_candles=get_candles)
+    engine.add_strategy(strategy_name="a", interval="1m", get_signal=signal_every_tick(), risk_name="rk")
+    engine.add_frame(frame_name="f", interval="1m", start_date=dt(T0), end_date=dt(T0) + timedelta(minutes=30))
+    engine.add_risk(risk_name="rk", max_concurrent_positions=1)
+    handle = engine.backtest.background("BTCUSDT", strategy_name="a", exchange_name="mem", frame_name="f")
+    await asyncio.wait_for(fetching.wait(), 5)
+    assert len(await engine.risk.get_positions("rk", backtest=True)) == 1  # open while the run lives
+    handle.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await handle.task
+    assert await engine.risk.get_positions("rk", backtest=True) == []
+    hang.set()
+    assert await gate(engine, "rk", "ETHUSDT", "b").try_open(mk_row("ETHUSDT", "b"), 100.0, T0)

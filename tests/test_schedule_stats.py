@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from helpers import T0, M, candles_from_path, dt, flat_candles, long, make_engine, once, setup
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,8 +21,6 @@ from backtest_kit.engine.models import (
     SignalRow,
 )
 from backtest_kit.engine.schedule_stats import MAX_SCHEDULE_EVENTS, ScheduleStats, schedule_report
-
-from helpers import M, T0, candles_from_path, dt, flat_candles, long, make_engine, once, setup
 
 SYMBOL = "BTCUSDT"
 

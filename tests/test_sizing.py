@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from helpers import T0, M, candle, dt, flat_candles, long, make_engine
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -18,8 +19,6 @@ from backtest_kit.engine.sizing import (
     fixed_percentage_quantity,
     kelly_criterion_quantity,
 )
-
-from helpers import T0, M, candle, dt, flat_candles, long, make_engine
 
 PS = "BTCUSDT"
 
@@ -61,7 +60,7 @@ async def test_rule43_method_mismatch(engine: bk.Engine) -> None:
     with pytest.raises(bk.SizingError, match="method mismatch"):
         await engine.position_size.fixed_percentage(PS, 10_000, 50_000, 49_000, sizing_name="kelly")
     engine.add_sizing(sizing_name="custom", get_quantity=lambda *a: 1.0)
-    with pytest.raises(bk.SizingError, match="method mismatch.*custom"):
+    with pytest.raises(bk.SizingError, match=r"method mismatch.*custom"):
         await engine.position_size.atr_based(PS, 10_000, 50_000, 500, sizing_name="custom")
 
 
@@ -261,7 +260,8 @@ async def test_rule53_custom_get_quantity_on_results(engine: bk.Engine) -> None:
 
 async def test_custom_quantity_limits_and_on_calculate(engine: bk.Engine) -> None:
     seen: list[float] = []
-    _backtest(engine, lambda s, row, p: 5, max_position_size=0.5, callbacks={"on_calculate": lambda q, p: seen.append(q)})
+    _backtest(engine, lambda s, row, p: 5, max_position_size=0.5,
+              callbacks={"on_calculate": lambda q, p: seen.append(q)})
     results = [r async for r in engine.backtest.run("BTCUSDT", strategy_name="s", exchange_name="mem",
                                                      frame_name="f")]
     assert results[0].signal.quantity == 0.5 and seen == [0.5]
@@ -317,3 +317,42 @@ async def test_live_opened_result_carries_the_quantity_and_format_quantity(tmp_p
     await handle.wait()
     assert opened.signal.quantity == 0.01234 and formatted == ["0.012"]
     await engine.close()
+
+
+async def test_quantity_column_in_reports_uses_format_quantity(tmp_path: Any) -> None:
+    engine = make_engine()
+    engine.add_exchange(exchange_name="mem", get_candles=bk.MemoryCandles(
+        {"BTCUSDT": flat_candles(T0 - 10 * M, 200, 100.0)}), format_quantity=lambda s, q: f"{q:.4f} BTC")
+    engine.add_sizing(sizing_name="qty", get_quantity=lambda s, row, p: 0.001)
+    engine.add_strategy(strategy_name="s", interval="1m", sizing_name="qty",
+                        get_signal=lambda s, w: long(tp=110, sl=90, minutes=5))
+    engine.add_strategy(strategy_name="plain", interval="1m", get_signal=lambda s, w: long(tp=110, sl=90, minutes=5))
+    engine.add_frame(frame_name="f", interval="1m", start_date=dt(T0), end_date=dt(T0) + timedelta(minutes=12))
+    for name in ("s", "plain"):
+        assert [r async for r in engine.backtest.run("BTCUSDT", strategy_name=name, exchange_name="mem",
+                                                      frame_name="f")]
+    report = await engine.backtest.get_report("BTCUSDT", "s")
+    assert "| Signal ID | Symbol | Position | Quantity | Open Price |" in report
+    assert "| LONG | 0.0010 BTC |" in report
+    assert "Quantity" not in await engine.backtest.get_report("BTCUSDT", "plain")  # unchanged without sizing
+
+    clock = bk.VirtualClock(dt(T0))
+    live = make_engine(tmp_path, clock=clock)
+
+    async def get_candles(symbol: str, interval: str, since: datetime, limit: int) -> list[bk.Candle]:
+        start = int(since.timestamp() * 1000)
+        return [candle(start + k * M, 100, 101, 99, 100) for k in range(limit)]
+
+    live.add_exchange(exchange_name="mem", get_candles=get_candles, format_quantity=lambda s, q: f"{q:.2f}")
+    live.add_sizing(sizing_name="qty", get_quantity=lambda s, row, p: 1.5)
+    live.add_strategy(strategy_name="s", interval="1m", sizing_name="qty",
+                      get_signal=lambda s, w: long(tp=110, sl=90, minutes=3))
+    closed = asyncio.Event()
+    live.listen_signal_live(lambda r: closed.set() if r.action == "closed" else None)
+    handle = live.live.background("BTCUSDT", strategy_name="s", exchange_name="mem")
+    await asyncio.wait_for(closed.wait(), 10)
+    handle()
+    await handle.wait()
+    text = await live.live.get_report("BTCUSDT", "s")
+    assert "| Signal ID | Position | Quantity |" in text and "| LONG | 1.50 |" in text
+    await live.close()

@@ -1,7 +1,9 @@
 """Adapters: candle sources (in-memory, CSV), persistence backends, exchanges."""
 
 from .candles import CsvCandles, MemoryCandles, bundled_sample_path
+from .ccxt_exchange import CcxtExchange, add_ccxt_exchange  # ccxt itself is imported on first use
 from .file_persist import FilePersist
 from .replay import ReplayExchange, replay_clock
 
-__all__ = ["CsvCandles", "FilePersist", "MemoryCandles", "ReplayExchange", "bundled_sample_path", "replay_clock"]
+__all__ = ["CcxtExchange", "CsvCandles", "FilePersist", "MemoryCandles", "ReplayExchange", "add_ccxt_exchange",
+           "bundled_sample_path", "replay_clock"]

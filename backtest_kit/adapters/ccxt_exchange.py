@@ -296,7 +296,7 @@ class CcxtExchange:
         prefix = exchange_id.upper()
         self._api_key = _credential(
             api_key if api_key is not None else in_config.get("apiKey"),
-            (f"{prefix}_API_KEY", f"{prefix}_APIKEY", f"{prefix}_KEY"), file_values)
+            (f"{prefix}_API_KEY", f"{prefix}_APIKEY"), file_values)
         self._secret = _credential(
             secret if secret is not None else in_config.get("secret"),
             (f"{prefix}_SECRET", f"{prefix}_API_SECRET", f"{prefix}_SECRET_KEY"), file_values)
@@ -386,13 +386,18 @@ class CcxtExchange:
         self._symbols = {}
 
     async def load_markets(self, *, reload: bool = False) -> dict[str, Any]:
-        """The cached markets; loaded on first use and again after `markets_ttl` seconds."""
+        """A copy of the cached markets; loaded on first use and again after `markets_ttl` seconds."""
+        client = await self._ensure_markets(reload=reload)
+        return dict(client.markets or {})
+
+    async def _ensure_markets(self, *, reload: bool = False) -> Any:
+        """The client, with markets loaded (or reloaded when due); no copy, no request when fresh."""
         client = self._get_client()
         if not reload and not self._markets_due():
-            return dict(client.markets or {})
+            return client
         lock = self._markets_lock
         assert lock is not None
-        async with lock:
+        async with lock:  # one load at a time; callers that waited find the markets fresh
             if reload or self._markets_due():
                 first = self._markets_at is None
                 error: Exception | None = None
@@ -402,7 +407,7 @@ class CcxtExchange:
                     error = self._translate(exc, "load_markets")
                 if error is not None:
                     if first:
-                        raise error
+                        raise error  # outside the handler: the ccxt exception is not chained
                     self._log("warn", f"exchange {self.exchange_name}: markets reload failed, keeping the "
                                       f"cached markets", str(error))
                     self._markets_at = _monotonic() - (self.markets_ttl or 0.0) + MARKETS_RETRY_SECONDS
@@ -412,7 +417,7 @@ class CcxtExchange:
                     self.markets_loads += 1
                     self._log("info", f"exchange {self.exchange_name}: {len(client.markets or {})} markets "
                                       f"loaded from {self.exchange_id}{' (sandbox)' if self.sandbox else ''}")
-        return dict(client.markets or {})
+        return client
 
     def _markets_due(self) -> bool:
         if self._markets_at is None:
@@ -421,8 +426,7 @@ class CcxtExchange:
 
     async def _market(self, symbol: str) -> tuple[Any, str]:
         """The client and the unified ccxt symbol of `symbol` (an exchange id or a unified symbol)."""
-        await self.load_markets()
-        client = self._client
+        client = await self._ensure_markets()
         unified = self._symbols.get(symbol)
         if unified is None:
             markets = client.markets or {}

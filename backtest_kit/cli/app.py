@@ -145,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     o = common.add_argument_group("output")
     o.add_argument("--json", action="store_true",
                    help="print one JSON document (statistics and written files) to stdout, nothing else")
-    o.add_argument("--markdown", action="store_true", help="print the full markdown report instead of the summary")
+    o.add_argument("--markdown", action="store_true",
+                   help="backtest: print the full markdown report instead of the summary (live always prints it)")
     o.add_argument("--dump-dir", default="dump", metavar="DIR", help="where reports are written (default ./dump)")
     o.add_argument("--no-dump", action="store_true", help="write no report files")
     o.add_argument("--no-plot", action="store_true", help="no equity-curve PNG even when matplotlib is installed")
@@ -312,7 +313,7 @@ def _frame_text(engine: CliEngine, frame_name: str) -> str:
 
 
 async def cmd_backtest(args: argparse.Namespace) -> int:
-    engine = CliEngine(dump_dir=args.dump_dir, persist_dir=Path(tempfile.gettempdir()) / "backtest-kit-unused")
+    engine = CliEngine(dump_dir=args.dump_dir)  # backtests never persist state
     try:
         with stdout_to_stderr(args.json):
             apply_config(engine, args.config)
@@ -499,14 +500,15 @@ async def _run_live(
                                     exchange_name=target.exchange_name)
     uninstall = None
     if not replay:
-        if not args.no_progress:
-            sys.stderr.write(f"live {target.strategy_name} on {target.symbol} ({target.exchange_name}); "
-                             "Ctrl-C stops (an open position is still watched to its close), "
-                             "a second Ctrl-C ends at once\n")
         with contextlib.suppress(RuntimeError, ValueError):
             from ..engine.signals import install_signal_handlers
 
             uninstall = install_signal_handlers(handle, on_repeat=handle.task.cancel)
+        if not args.no_progress:
+            sys.stderr.write(f"live {target.strategy_name} on {target.symbol} ({target.exchange_name}); "
+                             "Ctrl-C stops (an open position is still watched to its close), "
+                             "a second Ctrl-C ends at once\n")
+            sys.stderr.flush()
     open_at_end: SignalRow | None = None
     try:
         ended = asyncio.ensure_future(data_ended.wait())

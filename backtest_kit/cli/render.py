@@ -42,6 +42,16 @@ def format_seconds(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def format_span(ms: int) -> str:
+    """A duration for people: `3.2 days`, `5 h 07 min`, `42 min`."""
+    minutes = ms / 60_000
+    if minutes >= 2 * 1440:
+        return f"{minutes / 1440:.1f} days"
+    if minutes >= 60:
+        return f"{int(minutes // 60)} h {int(minutes % 60):02d} min"
+    return f"{minutes:.0f} min"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Backtest progress
 # ---------------------------------------------------------------------------------------------------------
@@ -355,7 +365,7 @@ def summary_rows(stats: Statistics) -> list[tuple[str, str]]:
         ("Certainty ratio", _num(stats.certainty_ratio)),
         ("Expected yearly returns", _pct(stats.expected_yearly_returns)),
         ("Max drawdown", _pct(stats.max_drawdown, signed=False)
-         + ("" if not dd_ms else f" (underwater {format_seconds(dd_ms / 1000)})")),
+         + ("" if not dd_ms else f" (longest time below a peak: {format_span(dd_ms)})")),
         ("Avg trade duration", "n/a" if duration is None else f"{duration:.1f} min"),
         ("Close reasons", reasons),
     ]

@@ -198,9 +198,13 @@ class BacktestRunner(RunnerBase[FinishedResult]):
 
     async def get_report(self, symbol: str, strategy_name: str) -> str:
         from .report import backtest_report
+        from .sizing import format_quantities
 
         stats = await self.get_data(symbol, strategy_name)
-        return backtest_report(strategy_name, stats, show_note=self.engine.config.CC_REPORT_SHOW_SIGNAL_NOTE)
+        quantities = await format_quantities(
+            self.engine, ((r.exchange_name, r.symbol, r.signal.id, r.signal.quantity) for r in stats.signals))
+        return backtest_report(strategy_name, stats, show_note=self.engine.config.CC_REPORT_SHOW_SIGNAL_NOTE,
+                               quantities=quantities)
 
     async def dump(
         self, symbol: str, strategy_name: str, path: str | Path | None = None, *, plot: bool = True

@@ -12,7 +12,7 @@ import asyncio
 import heapq
 import itertools
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
@@ -98,7 +98,9 @@ class VirtualClock:
                 del self._attached[owner]
                 self._owner_sleeps.pop(owner, None)
             if token is not None:
-                self._owner.reset(token)
+                # an async generator may be finalised in another context; the owner is gone anyway
+                with suppress(ValueError):
+                    self._owner.reset(token)
             self._schedule_check()
 
     def advance(self, seconds: float) -> None:

@@ -49,7 +49,12 @@ class PartialTracker(Protocol):
 
 
 class SignalStore(Protocol):
-    """Where a live instance keeps its pending and scheduled signal across restarts."""
+    """Where a live instance keeps its pending and scheduled signal across restarts.
+
+    Optional members, looked up with `getattr` (see `signal_store.PersistedSignalStore`): `healthy`
+    (False blocks new positions until `flush()` succeeds), `has_deferred` (the live loop calls
+    `flush()` after a tick's result reached the listeners) and `async flush()`.
+    """
 
     async def load(self) -> tuple[SignalRow | None, SignalRow | None]:
         """(pending, scheduled) as last saved; invalid snapshots are reported and skipped."""

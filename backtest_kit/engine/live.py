@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,8 +57,14 @@ class LiveRunner(RunnerBase[TickResult]):
         engine.schedule.reset(symbol, strategy_name)
         return record, self._loop(record, instance)
 
-    def run(self, symbol: str, *, strategy_name: str, exchange_name: str) -> AsyncIterator[TickResult]:
-        """Opened, closed and cancelled results as they happen; ends only after a stop."""
+    def run(
+        self, symbol: str, *, strategy_name: str, exchange_name: str
+    ) -> AsyncGenerator[TickResult, None]:
+        """Opened, closed and cancelled results as they happen; ends only after a stop.
+
+        To leave early, close it (`async with contextlib.aclosing(Live.run(...)) as results:`);
+        a bare `break` leaves that to the event loop's async-generator finaliser.
+        """
         record, body = self._prepare(symbol, strategy_name, exchange_name, "run")
         return self._iterate(record, body)
 
@@ -132,18 +138,18 @@ class LiveRunner(RunnerBase[TickResult]):
         if wake.is_set():
             wake.clear()
             return
+        # One helper task per tick (the hot path of many pairs): a stop cancels it (RunRecord.request_stop).
         sleeper = asyncio.ensure_future(self.engine.clock.sleep(seconds))
-        waiter = asyncio.ensure_future(wake.wait())
+        record.sleeper = sleeper
         try:
-            await asyncio.wait((sleeper, waiter), return_when=asyncio.FIRST_COMPLETED)
+            await sleeper  # a broken clock's error propagates: the run fails instead of spinning
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not (sleeper.cancelled() and wake.is_set()) or (task is not None and task.cancelling()):
+                raise  # our own task is being cancelled, not woken
         finally:
-            for task in (sleeper, waiter):
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(sleeper, waiter, return_exceptions=True)
+            record.sleeper = None
         wake.clear()
-        if sleeper.done() and not sleeper.cancelled() and (failure := sleeper.exception()) is not None:
-            raise failure  # a broken clock must fail the run, not turn the loop into a busy spin
 
     async def _perf(self, started: float, previous: float | None, record: RunRecord) -> float:
         now = time.time() * 1000
@@ -162,9 +168,15 @@ class LiveRunner(RunnerBase[TickResult]):
 
     async def get_report(self, symbol: str, strategy_name: str) -> str:
         from .report import live_report
+        from .sizing import format_quantities
 
         stats = await self.get_data(symbol, strategy_name)
-        return live_report(strategy_name, stats, show_note=self.engine.config.CC_REPORT_SHOW_SIGNAL_NOTE)
+        record = self._records.get((symbol, strategy_name))
+        exchange_name = record.exchange_name if record is not None else ""
+        quantities = await format_quantities(
+            self.engine, ((exchange_name, e.symbol, e.signal_id, e.quantity) for e in stats.events))
+        return live_report(strategy_name, stats, show_note=self.engine.config.CC_REPORT_SHOW_SIGNAL_NOTE,
+                           quantities=quantities)
 
     async def dump(
         self, symbol: str, strategy_name: str, path: str | Path | None = None, *, plot: bool = True

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
@@ -201,12 +201,20 @@ def _close_reasons(counts: dict[str, int]) -> str | None:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def backtest_report(strategy_name: str, stats: Statistics, *, show_note: bool = False) -> str:
-    """Backtest report (02 §4.1): one row per closed trade, newest first, then the summary."""
+def backtest_report(
+    strategy_name: str, stats: Statistics, *, show_note: bool = False, quantities: Mapping[str, str] | None = None
+) -> str:
+    """Backtest report (02 §4.1): one row per closed trade, newest first, then the summary.
+
+    `quantities` (signal id -> text formatted by the exchange's `format_quantity`) adds a Quantity
+    column after Position when any trade was sized (`add_sizing(get_quantity=...)`).
+    """
     title = f"# Backtest Report: {strategy_name}"
     if stats.total_trades == 0:
         return f"{title}\n\nNo signals closed yet."
     header = ["Signal ID", "Symbol", "Position"]
+    if quantities:
+        header.append("Quantity")
     if show_note:
         header.append("Note")
     header += [
@@ -224,6 +232,8 @@ def backtest_report(strategy_name: str, stats: Statistics, *, show_note: bool = 
     for r in stats.signals:
         s = r.signal
         cells = [s.id, r.symbol, s.position.upper()]
+        if quantities:
+            cells.append(quantities.get(s.id, NA))
         if show_note:
             cells.append(_text(s.note))
         cells += [
@@ -245,7 +255,7 @@ def backtest_report(strategy_name: str, stats: Statistics, *, show_note: bool = 
     return "\n".join(lines)
 
 
-def _live_cells(e: LiveEvent, show_note: bool) -> list[str]:
+def _live_cells(e: LiveEvent, show_note: bool, quantities: Mapping[str, str] | None = None) -> list[str]:
     cells = [
         format_timestamp(e.timestamp),
         _upper(e.action),
@@ -253,6 +263,8 @@ def _live_cells(e: LiveEvent, show_note: bool) -> list[str]:
         _text(e.signal_id),
         _upper(e.position),
     ]
+    if quantities:
+        cells.append(quantities.get(e.signal_id or "", NA))
     if show_note:
         cells.append(_text(e.note))
     cells += [
@@ -269,7 +281,9 @@ def _live_cells(e: LiveEvent, show_note: bool) -> list[str]:
     return cells
 
 
-def live_report(strategy_name: str, stats: Statistics, *, show_note: bool = False) -> str:
+def live_report(
+    strategy_name: str, stats: Statistics, *, show_note: bool = False, quantities: Mapping[str, str] | None = None
+) -> str:
     """Live report (02 §4.2): the recent events newest first, then the summary over every closed trade.
 
     `**Closed signals:**` counts every closed trade of the run (the statistics are running aggregates,
@@ -279,6 +293,8 @@ def live_report(strategy_name: str, stats: Statistics, *, show_note: bool = Fals
     if not stats.events and stats.total_trades == 0:
         return f"{title}\n\nNo events recorded yet."
     header = ["Timestamp", "Action", "Symbol", "Signal ID", "Position"]
+    if quantities:
+        header.append("Quantity")
     if show_note:
         header.append("Note")
     header += [
@@ -292,7 +308,7 @@ def live_report(strategy_name: str, stats: Statistics, *, show_note: bool = Fals
         "Close Reason",
         "Duration (min)",
     ]
-    rows = [_live_cells(e, show_note) for e in stats.events]
+    rows = [_live_cells(e, show_note, quantities) for e in stats.events]
     lines = [title, "", *_table(header, rows), ""]
     lines.append(f"**Total events:** {len(stats.events)}")
     lines.append(f"**Closed signals:** {stats.total_trades}")

@@ -168,6 +168,17 @@ class RiskState:
     def active_position_count(self) -> int:
         return len(self.positions)
 
+    def purge_finished_backtests(self) -> None:
+        """Drop backtest positions whose run has ended (e.g. a consumer that stopped iterating while
+        a position was open): a finished backtest must not hold a slot of the profile (rule 12)."""
+        records = getattr(self.manager.engine.backtest, "_records", {})
+        stale = [
+            key for key, p in self.positions.items()
+            if (record := records.get((p.symbol, p.strategy_name))) is not None and record.status != "running"
+        ]
+        for key in stale:
+            del self.positions[key]
+
     # ------------------------------------------------------------------ persistence (live only)
     def _backend(self) -> Any:
         return backend_for(self.manager.engine, ENTITY_RISK)
@@ -308,6 +319,8 @@ class RiskGateImpl:
         (left by a crash between the risk write and the signal write): it must not count against it.
         """
         positions = self.state.positions
+        if self.state.backtest and positions:
+            self.state.purge_finished_backtests()
         if self.key in positions:
             return tuple(p for k, p in positions.items() if k != self.key)
         return tuple(positions.values())
@@ -471,6 +484,8 @@ class RiskFacade:
         state = self._manager.state(risk_name, backtest=backtest, source="Risk.get_positions")
         async with state.lock:
             await state.ensure_loaded()
+            if backtest:
+                state.purge_finished_backtests()
             return list(state.positions.values())
 
 

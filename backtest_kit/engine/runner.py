@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -40,6 +40,7 @@ class RunRecord:
     stop_requested: bool = False
     done_published: bool = False
     wake: asyncio.Event | None = None
+    sleeper: asyncio.Future[None] | None = None  # the live loop's inter-tick sleep, while it sleeps
     loop: asyncio.AbstractEventLoop | None = None
 
     def info(self) -> InstanceInfo:
@@ -50,11 +51,14 @@ class RunRecord:
 
     def request_stop(self) -> None:
         """Flag the stop and wake a sleeping live loop; must run on the record's loop thread."""
+        first = not self.stop_requested
         self.stop_requested = True
         if self.instance is not None:
             self.instance.stop()
-        if self.wake is not None:
+        if first and self.wake is not None:  # only once: a repeated cancel() must not spin the loop
             self.wake.set()
+            if self.sleeper is not None:
+                self.sleeper.cancel()
 
 
 class CancelHandle:
@@ -142,10 +146,10 @@ class RunnerBase(Generic[R]):
         record.request_stop()
 
     # ------------------------------------------------------------------ running
-    def _iterate(self, record: RunRecord, body: AsyncIterator[R]) -> AsyncIterator[R]:
+    def _iterate(self, record: RunRecord, body: AsyncIterator[R]) -> AsyncGenerator[R, None]:
         """Wrap a run body so the record's status follows the foreground iteration."""
 
-        async def foreground() -> AsyncIterator[R]:
+        async def foreground() -> AsyncGenerator[R, None]:
             try:
                 async for item in body:
                     yield item

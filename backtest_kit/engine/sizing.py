@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from . import context
@@ -255,6 +255,23 @@ class PositionSize:
         params = {"method": "atr-based", "symbol": symbol, "account_balance": account_balance,
                   "price_open": price_open, "atr": atr}
         return await self._finish(schema, raw, account_balance, price_open, params)
+
+
+async def format_quantities(
+    engine: Engine, items: Iterable[tuple[str, str, str | None, float | None]]
+) -> dict[str, str]:
+    """{signal id: quantity text} for report rows (exchange, symbol, signal id, quantity) that have a
+    quantity, formatted by the exchange's `format_quantity` (the default format if it fails)."""
+    out: dict[str, str] = {}
+    for exchange_name, symbol, signal_id, quantity in items:
+        if quantity is None or signal_id is None or signal_id in out:
+            continue
+        try:
+            out[signal_id] = await engine.exchange(exchange_name).format_quantity(symbol, quantity)
+        except Exception as exc:
+            engine.logger.warn(f"format_quantity failed for {symbol} on {exchange_name!r}", repr(exc))
+            out[signal_id] = f"{quantity:.8f}".rstrip("0").rstrip(".") or "0"
+    return out
 
 
 class CustomSizer:

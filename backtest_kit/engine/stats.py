@@ -101,6 +101,7 @@ class LiveEvent(Struct, frozen=True, kw_only=True, gc=False):
     pnl: float | None = None
     close_reason: str | None = None
     duration: int | None = None
+    quantity: float | None = None
 
 
 class Statistics(Struct, frozen=True, kw_only=True):
@@ -529,6 +530,7 @@ def closed_event(result: ClosedResult) -> LiveEvent:
         pnl=result.pnl.pnl_percentage,
         close_reason=result.close_reason,
         duration=round_minutes(result.close_timestamp - s.pending_at),
+        quantity=s.quantity,
     )
 
 
@@ -552,6 +554,7 @@ def _signal_event(
         take_profit=s.price_take_profit,
         stop_loss=s.price_stop_loss,
         duration=duration,
+        quantity=s.quantity,
     )
 
 

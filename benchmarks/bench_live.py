@@ -1,0 +1,159 @@
+"""Live-loop scalability: many (symbol, strategy) pairs on one event loop with the real clock.
+
+    python benchmarks/bench_live.py                     # 1000 pairs, 1 s tick period, 30 s
+    python benchmarks/bench_live.py --pairs 2000 --seconds 10 --active --stagger
+
+Every pair is one `Live.background` task on this loop, ticking every `CC_TICK_TTL_MS` (here 1 s
+instead of the 60 001 ms default) on the `SystemClock`, over in-memory candles. The strategy is
+trivial: idle (`get_signal` returns None), or with `--active` each pair opens one long position on
+its first tick that then stays open (far TP/SL, long expiry), so every later tick runs the
+position-monitoring path.
+
+Tick lag = how late a tick starts: the time between the moment the loop's inter-tick sleep was due
+to end (sleep start + period) and the moment the next tick reads the clock. It includes waiting for
+the event loop while the other pairs' ticks run. The first `--warmup` seconds are not measured.
+CPU % = process CPU time / wall time over the measured window (100 % = one core).
+
+`--stagger` spreads the pairs' first ticks over one period (pair i starts i/N s late), so ticks are
+not all due at the same instant; by default all pairs start together, the worst case for lag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextvars
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import backtest_kit as bk
+
+_due: contextvars.ContextVar[list[float]] = contextvars.ContextVar("bench_due")
+
+
+class LagClock(bk.SystemClock):
+    """The system clock, measuring how late every tick starts relative to its sleep's end."""
+
+    def __init__(self) -> None:
+        self.lags: list[float] = []
+        self.measuring = False
+
+    def now_ms(self) -> int:
+        # Called by the live loop at the start of every tick, in the pair's task (never call it from
+        # the main task: its context would hand one slot to every task created afterwards).
+        slot = _due.get(None)
+        if slot is None:
+            _due.set([0.0])
+        elif slot[0] and self.measuring:
+            self.lags.append(time.perf_counter() - slot[0])
+        return super().now_ms()
+
+    async def sleep(self, seconds: float) -> None:
+        # Runs in a helper task whose context is a copy of the pair task's: same slot object.
+        slot = _due.get(None)
+        if slot is not None:
+            slot[0] = time.perf_counter() + seconds
+        await super().sleep(seconds)
+
+
+def synthetic_candles(symbols: Sequence[str], now_ms: int, minutes: int = 240) -> bk.MemoryCandles:
+    start = now_ms - now_ms % 60_000 - (minutes - 60) * 60_000  # an hour of future candles too
+    data: dict[str, Any] = {}
+    for k, symbol in enumerate(symbols):
+        base = 100.0 + k
+        rows = []
+        for i in range(minutes):
+            price = base * (1 + 0.001 * ((i * 7919 + k) % 11 - 5))
+            rows.append((start + i * 60_000, price, price * 1.001, price * 0.999, price, 10.0 + i % 5))
+        data[symbol] = rows
+    return bk.MemoryCandles(data)
+
+
+async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, active: bool, stagger: bool) -> None:
+    clock = LagClock()
+    with tempfile.TemporaryDirectory(prefix="bench-live-") as scratch:
+        engine = bk.Engine(clock=clock, persist_dir=scratch, dump_dir=scratch)
+        engine.set_config(CC_TICK_TTL_MS=period_ms)
+        symbols = [f"S{i:04d}USDT" for i in range(pairs)]
+        engine.add_exchange(exchange_name="mem", get_candles=synthetic_candles(symbols, int(time.time() * 1000)))
+
+        async def idle(symbol: str, when: datetime) -> None:
+            return None
+
+        async def hold(symbol: str, when: datetime) -> bk.SignalDto:
+            price = await bk.get_average_price(symbol)
+            return bk.SignalDto(position="long", price_take_profit=price * 1.15, price_stop_loss=price * 0.85,
+                                minute_estimated_time=600)
+
+        engine.add_strategy(strategy_name="trivial", interval="1h", get_signal=hold if active else idle)
+        ticks = 0
+        errors: list[BaseException] = []
+
+        def count(result: bk.TickResult) -> None:
+            nonlocal ticks
+            ticks += 1
+
+        engine.listen_signal_live(count)
+        engine.listen_error(errors.append)
+
+        handles: list[bk.CancelHandle] = []
+        started = time.perf_counter()
+        for i, symbol in enumerate(symbols):
+            if stagger and i:
+                await asyncio.sleep(started + i * period_ms / 1000 / pairs - time.perf_counter())
+            handles.append(engine.live.background(symbol, strategy_name="trivial", exchange_name="mem"))
+        await asyncio.sleep(max(0.0, started + warmup - time.perf_counter()))
+
+        clock.measuring = True
+        ticks_before = ticks
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        await asyncio.sleep(seconds)
+        cpu1, wall1 = time.process_time(), time.perf_counter()
+        clock.measuring = False
+        measured_ticks = ticks - ticks_before
+
+        for handle in handles:
+            if active:
+                handle.task.cancel()  # abandon: a graceful stop would monitor the positions for hours
+            else:
+                handle()
+        await asyncio.gather(*(h.wait() for h in handles), return_exceptions=True)
+        stats = await engine.live.get_data(symbols[0], "trivial")
+        await engine.close()
+
+    lags = sorted(clock.lags)
+    if not lags:
+        print("no ticks measured")
+        return
+    q = statistics.quantiles(lags, n=100, method="inclusive")
+    wall = wall1 - wall0
+    print(f"pairs {pairs}, tick period {period_ms} ms, measured {wall:.1f} s after {warmup:.0f} s warm-up, "
+          f"{'active positions' if active else 'idle'}, {'staggered' if stagger else 'aligned'} starts")
+    print(f"ticks {measured_ticks} ({measured_ticks / wall:.0f}/s, expected ~{pairs * 1000 / period_ms:.0f}/s), "
+          f"errors {len(errors)}, events kept per pair {len(stats.events)}")
+    print(f"tick lag  p50 {q[49] * 1000:.2f} ms   p99 {q[98] * 1000:.2f} ms   max {lags[-1] * 1000:.2f} ms")
+    print(f"CPU {100 * (cpu1 - cpu0) / wall:.1f} %  ({(cpu1 - cpu0) / max(1, measured_ticks) * 1e6:.0f} us per tick)")
+    if errors:
+        print(f"first error: {errors[0]!r}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--pairs", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured duration (default 30)")
+    parser.add_argument("--period-ms", type=int, default=1000, help="tick period, CC_TICK_TTL_MS (default 1000)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring (default 3)")
+    parser.add_argument("--active", action="store_true", help="every pair holds an open position")
+    parser.add_argument("--stagger", action="store_true", help="spread the first ticks over one period")
+    args = parser.parse_args(argv)
+    print(f"started {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, Python {sys.version.split()[0]}")
+    asyncio.run(bench(args.pairs, args.seconds, args.period_ms, args.warmup, args.active, args.stagger))
+
+
+if __name__ == "__main__":
+    main()

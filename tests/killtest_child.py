@@ -1,0 +1,198 @@
+"""Child program of the kill -9 harness (`tests/test_killtest.py`): paper trading on real history.
+
+    python tests/killtest_child.py --csv DATA.csv --workdir DIR [--minutes 1440] [--warmup 60]
+
+Live mode over a `ReplayExchange` of the CSV, on a `VirtualClock`, with the default `FilePersist` under
+``DIR/data``. Every ``opened`` / ``scheduled`` / ``closed`` / ``cancelled`` result (and every error) is
+appended to ``DIR/journal.jsonl`` by a listener, one JSON line per event, ``fsync``-ed. After each tick,
+when the live loop goes to sleep, the time of the next tick is saved atomically to
+``DIR/checkpoint``; a restarted child resumes its clock exactly there, so an interrupted run visits the
+same tick times as an uninterrupted one. The child prints ``ready`` once it is about to tick, and exits
+0 (printing ``done``) when the next tick would reach the end of the slice, leaving any open position
+on disk.
+
+Rules that make an interrupted run comparable, trade for trade, with an uninterrupted one:
+
+* **get_signal on every idle tick.** The throttle memory (`last_signal_ms`) is not persisted, so the
+  strategy uses interval ``1m`` with the default 60.001 s tick: every idle tick calls `get_signal`,
+  before and after a restart alike. (With a coarser interval a restart would call it at other ticks.)
+* **No generation on a tick that closed.** A tick that closes or cancels a signal never calls
+  `get_signal`. If the kill lands after that tick's deferred delete but before its checkpoint, the
+  restarted child replays the tick with nothing stored and would call `get_signal` at that time; the
+  child therefore answers None at any tick time its journal records a close or cancel for (the
+  journal line is written before the delete, so it is always there in that case). This stands in for
+  the unpersisted throttle memory; it never changes an uninterrupted run.
+* **Deterministic ids.** Market entries carry ``id=<side>-<tick ms>``. Limit entries get a random
+  uuid4 by design (page 01 §2.3), so this child replaces the strategy module's ``uuid4`` with a uuid5
+  of the tick time of the `get_signal` call that produced the signal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import sys
+import types
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+import backtest_kit as bk
+from backtest_kit.engine import strategy as strategy_module
+
+STRATEGY = "sma-1m"
+EXCHANGE = "replay"
+JOURNALED = frozenset({"opened", "scheduled", "closed", "cancelled"})
+_NAMESPACE = uuid.UUID("6b1f6a3e-4d0b-4a47-9a59-3a0cb2c1d5e1")
+_last_when_ms = [0]
+
+
+def _deterministic_uuid4() -> uuid.UUID:
+    return uuid.uuid5(_NAMESPACE, f"limit-{_last_when_ms[0]}")
+
+
+def sma(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def make_get_signal(skip_ticks: set[int]) -> Any:
+    async def get_signal(symbol: str, when: datetime) -> bk.SignalDto | None:
+        when_ms = int(when.timestamp() * 1000)
+        _last_when_ms[0] = when_ms
+        if when_ms in skip_ticks:
+            return None
+        candles = await bk.get_candles(symbol, "1m", 50)
+        if len(candles) < 31:
+            return None
+        closes = [c.close for c in candles]
+        fast, slow = sma(closes[-10:]), sma(closes[-30:])
+        fast_before, slow_before = sma(closes[-11:-1]), sma(closes[-31:-1])
+        price = closes[-1]
+        if fast_before <= slow_before and fast > slow:  # limit long just under the market
+            entry = price * 0.999
+            return bk.SignalDto(position="long", price_open=entry, price_take_profit=entry * 1.008,
+                                price_stop_loss=entry * 0.992, minute_estimated_time=120)
+        if fast_before >= slow_before and fast < slow:  # market short
+            return bk.SignalDto(position="short", price_take_profit=price * 0.992,
+                                price_stop_loss=price * 1.008, minute_estimated_time=120,
+                                id=f"short-{when_ms}")
+        return None
+
+    return get_signal
+
+
+class Checkpoint:
+    """The next tick time as 20 fixed-width bytes rewritten in place: one `pwrite` of a few bytes is
+    never torn by a SIGKILL (the harness simulates process crashes, not power loss), and it costs far
+    less than a temp file + rename per tick."""
+
+    WIDTH = 20
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def read(self) -> str:
+        return os.pread(self.fd, self.WIDTH, 0).decode().strip()
+
+    def write(self, text: str) -> None:
+        os.pwrite(self.fd, text.rjust(self.WIDTH).encode(), 0)
+
+
+class Journal:
+    """Append-only JSON lines, one `os.write` + `fsync` per event (a SIGKILL never tears a line)."""
+
+    def __init__(self, path: Path) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+
+    def append(self, record: dict[str, Any]) -> None:
+        os.write(self.fd, msgspec.json.encode(record) + b"\n")
+        os.fsync(self.fd)
+
+
+def read_journal(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    return [msgspec.json.decode(line) for line in lines[:-1] if line]  # a torn last line is ignored
+
+
+class CheckpointClock(bk.VirtualClock):
+    """A VirtualClock that saves the next tick time whenever the live loop sleeps between ticks."""
+
+    def __init__(self, start_ms: int, checkpoint: Checkpoint, end_ms: int, tick_ms: int) -> None:
+        super().__init__(datetime.fromtimestamp(start_ms / 1000, UTC))
+        self.checkpoint = checkpoint
+        self.end_ms = end_ms
+        self.tick_ms = tick_ms
+
+    async def sleep(self, seconds: float) -> None:
+        if round(seconds * 1000) == self.tick_ms:  # the inter-tick sleep: this tick is complete
+            next_ms = self.now_ms() + self.tick_ms
+            if next_ms >= self.end_ms:
+                self.checkpoint.write("done")
+                print("done", flush=True)
+                os._exit(0)
+            self.checkpoint.write(str(next_ms))
+        await super().sleep(seconds)
+
+
+async def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--csv", required=True)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--warmup", type=int, default=60, help="minutes of history before the first tick")
+    parser.add_argument("--minutes", type=int, default=1440, help="length of the traded slice")
+    args = parser.parse_args(argv)
+
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoint = Checkpoint(workdir / "checkpoint")
+    journal_path = workdir / "journal.jsonl"
+    saved = checkpoint.read()
+    if saved == "done":
+        print("done", flush=True)
+        return 0
+
+    source = bk.CsvCandles(args.csv)
+    symbol = source.symbols[0]
+    start_ms = source.first_timestamp(symbol) + args.warmup * 60_000
+    end_ms = start_ms + args.minutes * 60_000
+    now_ms = int(saved) if saved else start_ms
+
+    clock = CheckpointClock(now_ms, checkpoint, end_ms, bk.DEFAULT_CONFIG.CC_TICK_TTL_MS)
+    engine = bk.Engine(persist_dir=workdir / "data", dump_dir=workdir / "dump", clock=clock)
+    engine.set_config(CC_SCHEDULE_AWAIT_MINUTES=30)
+    strategy_module.uuid = types.SimpleNamespace(uuid4=_deterministic_uuid4)  # type: ignore[attr-defined,assignment]
+
+    closing_ticks = {r["tick"] for r in read_journal(journal_path) if r["action"] in ("closed", "cancelled")}
+    journal = Journal(journal_path)
+
+    def on_result(result: bk.TickResult) -> None:
+        if result.action in JOURNALED:
+            journal.append({"action": result.action, "id": result.signal.id,  # type: ignore[union-attr]
+                            "tick": clock.now_ms(), "result": msgspec.to_builtins(result)})
+
+    def on_error(error: BaseException) -> None:
+        journal.append({"action": "error", "id": "", "tick": clock.now_ms(), "result": repr(error)})
+        print(f"error: {error!r}", file=sys.stderr, flush=True)
+
+    engine.add_exchange(exchange_name=EXCHANGE, get_candles=bk.ReplayExchange(source, clock))
+    engine.add_strategy(strategy_name=STRATEGY, interval="1m", get_signal=make_get_signal(closing_ticks))
+    engine.listen_signal_live(on_result)
+    engine.listen_error(on_error)
+
+    print("ready", flush=True)
+    async with contextlib.aclosing(engine.live.run(symbol, strategy_name=STRATEGY, exchange_name=EXCHANGE)) as run:
+        async for _ in run:
+            pass
+    return 1  # unreachable: the clock exits the process at the end of the slice
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
