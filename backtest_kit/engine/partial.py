@@ -36,8 +36,9 @@ from .errors import PersistError
 from .intervals import MINUTE_MS
 from .lifecycle import window_vwap
 from .models import Candle, PartialEvent, SignalRow
-from .persist import ENTITY_PARTIAL, QuarantineBackend
-from .risk import _dump, backend_for, md_table
+from .persist import ENTITY_PARTIAL, set_aside
+from .report import markdown_table
+from .risk import _dump
 
 if TYPE_CHECKING:
     from .core import Engine
@@ -176,9 +177,7 @@ class LevelTracker:
     async def _load(self) -> None:
         self._loaded = True
         engine = self._engine
-        backend = backend_for(engine, ENTITY_PARTIAL)
-        if backend is None:
-            return
+        backend = engine.persist_for(ENTITY_PARTIAL)
         try:
             data = await backend.read(ENTITY_PARTIAL, self._key)
         except Exception as exc:
@@ -193,11 +192,10 @@ class LevelTracker:
                 state[signal_id] = [_prefix_top(lv.profit_levels), _prefix_top(lv.loss_levels)]
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
             where = None
-            if isinstance(backend, QuarantineBackend):
-                try:
-                    where = await backend.quarantine(ENTITY_PARTIAL, self._key)
-                except Exception as qexc:
-                    engine.logger.warn(f"partial {self._key}: quarantine failed", repr(qexc))
+            try:
+                where = await set_aside(backend, ENTITY_PARTIAL, self._key)
+            except Exception as qexc:
+                engine.logger.warn(f"partial {self._key}: quarantine failed", repr(qexc))
             moved = f"; moved aside to {where}" if where else ""
             await engine.report_error(PersistError(
                 f"partial levels {self._key}: stored document is invalid and was not restored ({exc}){moved}"
@@ -206,9 +204,7 @@ class LevelTracker:
         self._state.update(state)
 
     async def _save(self) -> None:
-        backend = backend_for(self._engine, ENTITY_PARTIAL)
-        if backend is None:
-            return
+        backend = self._engine.persist_for(ENTITY_PARTIAL)
         try:
             if self._state:
                 doc = {
@@ -430,7 +426,7 @@ def partial_report(symbol: str, strategy_name: str, data: PartialStatistics) -> 
         for e in data.event_list
     ]
     return "\n".join([
-        title, "", *md_table(header, rows), "",
+        title, "", *markdown_table(header, rows), "",
         f"**Total events:** {data.total_events}",
         f"**Profit events:** {data.total_profit}",
         f"**Loss events:** {data.total_loss}",

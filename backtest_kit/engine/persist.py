@@ -36,6 +36,13 @@ class PersistBackend(Protocol):
         ...
 
 
+async def set_aside(backend: PersistBackend, entity: str, key: str) -> str | None:
+    """Move an invalid snapshot aside when the backend can (never delete it); where it went, or None."""
+    if isinstance(backend, QuarantineBackend):
+        return await backend.quarantine(entity, key)
+    return None
+
+
 @runtime_checkable
 class QuarantineBackend(Protocol):
     """Optional: a backend that can set a corrupted snapshot aside instead of deleting it."""

@@ -120,7 +120,7 @@ def _int(value: int | None) -> str:
     return NA if value is None else str(value)
 
 
-def _row(cells: Sequence[str]) -> str:
+def table_row(cells: Sequence[str]) -> str:
     """One table row; `|` is escaped and line breaks are flattened in every cell (PORT rule)."""
     out = []
     for c in cells:
@@ -132,9 +132,10 @@ def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(out) + " |"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = [_row(header), _row(["---"] * len(header))]
-    lines.extend(_row(r) for r in rows)
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Header, separator and rows, every cell escaped (shared by every report)."""
+    lines = [table_row(header), table_row(["---"] * len(header))]
+    lines.extend(table_row(r) for r in rows)
     return lines
 
 
@@ -248,7 +249,7 @@ def backtest_report(
             format_timestamp(r.close_timestamp),
         ]
         rows.append(cells)
-    lines = [title, "", *_table(header, rows), ""]
+    lines = [title, "", *markdown_table(header, rows), ""]
     lines.append(f"**Total signals:** {stats.total_trades}")
     lines.append(f"**Closed signals:** {stats.total_trades}")
     lines += _summary(stats)
@@ -309,7 +310,7 @@ def live_report(
         "Duration (min)",
     ]
     rows = [_live_cells(e, show_note, quantities) for e in stats.events]
-    lines = [title, "", *_table(header, rows), ""]
+    lines = [title, "", *markdown_table(header, rows), ""]
     lines.append(f"**Total events:** {len(stats.events)}")
     lines.append(f"**Closed signals:** {stats.total_trades}")
     lines += _summary(stats)

@@ -46,8 +46,9 @@ from msgspec import Struct
 
 from .errors import PersistError
 from .models import RiskEvent, SignalRow
-from .persist import ENTITY_RISK, QuarantineBackend
+from .persist import ENTITY_RISK, set_aside
 from .registry import RiskSchema, RiskValidation
+from .report import markdown_table
 
 if TYPE_CHECKING:
     from .core import Engine
@@ -124,14 +125,6 @@ class RiskStatistics(Struct, frozen=True, kw_only=True):
 _Document = list[tuple[str, ActivePosition]]
 
 
-def backend_for(engine: Any, entity: str) -> Any:
-    """The engine's persistence backend for `entity` (None when the engine has no persistence)."""
-    persist_for = getattr(engine, "persist_for", None)
-    if persist_for is not None:
-        return persist_for(entity)
-    return getattr(engine, "persist", None)
-
-
 def position_key(strategy_name: str, symbol: str) -> str:
     """The registry key of a pair: `"<strategy_name>:<symbol>"` (the exchange is not part of it)."""
     return f"{strategy_name}:{symbol}"
@@ -181,7 +174,7 @@ class RiskState:
 
     # ------------------------------------------------------------------ persistence (live only)
     def _backend(self) -> Any:
-        return backend_for(self.manager.engine, ENTITY_RISK)
+        return self.manager.engine.persist_for(ENTITY_RISK)
 
     async def ensure_loaded(self) -> None:
         """Load the live registry once; must be called with the lock held."""
@@ -189,8 +182,6 @@ class RiskState:
             return
         self.loaded = True
         backend = self._backend()
-        if backend is None:
-            return
         engine = self.manager.engine
         try:
             data = await backend.read(ENTITY_RISK, self.name)
@@ -209,11 +200,10 @@ class RiskState:
                 restored[key] = pos
         except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
             where = None
-            if isinstance(backend, QuarantineBackend):
-                try:
-                    where = await backend.quarantine(ENTITY_RISK, self.name)
-                except Exception as qexc:
-                    engine.logger.warn(f"risk {self.name}: quarantine failed", repr(qexc))
+            try:
+                where = await set_aside(backend, ENTITY_RISK, self.name)
+            except Exception as qexc:
+                engine.logger.warn(f"risk {self.name}: quarantine failed", repr(qexc))
             moved = f"; moved aside to {where}" if where else ""
             await engine.report_error(PersistError(
                 f"risk {self.name}: stored positions are invalid and were not restored ({exc}){moved}"
@@ -227,8 +217,6 @@ class RiskState:
         if self.backtest:
             return
         backend = self._backend()
-        if backend is None:
-            return
         try:
             if self.positions:
                 await backend.write(ENTITY_RISK, self.name, msgspec.json.encode(list(self.positions.items())))
@@ -494,21 +482,6 @@ class RiskFacade:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def md_row(cells: list[str]) -> str:
-    """A table row with `|` escaped and line breaks flattened in every cell (02 §4.0 PORT rule)."""
-    out = []
-    for c in cells:
-        if "|" in c:
-            c = c.replace("|", "\\|")
-        if "\n" in c or "\r" in c:
-            c = " ".join(c.split())
-        out.append(c)
-    return "| " + " | ".join(out) + " |"
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return [md_row(header), md_row(["---"] * len(header)), *(md_row(r) for r in rows)]
-
 
 def _flat(value: str | None) -> str:
     if not value:
@@ -555,7 +528,7 @@ def risk_report(symbol: str, strategy_name: str, data: RiskStatistics, *, show_n
             format_timestamp(e.timestamp),
         ]
         rows.append(cells)
-    lines = [title, "", *md_table(header, rows), "", f"**Total rejections:** {data.total_rejections}", "",
+    lines = [title, "", *markdown_table(header, rows), "", f"**Total rejections:** {data.total_rejections}", "",
              "## Rejections by Symbol"]
     lines += [f"- {k}: {v}" for k, v in data.by_symbol.items()]
     lines += ["", "## Rejections by Strategy"]

@@ -40,7 +40,7 @@ import msgspec
 
 from .errors import PersistError
 from .models import SignalRow
-from .persist import ENTITY_SCHEDULES, ENTITY_SIGNALS, PersistBackend, QuarantineBackend
+from .persist import ENTITY_SCHEDULES, ENTITY_SIGNALS, PersistBackend, set_aside
 
 __all__ = ["PersistedSignalStore", "decode_signal_row", "encode_signal_row", "signal_key"]
 
@@ -244,16 +244,14 @@ class PersistedSignalStore:
     async def _reject(self, backend: PersistBackend, entity: str, data: bytes, reason: str) -> None:
         """Report an invalid snapshot and set it aside; never delete it."""
         where = _location(backend, entity, self.key)
-        moved: str | None = None
-        if isinstance(backend, QuarantineBackend):
-            try:
-                moved = await backend.quarantine(entity, self.key)
-            except Exception as exc:
-                raise PersistError(
-                    f"invalid {_what(entity)} snapshot for {self.symbol}/{self.strategy_name} "
-                    f"(entity {entity!r}, key {self.key!r}{where}) could not be moved aside: {exc}; "
-                    "the restore is retried on the next tick"
-                ) from exc
+        try:
+            moved = await set_aside(backend, entity, self.key)
+        except Exception as exc:
+            raise PersistError(
+                f"invalid {_what(entity)} snapshot for {self.symbol}/{self.strategy_name} "
+                f"(entity {entity!r}, key {self.key!r}{where}) could not be moved aside: {exc}; "
+                "the restore is retried on the next tick"
+            ) from exc
         fate = f"moved to {moved}" if moved else "left in place (the backend cannot quarantine)"
         await self._report_error(PersistError(
             f"invalid {_what(entity)} snapshot for {self.symbol}/{self.strategy_name} "
