@@ -73,6 +73,8 @@ _Where: TypeAlias = Callable[[int], str]
 class UnknownSymbolError(CandleError, KeyError):
     """A symbol the source holds no candles for; a KeyError too, since it is a failed lookup."""
 
+    retryable = False  # asking again cannot make the symbol appear
+
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
 

@@ -165,6 +165,8 @@ class ExchangeClient:
                     f"exchange {self.name}: get_candles {symbol} {interval} attempt "
                     f"{attempt + 1}/{attempts} failed", repr(exc)
                 )
+                if getattr(exc, "retryable", True) is False:
+                    break  # e.g. an unknown symbol or rejected keys: waiting will not help
                 if attempt + 1 < attempts and delay > 0:
                     await self._sleep(delay * (2**attempt) * random.uniform(0.8, 1.2))
         assert last is not None
