@@ -51,10 +51,17 @@ class PartialTracker(Protocol):
 class SignalStore(Protocol):
     """Where a live instance keeps its pending and scheduled signal across restarts.
 
-    Optional members, looked up with `getattr` (see `signal_store.PersistedSignalStore`): `healthy`
-    (False blocks new positions until `flush()` succeeds), `has_deferred` (the live loop calls
-    `flush()` after a tick's result reached the listeners) and `async flush()`.
+    `healthy` is False while a save failed (new positions wait until `flush()` succeeds);
+    `has_deferred` asks the live loop to `flush()` once a tick's result reached the listeners.
     """
+
+    @property
+    def healthy(self) -> bool: ...
+
+    @property
+    def has_deferred(self) -> bool: ...
+
+    async def flush(self) -> None: ...
 
     async def load(self) -> tuple[SignalRow | None, SignalRow | None]:
         """(pending, scheduled) as last saved; invalid snapshots are reported and skipped."""

@@ -181,10 +181,10 @@ class StrategyInstance:
     async def _store_ready(self) -> bool:
         """Retry unsynced persistence; False (error reported) while the stored state is unknown."""
         store = self.store
-        if store is None or getattr(store, "healthy", True):
+        if store is None or store.healthy:
             return True
         try:
-            await store.flush()  # type: ignore[attr-defined]
+            await store.flush()
         except Exception as exc:
             await self.env.report_error(exc)
             return False
@@ -193,10 +193,10 @@ class StrategyInstance:
     async def sync_store(self) -> None:
         """Apply deferred deletes once the tick's result reached the listeners (live loop)."""
         store = self.store
-        if store is None or not getattr(store, "has_deferred", False):
+        if store is None or not store.has_deferred:
             return
         try:
-            await store.flush()  # type: ignore[attr-defined]
+            await store.flush()
         except Exception as exc:
             await self.env.report_error(exc)
 
