@@ -21,7 +21,10 @@ from .clock import Clock, SystemClock, clock_now_ms
 from .config import DEFAULT_CONFIG, Config, merge_config
 from .errors import ConfigError
 from .exchange import ExchangeClient
+from .live import LiveRunner
 from .logger import EngineLogger, LoggerLike
+from .partial import PartialFacade, PartialService
+from .performance_stats import PerformanceFacade
 from .persist import ENTITY_PARTIAL, ENTITY_RISK, ENTITY_SCHEDULES, ENTITY_SIGNALS, PersistBackend
 from .registry import (
     ExchangeSchema,
@@ -37,7 +40,10 @@ from .registry import (
     make_sizing,
     make_strategy,
 )
+from .risk import RiskFacade, RiskManager
+from .schedule_stats import ScheduleFacade
 from .signal_store import PersistedSignalStore
+from .sizing import PositionSize
 from .strategy import RunEnv, StrategyInstance
 
 PERSIST_ENTITIES = (ENTITY_SIGNALS, ENTITY_SCHEDULES, ENTITY_RISK, ENTITY_PARTIAL)
@@ -69,18 +75,9 @@ class Engine(ListenMixin):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._shutdown_hooks: list[Callable[[], Any]] = []
         self.backtest = BacktestRunner(self)
-        from .live import LiveRunner
-
         self.live = LiveRunner(self)
-        from .performance_stats import PerformanceFacade
-        from .schedule_stats import ScheduleFacade
-
         self.schedule = ScheduleFacade(self)
         self.performance = PerformanceFacade(self)
-        from .partial import PartialFacade, PartialService
-        from .risk import RiskFacade, RiskManager
-        from .sizing import PositionSize
-
         self._risk = RiskManager(self)  # its report store subscribes before any user listener
         self._partials = PartialService(self)
         self.risk = RiskFacade(self._risk)
