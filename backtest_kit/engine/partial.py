@@ -32,11 +32,10 @@ from typing import TYPE_CHECKING, Final, Literal
 import msgspec
 from msgspec import Struct
 
-from .errors import PersistError
 from .intervals import MINUTE_MS
 from .lifecycle import window_vwap
 from .models import Candle, PartialEvent, SignalRow
-from .persist import ENTITY_PARTIAL, set_aside
+from .persist import ENTITY_PARTIAL, read_snapshot
 from .report import markdown_table
 from .risk import _dump
 
@@ -177,31 +176,15 @@ class LevelTracker:
     async def _load(self) -> None:
         self._loaded = True
         engine = self._engine
-        backend = engine.persist_for(ENTITY_PARTIAL)
-        try:
-            data = await backend.read(ENTITY_PARTIAL, self._key)
-        except Exception as exc:
-            await engine.report_error(exc)
-            return
-        if data is None:
-            return
-        try:
+
+        def parse(data: bytes) -> dict[str, list[int]]:
             doc = msgspec.json.decode(data, type=_Document)
-            state: dict[str, list[int]] = {}
-            for signal_id, lv in doc.items():
-                state[signal_id] = [_prefix_top(lv.profit_levels), _prefix_top(lv.loss_levels)]
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-            where = None
-            try:
-                where = await set_aside(backend, ENTITY_PARTIAL, self._key)
-            except Exception as qexc:
-                engine.logger.warn(f"partial {self._key}: quarantine failed", repr(qexc))
-            moved = f"; moved aside to {where}" if where else ""
-            await engine.report_error(PersistError(
-                f"partial levels {self._key}: stored document is invalid and was not restored ({exc}){moved}"
-            ))
-            return
-        self._state.update(state)
+            return {sid: [_prefix_top(lv.profit_levels), _prefix_top(lv.loss_levels)] for sid, lv in doc.items()}
+
+        state = await read_snapshot(engine.persist_for(ENTITY_PARTIAL), ENTITY_PARTIAL, self._key, parse,
+                                    f"partial levels {self._key}", engine.report_error)
+        if state:
+            self._state.update(state)
 
     async def _save(self) -> None:
         backend = self._engine.persist_for(ENTITY_PARTIAL)

@@ -7,7 +7,10 @@ and a strategy name joined by "-"); a backend must make any key safe for its own
 
 from __future__ import annotations
 
-from typing import Final, Protocol, runtime_checkable
+from collections.abc import Awaitable, Callable
+from typing import Final, Protocol, TypeVar, runtime_checkable
+
+T = TypeVar("T")
 
 ENTITY_SIGNALS: Final = "signals"
 ENTITY_SCHEDULES: Final = "schedules"
@@ -40,6 +43,42 @@ async def set_aside(backend: PersistBackend, entity: str, key: str) -> str | Non
     """Move an invalid snapshot aside when the backend can (never delete it); where it went, or None."""
     if isinstance(backend, QuarantineBackend):
         return await backend.quarantine(entity, key)
+    return None
+
+
+async def read_snapshot(
+    backend: PersistBackend,
+    entity: str,
+    key: str,
+    parse: Callable[[bytes], T],
+    what: str,
+    report_error: Callable[[BaseException], Awaitable[None]],
+) -> T | None:
+    """Read and parse one stored document; never raises (decision 4).
+
+    A failed read is reported; a document `parse` rejects (it raises ValueError, msgspec's errors
+    or TypeError) is reported as a PersistError naming `what`, set aside when the backend can, and
+    not restored. None means "nothing usable stored".
+    """
+    from .errors import PersistError
+
+    try:
+        data = await backend.read(entity, key)
+    except Exception as exc:
+        await report_error(exc)
+        return None
+    if data is None:
+        return None
+    try:
+        return parse(data)
+    except (ValueError, TypeError) as exc:  # msgspec.DecodeError / ValidationError are ValueErrors
+        reason = exc
+    try:
+        where = await set_aside(backend, entity, key)
+        fate = f"; moved aside to {where}" if where else ""
+    except Exception as exc:
+        fate = f"; could not be moved aside: {exc!r}"
+    await report_error(PersistError(f"{what}: stored document is invalid and was not restored ({reason}){fate}"))
     return None
 
 

@@ -44,9 +44,8 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from msgspec import Struct
 
-from .errors import PersistError
 from .models import RiskEvent, SignalRow
-from .persist import ENTITY_RISK, set_aside
+from .persist import ENTITY_RISK, read_snapshot
 from .registry import RiskSchema, RiskValidation
 from .report import markdown_table
 
@@ -181,33 +180,20 @@ class RiskState:
         if self.loaded:
             return
         self.loaded = True
-        backend = self._backend()
         engine = self.manager.engine
-        try:
-            data = await backend.read(ENTITY_RISK, self.name)
-        except Exception as exc:
-            await engine.report_error(exc)
-            return
-        if data is None:
-            return
-        try:
-            items = msgspec.json.decode(data, type=_Document)
+
+        def parse(data: bytes) -> dict[str, ActivePosition]:
             restored: dict[str, ActivePosition] = {}
-            for key, pos in items:
+            for key, pos in msgspec.json.decode(data, type=_Document):
                 expected = position_key(pos.strategy_name, pos.symbol)
                 if key != expected:
                     raise ValueError(f"key {key!r} does not match its position ({expected!r})")
                 restored[key] = pos
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError, TypeError) as exc:
-            where = None
-            try:
-                where = await set_aside(backend, ENTITY_RISK, self.name)
-            except Exception as qexc:
-                engine.logger.warn(f"risk {self.name}: quarantine failed", repr(qexc))
-            moved = f"; moved aside to {where}" if where else ""
-            await engine.report_error(PersistError(
-                f"risk {self.name}: stored positions are invalid and were not restored ({exc}){moved}"
-            ))
+            return restored
+
+        restored = await read_snapshot(self._backend(), ENTITY_RISK, self.name, parse,
+                                       f"risk {self.name} positions", engine.report_error)
+        if restored is None:
             return
         self.positions = restored
         engine.logger.info(f"risk {self.name}: restored {len(restored)} live position(s)")
