@@ -12,7 +12,7 @@ import os
 import re
 import signal
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +209,24 @@ def test_the_library_never_runs_or_blocks_the_loop_itself() -> None:
             if re.search(pattern, text):
                 offenders.append((path.name, pattern))
     assert offenders == []
+
+
+async def test_close_with_timeout_cancels_a_run_that_cannot_finish() -> None:
+    """A run stuck in a tick (an exchange that never answers) is cancelled once `close(timeout=…)` runs out."""
+    never = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def hanging(symbol: str, interval: str, since: datetime, limit: int) -> list[bk.Candle]:
+        entered.set()
+        await never.wait()
+        return []
+
+    engine = bk.Engine(clock=bk.VirtualClock(datetime(2025, 1, 1, tzinfo=UTC)))
+    engine.add_exchange(exchange_name="hang", get_candles=hanging)
+    engine.add_strategy(strategy_name="s", interval="1m", get_signal=lambda symbol, when: None)
+    handle = engine.live.background("BTCUSDT", strategy_name="s", exchange_name="hang")
+    await entered.wait()
+    await engine.close(timeout=0.05)
+    assert handle.task.done()
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+    assert (await engine.live.list())[0].status == "done"

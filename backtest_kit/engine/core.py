@@ -279,13 +279,23 @@ class Engine(ListenMixin):
 
         return attach_notifier(self, notifier, channels=channels, filter=filter)
 
-    async def close(self) -> None:
-        """Stop background runs gracefully, wait for them, close exchanges and run shutdown hooks."""
+    async def close(self, *, timeout: float | None = None) -> None:
+        """Stop background runs gracefully, wait for them, close exchanges and run shutdown hooks.
+
+        A graceful stop lets open positions run to their close, which can take hours live. With
+        `timeout` (seconds of wall-clock time) runs still going after it are cancelled: their open
+        positions stay persisted and are restored by the next start.
+        """
         for runner in (self.backtest, self.live):
             for record in runner._records.values():
                 record.request_stop()
-        if self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        tasks = list(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout)
+            for task in pending:
+                self.logger.warn("close: run still going after the timeout, cancelled", task.get_name())
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         await self.bus.drain()
         for client in list(self._exchanges.values()):
             try:
