@@ -42,6 +42,14 @@ def mk_row(symbol: str = "BTCUSDT", strategy: str = "s", sid: str = "id", price:
     )
 
 
+async def save_signal(engine: bk.Engine, row: bk.SignalRow) -> None:
+    """What a live instance writes with its position: the risk restore keeps positions that have one."""
+    from backtest_kit.engine.signal_store import encode_signal_row, signal_key
+
+    await engine.persist_for("signals").write("signals", signal_key(row.symbol, row.strategy_name),
+                                              encode_signal_row(row))
+
+
 def gate(engine: bk.Engine, risk: str, symbol: str, strategy: str, *, backtest: bool = True) -> RiskGateImpl:
     return engine._risk.gate(risk, symbol, strategy, "ex", backtest=backtest)
 
@@ -306,6 +314,9 @@ async def test_rule13_18_live_persistence_layout_and_restore(tmp_path: Any) -> N
     stored = msgspec.json.decode(backend.data[("risk", "A")])
     assert [k for k, _ in stored] == ["s1:BTCUSDT", "s2:ETHUSDT"]  # rule 14: pairs, in order
     # a restarted engine sees the same positions (rule 14/16: the last write wins)
+    for row in (mk_row("BTCUSDT", "s1", "x1"), mk_row("ETHUSDT", "s2", "x2", position="short"),
+                mk_row("BNBUSDT", "s3", "x3")):
+        await save_signal(engine, row)
     engine2 = make_engine(tmp_path)
     engine2.use_persist(backend)
     engine2.add_risk(risk_name="A")
@@ -349,6 +360,7 @@ async def test_file_persist_restores_live_positions(tmp_path: Any) -> None:
     engine.add_risk(risk_name="rk")
     await gate(engine, "rk", "BTCUSDT", "s", backtest=False).try_open(mk_row(sid="file"), 100.0, T0)
     assert (tmp_path / "data" / "risk").is_dir()
+    await save_signal(engine, mk_row(sid="file"))
     engine2 = make_engine(tmp_path)
     engine2.add_risk(risk_name="rk")
     assert [p.signal.id for p in await engine2.risk.get_positions("rk")] == ["file"]
@@ -854,3 +866,20 @@ async def test_a_cancelled_backtest_does_not_keep_its_slot(engine: bk.Engine) ->
     assert await engine.risk.get_positions("rk", backtest=True) == []
     hang.set()
     assert await gate(engine, "rk", "ETHUSDT", "b").try_open(mk_row("ETHUSDT", "b"), 100.0, T0)
+
+
+async def test_a_restored_position_whose_signal_was_never_saved_is_dropped(tmp_path: Any) -> None:
+    """A crash between the risk write and the signal write leaves a position nothing will ever close;
+    the restore drops it so it cannot block other pairs, and keeps positions whose signal exists."""
+    backend = MemoryPersist()
+    engine = make_engine(tmp_path)
+    engine.use_persist(backend)
+    engine.add_risk(risk_name="rk", max_concurrent_positions=2)
+    await gate(engine, "rk", "BTCUSDT", "s", backtest=False).try_open(mk_row("BTCUSDT", "s", "kept"), 100.0, T0)
+    await gate(engine, "rk", "ETHUSDT", "s", backtest=False).try_open(mk_row("ETHUSDT", "s", "orphan"), 100.0, T0)
+    await save_signal(engine, mk_row("BTCUSDT", "s", "kept"))  # the ETH signal write was lost
+    engine2 = make_engine(tmp_path)
+    engine2.use_persist(backend)
+    engine2.add_risk(risk_name="rk", max_concurrent_positions=2)
+    assert [p.signal.id for p in await engine2.risk.get_positions("rk")] == ["kept"]
+    assert await gate(engine2, "rk", "BNBUSDT", "s", backtest=False).try_open(mk_row("BNBUSDT", "s", "new"), 100.0, T0)

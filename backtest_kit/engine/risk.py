@@ -45,9 +45,10 @@ import msgspec
 from msgspec import Struct
 
 from .models import RiskEvent, SignalRow
-from .persist import ENTITY_RISK, read_snapshot
+from .persist import ENTITY_RISK, ENTITY_SIGNALS, read_snapshot
 from .registry import RiskSchema, RiskValidation
 from .report import markdown_table
+from .signal_store import signal_key
 
 if TYPE_CHECKING:
     from .core import Engine
@@ -195,8 +196,25 @@ class RiskState:
                                        f"risk {self.name} positions", engine.report_error)
         if restored is None:
             return
-        self.positions = restored
-        engine.logger.info(f"risk {self.name}: restored {len(restored)} live position(s)")
+        self.positions = await self._without_orphans(restored)
+        engine.logger.info(f"risk {self.name}: restored {len(self.positions)} live position(s)")
+
+    async def _without_orphans(self, positions: dict[str, ActivePosition]) -> dict[str, ActivePosition]:
+        """Drop positions whose signal was never saved (a crash between the risk write and the
+        signal write): nothing will ever close them, so they would block other pairs for good."""
+        engine = self.manager.engine
+        signals = engine.persist_for(ENTITY_SIGNALS)
+        kept: dict[str, ActivePosition] = {}
+        for key, pos in positions.items():
+            try:
+                stored = await signals.read(ENTITY_SIGNALS, signal_key(pos.symbol, pos.strategy_name))
+            except Exception:
+                stored = b"?"  # cannot tell: keep the position, the safe side for limits
+            if stored is None:
+                engine.logger.warn(f"risk {self.name}: dropped position {key} (its signal was never saved)")
+                continue
+            kept[key] = pos
+        return kept
 
     async def save(self) -> None:
         """Write the registry (live only); a failure is reported, the memory state stays."""
