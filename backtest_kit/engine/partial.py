@@ -36,8 +36,7 @@ from .intervals import MINUTE_MS
 from .lifecycle import window_vwap
 from .models import Candle, PartialEvent, SignalRow
 from .persist import ENTITY_PARTIAL, read_snapshot
-from .report import markdown_table
-from .risk import _dump
+from .report import markdown_table, save_pair_report
 
 if TYPE_CHECKING:
     from .core import Engine
@@ -386,7 +385,7 @@ class PartialFacade:
     async def dump(self, symbol: str, strategy_name: str, path: str | Path | None = None) -> Path | None:
         """Write the report to `<path or dump_dir/partial>/<symbol>_<strategy>.md`; None if it failed."""
         text = await self.get_report(symbol, strategy_name)
-        return await _dump(self._service.engine, "partial", symbol, strategy_name, path, text)
+        return await save_pair_report(self._service.engine, "partial", symbol, strategy_name, path, text)
 
     def clear(self, symbol: str | None = None, strategy_name: str | None = None) -> None:
         """Forget recorded milestone events (all, or of one symbol and/or strategy)."""

@@ -307,7 +307,7 @@ class PerformanceFacade:
 
     async def dump(self, symbol: str, strategy_name: str, path: str | Path | None = None) -> Path | None:
         """Write `<path or dump_dir/performance>/<symbol>_<strategy>.md`; returns it (None on failure)."""
-        from .schedule_stats import write_pair_report
+        from .report import save_pair_report
 
         text = await self.get_report(symbol, strategy_name)
-        return await write_pair_report(self.engine, "performance", symbol, strategy_name, path, text)
+        return await save_pair_report(self.engine, "performance", symbol, strategy_name, path, text)

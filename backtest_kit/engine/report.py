@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from .stats import LiveEvent, Statistics, round_minutes
 
@@ -336,3 +336,27 @@ def write_report(path: Path, text: str) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+async def save_report(target: Path, text: str, logger: Any, kind: str) -> Path | None:
+    """Write a report off the event loop; a failure is logged and gives None (`dump` never raises)."""
+    import asyncio
+
+    try:
+        written = await asyncio.to_thread(write_report, target, text)
+    except OSError as exc:
+        logger.warn(f"{kind} report could not be written to {target}", repr(exc))
+        return None
+    logger.info(f"{kind} report saved: {written}")
+    return written
+
+
+async def save_pair_report(
+    engine: Any, kind: str, symbol: str, strategy_name: str, path: str | Path | None, text: str
+) -> Path | None:
+    """A per-pair report at `<path or dump_dir/kind>/<symbol>_<strategy>.md` (names sanitized)."""
+    from .naming import safe_file_name
+
+    base = Path(path) if path is not None else Path(engine.dump_dir) / kind
+    target = base / f"{safe_file_name(symbol)}_{safe_file_name(strategy_name)}.md"
+    return await save_report(target, text, engine.logger, kind)

@@ -37,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -47,7 +47,7 @@ from msgspec import Struct
 from .models import RiskEvent, SignalRow
 from .persist import ENTITY_RISK, ENTITY_SIGNALS, read_snapshot
 from .registry import RiskSchema, RiskValidation
-from .report import markdown_table
+from .report import markdown_table, save_pair_report
 from .signal_store import signal_key
 
 if TYPE_CHECKING:
@@ -465,7 +465,7 @@ class RiskFacade:
     async def dump(self, symbol: str, strategy_name: str, path: str | Path | None = None) -> Path | None:
         """Write the report to `<path or dump_dir/risk>/<symbol>_<strategy>.md`; None if it failed."""
         text = await self.get_report(symbol, strategy_name)
-        return await _dump(self._manager.engine, "risk", symbol, strategy_name, path, text)
+        return await save_pair_report(self._manager.engine, "risk", symbol, strategy_name, path, text)
 
     def clear(self, symbol: str | None = None, strategy_name: str | None = None) -> None:
         """Forget recorded rejections (all, or of one symbol and/or strategy); positions are untouched."""
@@ -538,23 +538,3 @@ def risk_report(symbol: str, strategy_name: str, data: RiskStatistics, *, show_n
     lines += ["", "## Rejections by Strategy"]
     lines += [f"- {k}: {v}" for k, v in data.by_strategy.items()]
     return "\n".join(lines)
-
-
-async def _dump(
-    engine: Engine, kind: str, symbol: str, strategy_name: str, path: str | Path | None, text: str
-) -> Path | None:
-    """Write a per-pair report to `<path or dump_dir/kind>/<symbol>_<strategy>.md`; never raises."""
-    from .naming import safe_file_name
-    from .report import write_report
-
-    base = Path(path) if path is not None else Path(engine.dump_dir) / kind
-    target = base / f"{safe_file_name(symbol)}_{safe_file_name(strategy_name)}.md"
-    write: Callable[[Path, str], Path] = write_report
-    try:
-        done: Awaitable[Path] = asyncio.to_thread(write, target, text)
-        written = await done
-    except OSError as exc:
-        engine.logger.warn(f"{kind} report could not be written to {target}", repr(exc))
-        return None
-    engine.logger.info(f"{kind} report saved: {written}")
-    return written

@@ -204,13 +204,9 @@ class RunnerBase(Generic[R]):
         return base / f"{safe_file_name(strategy_name)}.md"
 
     async def _write(self, target: Path, text: str) -> Path | None:
-        from .report import write_report
+        from .report import save_report
 
-        try:
-            return await asyncio.to_thread(write_report, target, text)
-        except OSError as exc:
-            self.engine.logger.warn(f"{self.mode} report could not be written to {target}", repr(exc))
-            return None
+        return await save_report(target, text, self.engine.logger, self.mode)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

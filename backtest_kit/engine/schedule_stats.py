@@ -39,6 +39,7 @@ from .models import (
     SignalRow,
     TickResult,
 )
+from .report import save_pair_report
 from .stats import round_minutes
 
 if TYPE_CHECKING:
@@ -330,22 +331,4 @@ class ScheduleFacade:
     async def dump(self, symbol: str, strategy_name: str, path: str | Path | None = None) -> Path | None:
         """Write `<path or dump_dir/schedule>/<symbol>_<strategy>.md`; returns it (None if the write failed)."""
         text = await self.get_report(symbol, strategy_name)
-        return await write_pair_report(self.engine, "schedule", symbol, strategy_name, path, text)
-
-
-async def write_pair_report(
-    engine: Engine, kind: str, symbol: str, strategy_name: str, path: str | Path | None, text: str
-) -> Path | None:
-    """Write a per-pair report to `<path or dump_dir/kind>/<symbol>_<strategy>.md`; log and return None on failure."""
-    import asyncio
-
-    from .naming import safe_file_name
-    from .report import write_report
-
-    base = Path(path) if path is not None else Path(engine.dump_dir) / kind
-    target = base / f"{safe_file_name(f'{symbol}_{strategy_name}')}.md"
-    try:
-        return await asyncio.to_thread(write_report, target, text)
-    except OSError as exc:
-        engine.logger.warn(f"{kind} report could not be written to {target}", repr(exc))
-        return None
+        return await save_pair_report(self.engine, "schedule", symbol, strategy_name, path, text)
