@@ -213,3 +213,41 @@ def row(position: str = "long", price_open: float = 100.0, tp: float = 110.0, sl
         scheduled_at=pending_at if scheduled_at is None else scheduled_at, pending_at=pending_at,
         is_scheduled=is_scheduled, **extra,
     )
+
+
+class MemoryPersist:
+    """A `PersistBackend` + `QuarantineBackend` in memory that records every operation."""
+
+    def __init__(self, *, record: bool = True) -> None:
+        self.data: dict[tuple[str, str], bytes] = {}
+        self.log: list[tuple[str, str, str]] = []
+        self._record = record  # off for memory-flatness tests: the log grows with every operation
+
+    def _note(self, op: str, entity: str, key: str) -> None:
+        if self._record:
+            self.log.append((op, entity, key))
+
+    async def read(self, entity: str, key: str) -> bytes | None:
+        self._note("read", entity, key)
+        return self.data.get((entity, key))
+
+    async def write(self, entity: str, key: str, data: bytes) -> None:
+        self._note("write", entity, key)
+        self.data[(entity, key)] = bytes(data)
+
+    async def delete(self, entity: str, key: str) -> None:
+        self._note("delete", entity, key)
+        self.data.pop((entity, key), None)
+
+    async def keys(self, entity: str) -> list[str]:
+        return [k for e, k in self.data if e == entity]
+
+    async def quarantine(self, entity: str, key: str) -> str | None:
+        data = self.data.pop((entity, key), None)
+        if data is None:
+            return None
+        self.data[(entity, key + ".corrupt")] = data
+        return f"{entity}/{key}.corrupt"
+
+    def ops(self, entity: str) -> list[tuple[str, str]]:
+        return [(op, k) for op, e, k in self.log if e == entity]

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import REFERENCE_CONFIG, T0, M, candles_from_path, concat, dt, flat_candles, long
+from helpers import REFERENCE_CONFIG, T0, M, MemoryPersist, candles_from_path, concat, dt, flat_candles, long
 
 import backtest_kit as bk
 from backtest_kit.engine.models import ActiveResult, ClosedResult, OpenedResult, PnL, SignalRow
@@ -668,25 +668,6 @@ def test_live_stats_memory_is_flat_over_a_million_events() -> None:
     assert data.total_trades == n // per_trade
 
 
-class MemoryPersist:
-    """A dict as the persistence backend: live state stays in memory (no disk, no fsync)."""
-
-    def __init__(self) -> None:
-        self.data: dict[tuple[str, str], bytes] = {}
-
-    async def read(self, entity: str, key: str) -> bytes | None:
-        return self.data.get((entity, key))
-
-    async def write(self, entity: str, key: str, data: bytes) -> None:
-        self.data[(entity, key)] = data
-
-    async def delete(self, entity: str, key: str) -> None:
-        self.data.pop((entity, key), None)
-
-    async def keys(self, entity: str) -> list[str]:
-        return [k for e, k in self.data if e == entity]
-
-
 async def _long_run(ticks: int, checkpoints: int = 4) -> dict[int, int]:
     """A VirtualClock live run of `ticks` 1-second ticks, one 1-minute trade after another (opened,
     59 active ticks, closed). The first half runs untraced (warm-up); tracemalloc then follows the
@@ -694,7 +675,7 @@ async def _long_run(ticks: int, checkpoints: int = 4) -> dict[int, int]:
     warm-up that are still held."""
     clock = bk.VirtualClock(dt(T0))
     engine = bk.Engine(clock=clock)
-    engine.use_persist(MemoryPersist())
+    engine.use_persist(MemoryPersist(record=False))
     engine.set_config({**REFERENCE_CONFIG, "CC_TICK_TTL_MS": 1000}, unsafe=True)
     source = bk.MemoryCandles({SYMBOL: flat_candles(T0 - 60 * M, ticks * 1000 // M + 200, 100.0)})
     engine.add_exchange(exchange_name="mem", get_candles=bk.ReplayExchange(source, clock))

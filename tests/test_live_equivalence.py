@@ -38,7 +38,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from helpers import T0, M, candles_from_path, dt, flat_candles, long
+from helpers import T0, M, MemoryPersist, candles_from_path, dt, flat_candles, long
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -57,25 +57,6 @@ def load_example() -> ModuleType:
     return module
 
 
-class MemoryPersist:
-    """Live state in a dict: every run starts from nothing, no disk."""
-
-    def __init__(self) -> None:
-        self.data: dict[tuple[str, str], bytes] = {}
-
-    async def read(self, entity: str, key: str) -> bytes | None:
-        return self.data.get((entity, key))
-
-    async def write(self, entity: str, key: str, data: bytes) -> None:
-        self.data[(entity, key)] = data
-
-    async def delete(self, entity: str, key: str) -> None:
-        self.data.pop((entity, key), None)
-
-    async def keys(self, entity: str) -> list[str]:
-        return [k for e, k in self.data if e == entity]
-
-
 async def backtest_trades(source: bk.MemoryCandles, symbol: str, get_signal: SignalFn, start: int, end: int,
                           config: dict[str, Any], interval: str = "5m") -> list[bk.FinishedResult]:
     """Backtest over 1m frames [start, end]."""
@@ -92,7 +73,7 @@ async def live_trades(source: bk.MemoryCandles, symbol: str, get_signal: SignalF
     """Live over the replay exchange from `start`; no new signal after `end`, then a graceful stop."""
     clock = bk.VirtualClock(dt(start))
     engine = bk.Engine(clock=clock)
-    engine.use_persist(MemoryPersist())
+    engine.use_persist(MemoryPersist(record=False))
     engine.set_config(config, unsafe=True)
     engine.add_exchange(exchange_name="x", get_candles=bk.ReplayExchange(source, clock))
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from helpers import T0, M, candle, dt, flat_candles, long, make_engine
+from helpers import T0, M, MemoryPersist, candle, dt, flat_candles, long, make_engine
 
 import backtest_kit as bk
 from backtest_kit.engine.risk import RiskGateImpl, risk_report
@@ -57,39 +57,6 @@ def gate(engine: bk.Engine, risk: str, symbol: str, strategy: str, *, backtest: 
 async def open_pos(engine: bk.Engine, risk: str, strategy: str, symbol: str) -> bool:
     return await gate(engine, risk, symbol, strategy).try_open(mk_row(symbol, strategy, f"{strategy}-{symbol}"),
                                                               100.0, T0)
-
-
-class MemoryPersist:
-    """A `PersistBackend` + `QuarantineBackend` in memory that records every operation."""
-
-    def __init__(self) -> None:
-        self.data: dict[tuple[str, str], bytes] = {}
-        self.log: list[tuple[str, str, str]] = []
-
-    async def read(self, entity: str, key: str) -> bytes | None:
-        self.log.append(("read", entity, key))
-        return self.data.get((entity, key))
-
-    async def write(self, entity: str, key: str, data: bytes) -> None:
-        self.log.append(("write", entity, key))
-        self.data[(entity, key)] = bytes(data)
-
-    async def delete(self, entity: str, key: str) -> None:
-        self.log.append(("delete", entity, key))
-        self.data.pop((entity, key), None)
-
-    async def keys(self, entity: str) -> list[str]:
-        return [k for e, k in self.data if e == entity]
-
-    async def quarantine(self, entity: str, key: str) -> str | None:
-        data = self.data.pop((entity, key), None)
-        if data is None:
-            return None
-        self.data[(entity, key + ".corrupt")] = data
-        return f"{entity}/{key}.corrupt"
-
-    def ops(self, entity: str) -> list[tuple[str, str]]:
-        return [(op, k) for op, e, k in self.log if e == entity]
 
 
 def async_source(candles: dict[str, list[bk.Candle]]) -> Callable[..., Any]:

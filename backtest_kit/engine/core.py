@@ -179,6 +179,13 @@ class Engine(ListenMixin):
         return self.registry.sizings.list()
 
     # ------------------------------------------------------------------ runtime services
+    def check_strategy(self, strategy_name: str, source: str) -> StrategySchema:
+        """The strategy's schema, after checking it and its risk profile exist (page 02 §2.4)."""
+        schema = self.registry.strategies.get(strategy_name, source)
+        if schema.risk_name is not None:
+            self.registry.risks.get(schema.risk_name, source)
+        return schema
+
     def now_ms(self) -> int:
         return clock_now_ms(self.clock)
 

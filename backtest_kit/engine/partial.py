@@ -367,10 +367,7 @@ class PartialFacade:
         self._service.track_backtests = bool(value)
 
     def _validate(self, strategy_name: str, source: str) -> None:
-        registry = self._service.engine.registry
-        schema = registry.strategies.get(strategy_name, source)
-        if schema.risk_name is not None:
-            registry.risks.get(schema.risk_name, source)
+        self._service.engine.check_strategy(strategy_name, source)
 
     async def get_data(self, symbol: str, strategy_name: str) -> PartialStatistics:
         self._validate(strategy_name, "Partial.get_data")

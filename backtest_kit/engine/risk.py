@@ -440,10 +440,7 @@ class RiskFacade:
         self._manager = manager
 
     def _validate(self, strategy_name: str, source: str) -> None:
-        registry = self._manager.engine.registry
-        schema = registry.strategies.get(strategy_name, source)
-        if schema.risk_name is not None:
-            registry.risks.get(schema.risk_name, source)
+        self._manager.engine.check_strategy(strategy_name, source)
 
     async def get_data(self, symbol: str, strategy_name: str) -> RiskStatistics:
         """Rejections of the pair, newest first (at most 250), with counts by symbol and strategy."""
