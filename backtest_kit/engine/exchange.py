@@ -67,7 +67,12 @@ def coerce_candle(raw: Any, index: int, symbol: str) -> Candle:
 
 
 def validate_candles(candles: Sequence[Candle], symbol: str, step: int, config: Config) -> None:
-    """Reject the whole answer on the first bad candle: values, OHLC consistency, grid, order, anomaly."""
+    """Reject the whole answer on the first bad candle: values, OHLC consistency, grid, order, anomaly.
+
+    The anomaly filter is symmetric in log space: a price below reference / factor or above
+    reference x factor is rejected, the same factor both ways, so one spiked print (a bad tick, a
+    unit mix-up) can neither fake a stop loss nor a take profit.
+    """
     if not candles:
         return
     prices = [p for c in candles for p in (c.open, c.high, c.low, c.close) if p > 0]
@@ -78,7 +83,9 @@ def validate_candles(candles: Sequence[Candle], symbol: str, step: int, config: 
         reference = prices[len(prices) // 2]
     else:
         reference = sum(prices) / len(prices)
-    threshold = reference / config.CC_GET_CANDLES_PRICE_ANOMALY_THRESHOLD_FACTOR
+    factor = config.CC_GET_CANDLES_PRICE_ANOMALY_THRESHOLD_FACTOR
+    threshold = reference / factor
+    ceiling = reference * factor  # symmetric: a x100 print is as wrong as a /100 one (Hardening #7)
     previous: int | None = None
     for i, c in enumerate(candles):
         where = f"{symbol} candle #{i} (timestamp {c.timestamp})"
@@ -96,6 +103,12 @@ def validate_candles(candles: Sequence[Candle], symbol: str, step: int, config: 
                     f"{where}: anomalously low price {name}={value!r} "
                     f"(open {c.open}, high {c.high}, low {c.low}, close {c.close}; "
                     f"reference {reference}, threshold {threshold})"
+                )
+            elif value > ceiling:
+                raise CandleError(
+                    f"{where}: anomalously high price {name}={value!r} "
+                    f"(open {c.open}, high {c.high}, low {c.low}, close {c.close}; "
+                    f"reference {reference}, ceiling {ceiling} = reference x {factor:g})"
                 )
         if c.high < max(c.open, c.close) or c.low > min(c.open, c.close) or c.high < c.low:
             raise CandleError(
