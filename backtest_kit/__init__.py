@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .adapters import CsvCandles, FilePersist, MemoryCandles, ReplayExchange, bundled_sample_path, replay_clock
+from .adapters.candles import CandleDataWarning, CandleGaps, DroppedCandle
 from .engine.bus import CHANNELS, EventBus
 from .engine.clock import Clock, SystemClock, VirtualClock
 from .engine.config import DEFAULT_CONFIG, Config
@@ -140,7 +141,9 @@ __all__ = [
     "CancelHandle",
     "CancelledResult",
     "Candle",
+    "CandleDataWarning",
     "CandleError",
+    "CandleGaps",
     "Clock",
     "ClosedResult",
     "Config",
@@ -149,6 +152,7 @@ __all__ = [
     "Constant",
     "CsvCandles",
     "DoneEvent",
+    "DroppedCandle",
     "Engine",
     "EventBus",
     "ExchangeError",

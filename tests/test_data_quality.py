@@ -11,6 +11,9 @@
 from __future__ import annotations
 
 import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -105,3 +108,122 @@ async def test_spike_fakes_no_take_profit_in_a_backtest() -> None:
     results = await h.run()
     assert [r.close_reason for r in results if isinstance(r, bk.ClosedResult)].count("take_profit") == 0
     assert any("anomalously high price" in str(e) and "ceiling" in str(e) for e in h.errors)
+
+
+# ------------------------------------------------------------------------- #7/#8 load-time checks of local data
+HEADER = "timestamp_ms,open,high,low,close,volume"
+
+
+def write_csv(path: Any, candles: list[bk.Candle]) -> Any:
+    lines = [HEADER, *(f"{c.timestamp},{c.open!r},{c.high!r},{c.low!r},{c.close!r},{c.volume!r}" for c in candles)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def quality_warnings(record: Any) -> list[str]:
+    return [str(w.message) for w in record if issubclass(w.category, bk.CandleDataWarning)]
+
+
+@contextmanager
+def recording() -> Iterator[list[warnings.WarningMessage]]:
+    """Every warning raised inside, none filtered out (pytest.warns insists on at least one)."""
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        yield record
+
+
+def test_gap_free_csv_loads_without_a_warning(tmp_path: Any) -> None:
+    path = write_csv(tmp_path / "BTCUSDT.csv", flat_candles(T0, 300, 100.0))
+    with recording() as record:
+        source = bk.CsvCandles(path)
+    assert quality_warnings(record) == []
+    assert source.gaps == {} and source.dropped == {} and source.load_warnings == []
+
+
+def test_csv_gaps_are_reported_with_count_largest_and_first_location(tmp_path: Any) -> None:
+    """The issue's case: a 30-minute hole (plus a smaller later one) in a CSV loaded silently."""
+    data = flat_candles(T0, 300, 100.0)
+    holed = data[:100] + data[130:200] + data[205:]  # 30 missing after row 99, then 5 after row 199
+    path = write_csv(tmp_path / "BTCUSDT.csv", holed)
+    with pytest.warns(bk.CandleDataWarning) as record:
+        source = bk.CsvCandles(path)
+    gaps = source.gaps[SYMBOL]
+    assert gaps == bk.CandleGaps(count=2, missing=35, largest=30, first_after=T0 + 99 * M,
+                                 first_resume=T0 + 130 * M, first_index=100)
+    [text] = quality_warnings(record)
+    # line 102: the header is line 1, so input row 100 (the first after the hole) is line 102
+    for needle in ("2 gap(s)", "35 candle(s) missing", "largest 30 minute(s)", "line 102 of BTCUSDT.csv",
+                   "2024-01-01 01:39", "2024-01-01 02:10"):
+        assert needle in text, (needle, text)
+    # the data is still served, hole included
+    assert [c.timestamp for c in source.closed_candles(SYMBOL, "1m", T0 + 131 * M, 2)] == [T0 + 99 * M, T0 + 130 * M]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    log_k=st.floats(-10.0, 10.0),
+    factor=st.sampled_from([3.0, 50.0, 1000.0]),
+    n=st.integers(5, 3000),
+    data=st.data(),
+)
+def test_load_time_filter_is_symmetric(log_k: float, factor: float, n: int, data: Any) -> None:
+    """A candle k times its neighbours is dropped exactly when one 1/k times them is; nothing else is."""
+    assume(abs(abs(log_k) - math.log(factor)) > 1e-6)
+    index = data.draw(st.integers(0, n - 1))
+    k = math.exp(log_k)
+    outcomes = []
+    for scale in (k, 1 / k):
+        with recording() as record:
+            source = bk.MemoryCandles({SYMBOL: spiked(100.0, n, index, scale)}, anomaly_factor=factor)
+        dropped = source.dropped.get(SYMBOL, ())
+        assert [d.index for d in dropped] in ([], [index])
+        served = source.next_candles(SYMBOL, "1m", T0, n)
+        assert len(served) == n - len(dropped)
+        if dropped:
+            assert dropped[0].field == ("high" if scale > 1 else "low") and dropped[0].reference == 100.0
+            assert any("dropped 1 BTCUSDT candle" in t for t in quality_warnings(record))
+        outcomes.append(bool(dropped))
+    assert outcomes[0] == outcomes[1] == (abs(log_k) > math.log(factor))
+
+
+def test_anomaly_factor_is_validated() -> None:
+    for bad in (0, 1, -5, math.nan, math.inf, "1000", True):
+        with pytest.raises(bk.CandleError, match=r"anomaly_factor: expected a finite number > 1 or None"):
+            bk.MemoryCandles({SYMBOL: flat_candles(T0, 5, 100.0)}, anomaly_factor=bad)
+    off = bk.MemoryCandles({SYMBOL: spiked(100.0, 10, 3, 1e6)}, anomaly_factor=None)
+    assert off.dropped == {} and len(off.next_candles(SYMBOL, "1m", T0, 10)) == 10
+
+
+async def test_csv_spike_is_dropped_reported_and_fakes_no_take_profit(tmp_path: Any) -> None:
+    """The issue's case on a CSV (no filter at all before): a x100 high/close print closed a long at TP."""
+    data = flat_candles(T0 - 60 * M, 60 + 200, 100.0, spread=0.1)
+    spike = 70  # T0 + 10 minutes
+    c = data[spike]
+    data[spike] = candle(c.timestamp, c.open, c.high * 100, c.low, c.close * 100)
+    path = write_csv(tmp_path / "BTCUSDT.csv", data)
+    with pytest.warns(bk.CandleDataWarning) as record:
+        source = bk.CsvCandles(path, anomaly_factor=50)
+    [dropped] = source.dropped[SYMBOL]
+    assert (dropped.index, dropped.timestamp, dropped.field) == (spike, T0 + 10 * M, "high")
+    assert dropped.value == pytest.approx(10_010.0)
+    texts = quality_warnings(record)
+    assert any(f"line {spike + 2} of BTCUSDT.csv" in t and "high 10010" in t and "50x" in t for t in texts)
+    assert any("1 gap(s)" in t for t in texts)  # the dropped candle leaves a one-minute hole
+
+    engine = make_engine()
+    logged: list[tuple[str, tuple[Any, ...]]] = []
+
+    class Recorder:
+        def log(self, topic: str, *args: Any) -> None: ...
+        def debug(self, topic: str, *args: Any) -> None: ...
+        def info(self, topic: str, *args: Any) -> None: ...
+        def warn(self, topic: str, *args: Any) -> None:
+            logged.append((topic, args))
+
+    engine.set_logger(Recorder())
+    h = setup(engine, None, always(long(103, 95, 30)), minutes=60, get_candles=source)
+    results = await h.run()
+    assert results and all(not isinstance(r, bk.ClosedResult) or r.close_reason == "time_expired" for r in results)
+    assert h.errors == []
+    # the engine repeats the load findings through its logger when the exchange is first used
+    assert [args[0] for topic, args in logged if topic == "exchange mem: candle data"] == source.load_warnings

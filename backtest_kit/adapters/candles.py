@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import gzip
 import math
+import warnings
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from itertools import accumulate, compress, islice, repeat
@@ -27,14 +29,18 @@ from os import PathLike
 from pathlib import Path
 from typing import Any, Protocol, TypeAlias
 
+from ..engine.config import DEFAULT_CONFIG
 from ..engine.errors import CandleError
 from ..engine.intervals import CANDLE_INTERVALS, MINUTE_MS
 from ..engine.models import Candle
 
 __all__ = [
     "ArrayLike",
+    "CandleDataWarning",
+    "CandleGaps",
     "CandleInput",
     "CsvCandles",
+    "DroppedCandle",
     "MemoryCandles",
     "UnknownSymbolError",
     "bundled_sample_path",
@@ -45,6 +51,37 @@ CSV_HEADER = ("timestamp_ms", "open", "high", "low", "close", "volume")
 _SAMPLE_NAME = "BTCUSDT-1m-7d.csv.gz"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
+_FACTOR = DEFAULT_CONFIG.CC_GET_CANDLES_PRICE_ANOMALY_THRESHOLD_FACTOR
+_MEDIAN_MIN = DEFAULT_CONFIG.CC_GET_CANDLES_MIN_CANDLES_FOR_MEDIAN
+_BLOCK = 1440  # candles per anomaly reference: a day of 1m candles, so a long file's trend cannot matter
+_SHOWN = 5  # dropped candles listed by name in a warning
+
+
+class CandleDataWarning(UserWarning):
+    """Loaded candles had holes or price anomalies; the data was kept (minus the anomalies) but is suspect."""
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedCandle:
+    """A candle left out at load because one of its prices is more than `factor` times off its reference."""
+
+    index: int  # position in the input (the CSV line is index + the first data line)
+    timestamp: int
+    field: str  # "high" (too high) or "low" (too low)
+    value: float
+    reference: float  # median of the OHLC prices of the candle's block of up to a day
+
+
+@dataclass(frozen=True, slots=True)
+class CandleGaps:
+    """Holes in a loaded 1m series: what a backtest over it silently steps across."""
+
+    count: int  # holes
+    missing: int  # 1m candles missing in total
+    largest: int  # 1m candles missing in the largest hole
+    first_after: int  # open time (ms) of the last candle before the first hole
+    first_resume: int  # open time (ms) of the first candle after it
+    first_index: int  # input position of that first candle after the hole
 
 
 class ArrayLike(Protocol):
@@ -96,8 +133,8 @@ class MemoryCandles:
     field and the value, because the engine will not look at these candles again.
     """
 
-    def __init__(self, candles: Mapping[str, CandleInput]) -> None:
-        self._init_storage()
+    def __init__(self, candles: Mapping[str, CandleInput], *, anomaly_factor: float | None = _FACTOR) -> None:
+        self._init_storage(anomaly_factor)
         if not isinstance(candles, Mapping):
             raise CandleError(
                 f"{type(self).__name__} expects a mapping symbol -> candles, got {type(candles).__name__}; "
@@ -109,9 +146,11 @@ class MemoryCandles:
             self._add(symbol, raw, _memory_where(symbol), f"{symbol} input")
 
     @classmethod
-    def from_candles(cls, symbol: str, candles: CandleInput) -> MemoryCandles:
+    def from_candles(
+        cls, symbol: str, candles: CandleInput, *, anomaly_factor: float | None = _FACTOR
+    ) -> MemoryCandles:
         """One symbol's candles without the mapping; always a plain `MemoryCandles`."""
-        return MemoryCandles({symbol: candles})
+        return MemoryCandles({symbol: candles}, anomaly_factor=anomaly_factor)
 
     # -- introspection -----------------------------------------------------------------------------
 
@@ -215,11 +254,23 @@ class MemoryCandles:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _init_storage(self) -> None:
+    def _init_storage(self, anomaly_factor: float | None) -> None:
+        if anomaly_factor is not None and (
+            isinstance(anomaly_factor, bool) or not isinstance(anomaly_factor, int | float)
+            or not math.isfinite(anomaly_factor) or anomaly_factor <= 1
+        ):
+            raise CandleError(f"anomaly_factor: expected a finite number > 1 or None (off), got {anomaly_factor!r}")
+        self._anomaly_factor = anomaly_factor
         # symbol -> interval -> series; "1m" is the validated source of truth, the rest derive from it.
         self._series: dict[str, dict[str, _Series]] = {}
         # symbol -> 1m prefix sums for `average_price`, built on its first call for the symbol.
         self._prefix: dict[str, _Prefix] = {}
+        self.dropped: dict[str, tuple[DroppedCandle, ...]] = {}
+        """Per symbol, the candles dropped at load as price anomalies (only symbols that lost some)."""
+        self.gaps: dict[str, CandleGaps] = {}
+        """Per symbol, the holes in the loaded 1m series (only symbols that have some)."""
+        self.load_warnings: list[str] = []
+        """Every load-time warning text, for the engine to log when the exchange is first used."""
 
     def _add(self, symbol: str, raw: list[list[Any]], where: _Where, label: str) -> None:
         if symbol in self._series:
@@ -229,8 +280,30 @@ class MemoryCandles:
             raise CandleError(f"{label}: no candles")
         _validate(ts, o, h, lo, c, v, where)
         _check_one_minute(ts, label)
+        rows: list[int] | None = None  # input row of each kept candle, when some were dropped
+        if self._anomaly_factor is not None:
+            dropped = _anomalies(ts, o, h, lo, c, self._anomaly_factor)
+            if dropped:
+                if len(dropped) == len(ts):
+                    raise CandleError(f"{label}: every candle is a price anomaly; nothing left to serve")
+                self.dropped[symbol] = tuple(dropped)
+                self._warn(_dropped_text(symbol, label, dropped, self._anomaly_factor, where))
+                keep = [True] * len(ts)
+                for d in dropped:
+                    keep[d.index] = False
+                rows = list(compress(range(len(ts)), keep))
+                ts, o, h, lo, c, v = (list(compress(col, keep)) for col in (ts, o, h, lo, c, v))
+        gaps = _gaps(ts, rows)
+        if gaps is not None:
+            self.gaps[symbol] = gaps
+            self._warn(_gaps_text(symbol, label, gaps, where))
         candles = list(map(Candle, ts, o, h, lo, c, v))
         self._series[symbol] = {"1m": _series(ts, candles, MINUTE_MS)}
+
+    def _warn(self, text: str) -> None:
+        """A Python warning at load (visible by default, filterable by category) and kept for the engine."""
+        self.load_warnings.append(text)
+        warnings.warn(text, CandleDataWarning, stacklevel=4)
 
     def _base(self, symbol: str) -> _Series:
         try:
@@ -277,8 +350,10 @@ class CsvCandles(MemoryCandles):
         self,
         source: str | PathLike[str] | Mapping[str, str | PathLike[str]] | Iterable[str | PathLike[str]],
         symbol: str | None = None,
+        *,
+        anomaly_factor: float | None = _FACTOR,
     ) -> None:
-        self._init_storage()
+        self._init_storage(anomaly_factor)
         items: list[tuple[str, Path]]
         if isinstance(source, str | PathLike):
             path = Path(source)
@@ -550,6 +625,79 @@ def _check_one_minute(ts: list[int], label: str) -> None:
     name = next((n for n, m in CANDLE_INTERVALS.items() if m == minutes), f"{minutes}-minute")
     raise CandleError(
         f"{label} holds {name} candles (every timestamp step is a multiple of {step} ms); the engine needs 1m candles"
+    )
+
+
+# -- data quality ------------------------------------------------------------------------------------
+
+
+def _anomalies(
+    ts: list[int], o: list[float], h: list[float], lo: list[float], c: list[float], factor: float
+) -> list[DroppedCandle]:
+    """Candles with a price below reference / factor or above reference x factor (Hardening #7).
+
+    The exchange client's rule (median of the OHLC prices, the mean below `_MEDIAN_MIN` candles),
+    applied per block of `_BLOCK` candles rather than to the whole file, whose median over months
+    says little about one day. Rows are validated, so low <= open, close <= high: a block whose
+    lowest low and highest high are in bounds (the usual case, a min and a max at C speed) is fine.
+    """
+    if max(h) <= min(lo) * factor:
+        return []  # every reference lies in [min low, max high], so no price can be `factor` away from one
+    n = len(ts)
+    starts = list(range(0, n, _BLOCK))
+    if len(starts) > 1 and n - starts[-1] < _BLOCK // 2:
+        starts.pop()  # fold a short tail into the previous block: a reference from few candles is weak
+    found: list[DroppedCandle] = []
+    for s, e in zip(starts, [*starts[1:], n], strict=True):
+        prices = [*o[s:e], *h[s:e], *lo[s:e], *c[s:e]]
+        if e - s >= _MEDIAN_MIN:
+            prices.sort()
+            reference = prices[len(prices) // 2]
+        else:
+            reference = math.fsum(prices) / len(prices)
+        floor, ceiling = reference / factor, reference * factor
+        if min(lo[s:e]) >= floor and max(h[s:e]) <= ceiling:
+            continue
+        for i in range(s, e):
+            if h[i] > ceiling:
+                found.append(DroppedCandle(i, ts[i], "high", h[i], reference))
+            elif lo[i] < floor:
+                found.append(DroppedCandle(i, ts[i], "low", lo[i], reference))
+    return found
+
+
+def _dropped_text(symbol: str, label: str, dropped: list[DroppedCandle], factor: float, where: _Where) -> str:
+    shown = "; ".join(
+        f"{where(d.index)} {_iso(d.timestamp)} {d.field} {d.value!r} vs reference {d.reference!r}"
+        for d in dropped[:_SHOWN]
+    )
+    more = f"; and {len(dropped) - _SHOWN} more" if len(dropped) > _SHOWN else ""
+    return (
+        f"{label}: dropped {len(dropped)} {symbol} candle(s) with a price more than {factor:g}x away from "
+        f"the median of their day (anomaly_factor): {shown}{more}; the series has a gap at each"
+    )
+
+
+def _gaps(ts: list[int], rows: list[int] | None) -> CandleGaps | None:
+    """Holes between consecutive 1m candles, or None for a gap-free series (checked in O(1) first)."""
+    n = len(ts)
+    if ts[-1] - ts[0] == (n - 1) * MINUTE_MS:
+        return None
+    steps = list(map(sub, islice(ts, 1, None), ts))
+    holes = [k for k, step in enumerate(steps) if step != MINUTE_MS]
+    first = holes[0]
+    largest = max(steps[k] for k in holes) // MINUTE_MS - 1
+    missing = sum(steps[k] for k in holes) // MINUTE_MS - len(holes)
+    resume = first + 1
+    return CandleGaps(len(holes), missing, largest, ts[first], ts[resume],
+                      rows[resume] if rows is not None else resume)
+
+
+def _gaps_text(symbol: str, label: str, gaps: CandleGaps, where: _Where) -> str:
+    return (
+        f"{label}: {gaps.count} gap(s) in the {symbol} 1m candles, {gaps.missing} candle(s) missing in total, "
+        f"the largest {gaps.largest} minute(s); the first after {_iso(gaps.first_after)}, resuming at "
+        f"{where(gaps.first_index)} {_iso(gaps.first_resume)}"
     )
 
 

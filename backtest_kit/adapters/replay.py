@@ -27,6 +27,11 @@ class ReplayExchange:
     def symbols(self) -> tuple[str, ...]:
         return self.source.symbols
 
+    @property
+    def load_warnings(self) -> list[str]:
+        """The wrapped source's load-time findings, logged by the engine when the exchange is first used."""
+        return self.source.load_warnings
+
     def _now(self) -> int:
         return clock_now_ms(self.clock)
 

@@ -155,6 +155,18 @@ class ExchangeClient:
         self._sleep = sleep
         source = schema.get_candles
         self.sync_source: SyncCandleSource | None = source if isinstance(source, SyncCandleSource) else None
+        self._log_load_warnings(source)
+
+    def _log_load_warnings(self, source: object) -> None:
+        """Repeat a local source's load-time findings (gaps, dropped anomalies) through the engine logger.
+
+        They were raised as Python warnings when the file was read, possibly before the application
+        configured anything; the engine logger is where a run's operator looks, so say it again there.
+        """
+        found = getattr(source, "load_warnings", None)
+        if isinstance(found, list):
+            for text in found:
+                self._logger.warn(f"exchange {self.name}: candle data", str(text))
 
     # -------------------------------------------------------------- raw fetching
     async def _fetch(self, symbol: str, interval: str, since_ms: int, limit: int, step: int) -> list[Candle]:
