@@ -35,6 +35,7 @@ from .engine.errors import (
     SchemaError,
     SignalTimeoutError,
     SignalValidationError,
+    StaleDataError,
     UnknownNameError,
 )
 from .engine.models import (
@@ -196,6 +197,7 @@ __all__ = [
     "SignalTimeoutError",
     "SignalValidationError",
     "SizingError",
+    "StaleDataError",
     "Statistics",
     "StrategyCallbacks",
     "SystemClock",

@@ -227,3 +227,93 @@ async def test_csv_spike_is_dropped_reported_and_fakes_no_take_profit(tmp_path: 
     assert h.errors == []
     # the engine repeats the load findings through its logger when the exchange is first used
     assert [args[0] for topic, args in logged if topic == "exchange mem: candle data"] == source.load_warnings
+
+
+# ------------------------------------------------------------------------- #8 stale live data
+TTL = 60_001  # the default CC_TICK_TTL_MS
+
+
+def live_engine(tmp_path: Any, source: Any, clock: bk.VirtualClock, **config: Any) -> tuple[bk.Engine, list[Any]]:
+    engine = bk.Engine(clock=clock, persist_dir=tmp_path / "data", dump_dir=tmp_path / "dump")
+    engine.set_config({**REFERENCE_CONFIG, **config}, unsafe=True)
+    engine.add_exchange(exchange_name="mem", get_candles=source)
+    engine.add_strategy(strategy_name="s", interval="1m", get_signal=lambda symbol, when: None)
+    seen: list[Any] = []  # (clock ms, tick action or the error)
+    engine.listen_signal_live(lambda r: seen.append((clock.now_ms(), r.action)))
+    engine.listen_error(lambda e: seen.append((clock.now_ms(), e)))
+    return engine, seen
+
+
+async def drive(engine: bk.Engine, clock: bk.VirtualClock, seen: list[Any], ticks: int) -> None:
+    """Run the live loop on the virtual clock until `ticks` ticks (results or errors) happened, then stop."""
+    handle = engine.live.background(SYMBOL, strategy_name="s", exchange_name="mem")
+    with clock.attach():
+        while len(seen) < ticks:
+            await clock.sleep(TTL / 2000)
+        handle()
+        await handle.wait()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_live_tick_on_a_stalled_feed_is_a_clear_error(tmp_path: Any, kind: str) -> None:
+    """The feed's last candle opens at T0 + 9 min (closes T0 + 10 min); ticks run every TTL from T0.
+
+    A tick is fine while the newest closed candle is at most CC_LIVE_MAX_CANDLE_AGE_MS old and fails
+    with StaleDataError (symbol, close time, age, limit) from then on, each tick, without stopping
+    the run.
+    """
+    memory = bk.MemoryCandles({SYMBOL: flat_candles(T0 - 60 * M, 70, 100.0)})
+    clock = bk.VirtualClock(dt(T0))
+    source: Any = bk.ReplayExchange(memory, clock)
+    if kind == "async":
+        replay = source
+
+        async def source(symbol: str, interval: str, since: datetime, limit: int) -> list[bk.Candle]:
+            return await replay(symbol, interval, since, limit)
+
+    limit = 180_000
+    engine, seen = live_engine(tmp_path, source, clock, CC_LIVE_MAX_CANDLE_AGE_MS=limit)
+    await drive(engine, clock, seen, 20)
+    close = T0 + 10 * M
+    for now, what in seen:
+        stale = now - close > limit
+        assert isinstance(what, bk.StaleDataError) == stale, (now - T0, what)
+        if stale:
+            assert (what.symbol, what.limit_ms) == (SYMBOL, limit)
+            text = str(what)
+            assert SYMBOL in text and "CC_LIVE_MAX_CANDLE_AGE_MS=180000" in text and f"{what.age_ms / 1000:g} s" in text
+            if what.close_time_ms is not None:
+                assert (what.close_time_ms, what.age_ms) == (close, now - close)
+                assert str(close) in text and "the newest closed 1m candle closed at" in text
+            else:  # an awaited source asked for a window holding no candle: the age is a lower bound
+                assert kind == "async" and limit < what.age_ms <= now - close
+                assert "no 1m candle opened at or after" in text
+    assert sum(isinstance(w, bk.StaleDataError) for _, w in seen) >= 5  # every later tick, the run went on
+    assert [i.status for i in await engine.live.list()] == ["done"]
+
+
+async def test_stale_check_off_and_three_minutes_stale_by_default(tmp_path: Any) -> None:
+    """Default limit (2 min) flags the issue's 3-minute-stale candles; 0 turns the check off."""
+    memory = bk.MemoryCandles({SYMBOL: flat_candles(T0 - 60 * M, 60, 100.0)})  # last closes at T0
+    start = T0 + 3 * M
+    clock = bk.VirtualClock(dt(start))
+    engine, seen = live_engine(tmp_path / "a", bk.ReplayExchange(memory, clock), clock)
+    assert engine.config.CC_LIVE_MAX_CANDLE_AGE_MS == bk.get_default_config().CC_LIVE_MAX_CANDLE_AGE_MS == 120_000
+    await drive(engine, clock, seen, 1)
+    assert isinstance(seen[0][1], bk.StaleDataError) and seen[0][1].age_ms == 3 * M
+
+    clock = bk.VirtualClock(dt(start))
+    engine, seen = live_engine(tmp_path / "b", bk.ReplayExchange(memory, clock), clock, CC_LIVE_MAX_CANDLE_AGE_MS=0)
+    await drive(engine, clock, seen, 3)
+    assert [w for _, w in seen] == ["idle", "idle", "idle"]
+
+
+def test_max_candle_age_config_is_validated() -> None:
+    engine = bk.Engine()
+    for bad, needle in ((-1, ">= 0"), (30_000, "0 (off) or >= 60000"), (1.5, "whole number"), ("x", "whole number")):
+        with pytest.raises(bk.ConfigError, match="CC_LIVE_MAX_CANDLE_AGE_MS") as info:
+            engine.set_config(CC_LIVE_MAX_CANDLE_AGE_MS=bad)
+        assert needle in str(info.value)
+    engine.set_config(CC_LIVE_MAX_CANDLE_AGE_MS=60_000)
+    engine.set_config(CC_LIVE_MAX_CANDLE_AGE_MS=0)
+    assert engine.config.CC_LIVE_MAX_CANDLE_AGE_MS == 0

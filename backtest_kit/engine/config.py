@@ -36,6 +36,7 @@ class Config(Struct, frozen=True):
     CC_REPORT_SHOW_SIGNAL_NOTE: bool = False
     CC_TICK_TTL_MS: int = 60_001
     MAX_EVENTS: int = 25
+    CC_LIVE_MAX_CANDLE_AGE_MS: int = 120_000  # live: fail a tick whose newest closed 1m candle is older; 0 = off
 
 
 DEFAULT_CONFIG = Config()
@@ -62,6 +63,7 @@ _RULES: dict[str, tuple[str, float | None, bool]] = {
     "CC_REPORT_SHOW_SIGNAL_NOTE": (_BOOL, None, True),
     "CC_TICK_TTL_MS": (_INT, 1, True),
     "MAX_EVENTS": (_INT, 1, True),
+    "CC_LIVE_MAX_CANDLE_AGE_MS": (_INT, 0, True),
 }
 
 
@@ -100,6 +102,12 @@ def _check_range(cfg: Config) -> list[str]:
         problems.append(
             f"CC_MIN_STOPLOSS_DISTANCE_PERCENT ({min_sl!r}) must be below "
             f"CC_MAX_STOPLOSS_DISTANCE_PERCENT ({max_sl!r})"
+        )
+    max_age = cfg.CC_LIVE_MAX_CANDLE_AGE_MS
+    if 0 < max_age < 60_000:
+        problems.append(
+            f"CC_LIVE_MAX_CANDLE_AGE_MS must be 0 (off) or >= 60000: between two closes the newest closed "
+            f"1m candle is up to a minute old, got {max_age!r}"
         )
     return problems
 

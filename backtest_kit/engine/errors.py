@@ -34,6 +34,24 @@ class ExchangeError(BacktestKitError):
     """Fetching candles failed after every retry."""
 
 
+class StaleDataError(ExchangeError):
+    """Live mode: the newest closed 1m candle is older than `CC_LIVE_MAX_CANDLE_AGE_MS`, so the tick
+    would trade on an old price; the tick fails (listen_error) and is retried one period later."""
+
+    retryable = False
+
+    def __init__(
+        self, message: str, *, symbol: str, close_time_ms: int | None, age_ms: int, limit_ms: int
+    ) -> None:
+        # close_time_ms None: no candle in the window asked for (an awaited source); age_ms is then
+        # the window's length, a lower bound of the real age.
+        super().__init__(message)
+        self.symbol = symbol
+        self.close_time_ms = close_time_ms
+        self.age_ms = age_ms
+        self.limit_ms = limit_ms
+
+
 class SignalTimeoutError(BacktestKitError, TimeoutError):
     """`get_signal` ran longer than `CC_MAX_SIGNAL_GENERATION_SECONDS` and was cancelled."""
 

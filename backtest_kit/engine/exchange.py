@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .config import Config
-from .errors import CandleError, ExchangeError
+from .errors import CandleError, ExchangeError, StaleDataError
 from .intervals import CANDLE_INTERVALS, MINUTE_MS
 from .logger import EngineLogger
 from .models import Candle
@@ -267,6 +267,57 @@ class ExchangeClient:
         if not candles:
             raise ExchangeError(f"exchange {self.name}: no closed 1m candles for {symbol} before {when_ms}")
         return vwap(candles)
+
+    async def live_price(self, symbol: str, when_ms: int) -> float:
+        """`average_price` plus live mode's freshness check (Hardening #8).
+
+        A feed that stopped still answers with its last candles, and their average would be traded
+        on as if it were the price now; past `CC_LIVE_MAX_CANDLE_AGE_MS` the tick fails instead.
+        """
+        config = self._config()
+        limit = config.CC_LIVE_MAX_CANDLE_AGE_MS
+        source = self.sync_source
+        if limit <= 0:
+            return await self.average_price(symbol, when_ms)
+        if source is not None:
+            price = self.average_price_now(symbol, when_ms)
+            assert price is not None  # a sync source answers or raises
+            newest = source.closed_candles(symbol, "1m", when_ms, 1)
+            self._check_fresh(symbol, newest[-1].timestamp + MINUTE_MS, when_ms, limit)
+            return price
+        # An awaited source is asked for a window of candles: make it long enough to hold a candle
+        # `limit` old, so an empty answer proves staleness and a non-empty one dates the newest.
+        count = config.CC_AVG_PRICE_CANDLES_COUNT
+        window = max(count, -(-limit // MINUTE_MS) + 1)
+        candles = await self.get_candles(symbol, "1m", window, when_ms)
+        newest_open = (when_ms - MINUTE_MS) - (when_ms - MINUTE_MS) % MINUTE_MS
+        if not candles:
+            self._check_fresh(symbol, None, when_ms, limit, newest_open - (window - 1) * MINUTE_MS)
+        else:
+            self._check_fresh(symbol, candles[-1].timestamp + MINUTE_MS, when_ms, limit)
+        recent = [c for c in candles if c.timestamp >= newest_open - (count - 1) * MINUTE_MS]
+        if not recent:
+            raise ExchangeError(f"exchange {self.name}: no closed 1m candles for {symbol} before {when_ms}")
+        return vwap(recent)
+
+    def _check_fresh(
+        self, symbol: str, close_ms: int | None, when_ms: int, limit: int, window_start: int = 0
+    ) -> None:
+        """Raise StaleDataError when the newest 1m close (None: none since `window_start`) is too old."""
+        age = when_ms - (close_ms if close_ms is not None else window_start)
+        if age <= limit:
+            return
+        if close_ms is not None:
+            what = f"the newest closed 1m candle closed at {to_datetime(close_ms).isoformat()} ({close_ms}), "
+        else:
+            what = (f"no 1m candle opened at or after {to_datetime(window_start).isoformat()} ({window_start}), "
+                    "so the newest closed at least ")
+        raise StaleDataError(
+            f"{symbol}: stale candles from exchange {self.name}: {what}{age / 1000:g} s before this tick at "
+            f"{to_datetime(when_ms).isoformat()}, older than CC_LIVE_MAX_CANDLE_AGE_MS={limit} "
+            f"({limit / 1000:g} s); the tick is skipped, is the data feed stalled?",
+            symbol=symbol, close_time_ms=close_ms, age_ms=age, limit_ms=limit,
+        )
 
     async def format_price(self, symbol: str, price: float) -> str:
         return await self._format(self.schema.format_price, symbol, price)

@@ -130,6 +130,8 @@ class StrategyInstance:
             context.leave(token)
 
     async def _price(self, now_ms: int) -> float:
+        if not self.backtest:  # live: refuse a price from a stalled feed (Hardening #8)
+            return await self.exchange.live_price(self.symbol, now_ms)
         price = self.exchange.average_price_now(self.symbol, now_ms)
         if price is None:
             price = await self.exchange.average_price(self.symbol, now_ms)
