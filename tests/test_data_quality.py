@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from helpers import REFERENCE_CONFIG, T0, M, always, candle, concat, dt, flat_candles, long, make_engine, ms, setup
+from helpers import REFERENCE_CONFIG, T0, M, always, candle, dt, flat_candles, long, make_engine, ms, setup
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 

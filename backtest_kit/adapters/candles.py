@@ -281,18 +281,15 @@ class MemoryCandles:
         _validate(ts, o, h, lo, c, v, where)
         _check_one_minute(ts, label)
         rows: list[int] | None = None  # input row of each kept candle, when some were dropped
-        if self._anomaly_factor is not None:
-            dropped = _anomalies(ts, o, h, lo, c, self._anomaly_factor)
-            if dropped:
-                if len(dropped) == len(ts):
-                    raise CandleError(f"{label}: every candle is a price anomaly; nothing left to serve")
-                self.dropped[symbol] = tuple(dropped)
-                self._warn(_dropped_text(symbol, label, dropped, self._anomaly_factor, where))
-                keep = [True] * len(ts)
-                for d in dropped:
-                    keep[d.index] = False
-                rows = list(compress(range(len(ts)), keep))
-                ts, o, h, lo, c, v = (list(compress(col, keep)) for col in (ts, o, h, lo, c, v))
+        factor = self._anomaly_factor
+        dropped = _anomalies(ts, o, h, lo, c, factor) if factor is not None else []
+        if dropped:
+            assert factor is not None
+            if len(dropped) == len(ts):
+                raise CandleError(f"{label}: every candle is a price anomaly; nothing left to serve")
+            self.dropped[symbol] = tuple(dropped)
+            self._warn(_dropped_text(symbol, label, dropped, factor, where))
+            rows, (ts, o, h, lo, c, v) = _without(dropped, (ts, o, h, lo, c, v))
         gaps = _gaps(ts, rows)
         if gaps is not None:
             self.gaps[symbol] = gaps
@@ -664,6 +661,16 @@ def _anomalies(
             elif lo[i] < floor:
                 found.append(DroppedCandle(i, ts[i], "low", lo[i], reference))
     return found
+
+
+def _without(dropped: list[DroppedCandle], cols: _Columns) -> tuple[list[int], _Columns]:
+    """The columns minus the dropped rows, and the input row of every row kept."""
+    keep = [True] * len(cols[0])
+    for d in dropped:
+        keep[d.index] = False
+    ts, o, h, lo, c, v = cols
+    o, h, lo, c, v = (list(compress(col, keep)) for col in (o, h, lo, c, v))
+    return list(compress(range(len(keep)), keep)), (list(compress(ts, keep)), o, h, lo, c, v)
 
 
 def _dropped_text(symbol: str, label: str, dropped: list[DroppedCandle], factor: float, where: _Where) -> str:
