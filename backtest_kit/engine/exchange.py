@@ -285,20 +285,23 @@ class ExchangeClient:
             newest = source.closed_candles(symbol, "1m", when_ms, 1)
             self._check_fresh(symbol, newest[-1].timestamp + MINUTE_MS, when_ms, limit)
             return price
-        # An awaited source is asked for a window of candles: make it long enough to hold a candle
-        # `limit` old, so an empty answer proves staleness and a non-empty one dates the newest.
-        count = config.CC_AVG_PRICE_CANDLES_COUNT
-        window = max(count, -(-limit // MINUTE_MS) + 1)
-        candles = await self.get_candles(symbol, "1m", window, when_ms)
-        newest_open = (when_ms - MINUTE_MS) - (when_ms - MINUTE_MS) % MINUTE_MS
-        if not candles:
-            self._check_fresh(symbol, None, when_ms, limit, newest_open - (window - 1) * MINUTE_MS)
-        else:
+        return await self._awaited_live_price(symbol, when_ms, config.CC_AVG_PRICE_CANDLES_COUNT, limit)
+
+    async def _awaited_live_price(self, symbol: str, when_ms: int, count: int, limit: int) -> float:
+        """The usual `count`-candle request; only an empty answer looks further back, as far as `limit`,
+        to tell a stalled feed (StaleDataError) from a short hole (the ExchangeError of `average_price`)."""
+        candles = await self.get_candles(symbol, "1m", count, when_ms)
+        if candles:
             self._check_fresh(symbol, candles[-1].timestamp + MINUTE_MS, when_ms, limit)
-        recent = [c for c in candles if c.timestamp >= newest_open - (count - 1) * MINUTE_MS]
-        if not recent:
-            raise ExchangeError(f"exchange {self.name}: no closed 1m candles for {symbol} before {when_ms}")
-        return vwap(recent)
+            return vwap(candles)
+        window = max(count, -(-limit // MINUTE_MS) + 1)  # window x 1m > limit: empty proves staleness
+        older = await self.get_candles(symbol, "1m", window, when_ms) if window > count else []
+        if older:
+            self._check_fresh(symbol, older[-1].timestamp + MINUTE_MS, when_ms, limit)
+        else:
+            newest_open = (when_ms - MINUTE_MS) - (when_ms - MINUTE_MS) % MINUTE_MS
+            self._check_fresh(symbol, None, when_ms, limit, newest_open - (window - 1) * MINUTE_MS)
+        raise ExchangeError(f"exchange {self.name}: no closed 1m candles for {symbol} before {when_ms}")
 
     def _check_fresh(
         self, symbol: str, close_ms: int | None, when_ms: int, limit: int, window_start: int = 0
