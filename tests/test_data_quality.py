@@ -197,19 +197,21 @@ def test_anomaly_factor_is_validated() -> None:
 
 
 async def test_csv_spike_is_dropped_reported_and_fakes_no_take_profit(tmp_path: Any) -> None:
-    """The issue's case on a CSV (no filter at all before): a x100 high/close print closed a long at TP."""
+    """The issue's case on a CSV, which had no anomaly filter at all: a high/close print far above the
+    rest closed a long at its take profit. Here x2000, above the default factor (x100 needs a factor
+    below 100, see the exchange test above)."""
     data = flat_candles(T0 - 60 * M, 60 + 200, 100.0, spread=0.1)
     spike = 70  # T0 + 10 minutes
     c = data[spike]
-    data[spike] = candle(c.timestamp, c.open, c.high * 100, c.low, c.close * 100)
+    data[spike] = candle(c.timestamp, c.open, c.high * 2000, c.low, c.close * 2000)
     path = write_csv(tmp_path / "BTCUSDT.csv", data)
     with pytest.warns(bk.CandleDataWarning) as record:
-        source = bk.CsvCandles(path, anomaly_factor=50)
+        source = bk.CsvCandles(path)
     [dropped] = source.dropped[SYMBOL]
     assert (dropped.index, dropped.timestamp, dropped.field) == (spike, T0 + 10 * M, "high")
-    assert dropped.value == pytest.approx(10_010.0)
+    assert dropped.value == pytest.approx(200_200.0)
     texts = quality_warnings(record)
-    assert any(f"line {spike + 2} of BTCUSDT.csv" in t and "high 10010" in t and "50x" in t for t in texts)
+    assert any(f"line {spike + 2} of BTCUSDT.csv" in t and "high 200200" in t and "1000x" in t for t in texts)
     assert any("1 gap(s)" in t for t in texts)  # the dropped candle leaves a one-minute hole
 
     engine = make_engine()
