@@ -69,7 +69,7 @@ class DroppedCandle:
     timestamp: int
     field: str  # "high" (too high) or "low" (too low)
     value: float
-    reference: float  # median of the OHLC prices of the candle's block of up to a day
+    reference: float  # median of the OHLC prices of the candle's block of `_BLOCK` (about a day's) candles
 
 
 @dataclass(frozen=True, slots=True)
@@ -681,7 +681,7 @@ def _dropped_text(symbol: str, label: str, dropped: list[DroppedCandle], factor:
     more = f"; and {len(dropped) - _SHOWN} more" if len(dropped) > _SHOWN else ""
     return (
         f"{label}: dropped {len(dropped)} {symbol} candle(s) with a price more than {factor:g}x away from "
-        f"the median of their day (anomaly_factor): {shown}{more}; the series has a gap at each"
+        f"the median of their {_BLOCK}-candle block (anomaly_factor): {shown}{more}; the series has a gap at each"
     )
 
 
