@@ -13,9 +13,9 @@ from typing import Any
 
 import msgspec
 import pytest
+from helpers import T0, M, flat_candles, make_engine, once, row, setup
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from helpers import T0, M, flat_candles, make_engine, once, row, setup
 
 import backtest_kit as bk
 from backtest_kit.engine.config import Config
@@ -333,9 +333,9 @@ def test_any_single_typo_of_a_field_names_that_field(field: str, data: st.DataOb
     """Property: deleting, doubling or swapping one character of a field's name is caught, and the
     suggestion is the field the user meant (never another one)."""
     i = data.draw(st.integers(0, len(field) - 1))
-    typo = data.draw(st.sampled_from([
-        field[:i] + field[i + 1:], field[:i] + field[i] + field[i:], field[:i] + field[i + 1:i + 2] + field[i] + field[i + 2:],
-    ]))
+    deleted, doubled = field[:i] + field[i + 1:], field[:i] + field[i] + field[i:]
+    swapped = field[:i] + field[i + 1:i + 2] + field[i] + field[i + 2:]
+    typo = data.draw(st.sampled_from([deleted, doubled, swapped]))
     if typo in bk.SignalDto.__struct_fields__ or typo == field:
         return
     with pytest.raises(bk.SignalValidationError) as info:
