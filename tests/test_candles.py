@@ -462,3 +462,28 @@ def test_average_price_edges() -> None:
     )
     assert weighted.average_price("BTCUSDT", T0 + 2 * MINUTE_MS, 2) == 17.5
     assert weighted.average_price("BTCUSDT", T0 + 2 * MINUTE_MS - 1, 2) == 10.0
+
+
+# -- the bundled sample by name ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["BTCUSDT-1m-7d.csv", "BTCUSDT-1m-7d.csv.gz"])
+def test_the_bundled_sample_loads_by_its_bare_name_anywhere(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's `CsvCandles("BTCUSDT-1m-7d.csv")` runs in an empty directory (issue item 15)."""
+    monkeypatch.chdir(tmp_path)
+    source = CsvCandles(name)
+    assert source.paths == {"BTCUSDT": bundled_sample_path()}
+    assert source.next_candles("BTCUSDT", "1m", 0, 20_000) == sample().next_candles("BTCUSDT", "1m", 0, 20_000)
+
+
+def test_a_real_file_of_the_sample_name_wins_and_other_names_are_not_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "BTCUSDT-1m-7d.csv", [HEADER, *good_rows(3)])
+    assert len(CsvCandles("BTCUSDT-1m-7d.csv").next_candles("BTCUSDT", "1m", 0, 100)) == 3
+    for missing in ("sub/BTCUSDT-1m-7d.csv", "BTCUSDT-1m-30d.csv", "ETHUSDT-1m-7d.csv"):
+        with pytest.raises((CandleError, OSError), match=missing.rsplit("/", 1)[-1]):
+            CsvCandles(missing)
