@@ -33,16 +33,18 @@ def shared_data() -> Path:
     return path
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, object, None]:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """A test skipped because its data was not found fails instead: the suite must run everything."""
-    outcome = yield
-    report = outcome.get_result()  # type: ignore[attr-defined]
+    report = yield
     if report.skipped and not hasattr(report, "wasxfail") and isinstance(report.longrepr, tuple):
         reason = str(report.longrepr[2])
         if MISSING_DATA.search(reason):
             report.outcome = "failed"
             report.longrepr = f"{item.nodeid}: skipped for missing data, which CI does not allow ({reason})"
+    return report
 
 from binance_server import binance_server_factory  # noqa: E402, F401  (local Binance-protocol server fixture)
 
