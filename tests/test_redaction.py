@@ -181,7 +181,7 @@ def test_a_credential_named_parameter_is_masked_exactly(name: str, value: str, t
     assert redact(f"timestamp={ts}&{name}={value}") == f"timestamp={ts}&{name}=***"  # a form body
 
 
-@given(st.lists(st.sampled_from(PLAIN_NAMES), max_size=6), st.lists(VALUES, max_size=6))
+@given(st.lists(st.sampled_from(PLAIN_NAMES), max_size=6), st.lists(VALUES.filter(lambda v: "=" not in v), max_size=6))
 def test_text_without_credentials_is_unchanged(names: list[str], values: list[str]) -> None:
     """No false positives: ordinary parameters, dict entries and prose pass through untouched."""
     query = "&".join(f"{n}={v}" for n, v in zip(names, values, strict=False))
