@@ -10,6 +10,9 @@ real candles from a `MemoryCandles` / `CsvCandles` store (any interval, aggregat
 - `/api/v3/klines` honours `symbol`, `interval`, `startTime`, `endTime` and `limit` (default 500, at
   most 1000 — more is a -1130 error, as on Binance); rows are Binance's 12-field arrays, prices as
   strings with 8 decimals (exact, see `_fmt`).
+- `/api/v3/account` (the signed endpoint behind ccxt's `fetch_balance`) checks the `X-MBX-APIKEY`
+  header against `api_keys` (key -> secret) and the HMAC-SHA256 `signature` of the query, as Binance
+  does (-2015 / -1022 errors otherwise), so a test can prove real credentials were used.
 - Fault injection: `server.fail(kind, times=n, path=...)` queues faults for the next requests to a
   path: HTTP 429 / 418 / 500 / 503, `"slow"` (answer after `slow_seconds`, past a short client
   timeout), `"html"` (a 200 with an HTML page), `"truncated"` (a 200 with cut-off JSON) and
@@ -23,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import time
 from collections import Counter, deque
@@ -41,7 +46,8 @@ KLINES = "/api/v3/klines"
 EXCHANGE_INFO = "/api/v3/exchangeInfo"
 PING = "/api/v3/ping"
 TIME = "/api/v3/time"
-KNOWN_PATHS = frozenset({KLINES, EXCHANGE_INFO, PING, TIME})
+ACCOUNT = "/api/v3/account"
+KNOWN_PATHS = frozenset({KLINES, EXCHANGE_INFO, PING, TIME, ACCOUNT})
 FAULTS = ("429", "418", "500", "503", "slow", "html", "truncated", "empty")
 MAX_LIMIT = 1000
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
@@ -84,6 +90,7 @@ class BinanceServer:
         now_ms: Callable[[], int] | None = None,
         symbols: Mapping[str, Symbol] | None = None,
         slow_seconds: float = 1.0,
+        api_keys: Mapping[str, str] | None = None,
     ) -> None:
         self.candles = candles
         self.now_ms: Callable[[], int] = now_ms or (lambda: int(time.time() * 1000))
@@ -93,6 +100,7 @@ class BinanceServer:
                 base, quote = split_symbol(name)
                 self.symbols[name] = Symbol(name, base, quote)
         self.slow_seconds = slow_seconds
+        self.api_keys: dict[str, str] = dict(api_keys or {})
         self.counts: Counter[str] = Counter()
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.headers: list[dict[str, str]] = []  # request headers, to check what a client sent
@@ -170,7 +178,8 @@ class BinanceServer:
         return await handler(request)
 
     def _handlers(self) -> dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]:
-        return {KLINES: self._klines, EXCHANGE_INFO: self._exchange_info, PING: self._ping, TIME: self._time}
+        return {KLINES: self._klines, EXCHANGE_INFO: self._exchange_info, PING: self._ping, TIME: self._time,
+                ACCOUNT: self._account}
 
     async def _fault(self, kind: str) -> web.StreamResponse | None:
         if kind in ("429", "418"):
@@ -199,6 +208,22 @@ class BinanceServer:
 
     async def _time(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"serverTime": self.now_ms()})
+
+    async def _account(self, request: web.Request) -> web.StreamResponse:
+        """A signed endpoint: the key must be known and `signature` the HMAC of the rest of the query."""
+        secret = self.api_keys.get(request.headers.get("X-MBX-APIKEY", ""))
+        if secret is None:
+            return _error(401, -2015, "Invalid API-key, IP, or permissions for action.")
+        payload, _, signature = request.query_string.rpartition("&signature=")
+        expected = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
+        if not payload or not hmac.compare_digest(signature, expected):
+            return _error(400, -1022, "Signature for this request is not valid.")
+        return web.json_response({
+            "makerCommission": 10, "takerCommission": 10, "canTrade": True, "canWithdraw": False,
+            "canDeposit": False, "updateTime": self.now_ms(), "accountType": "SPOT", "permissions": ["SPOT"],
+            "balances": [{"asset": "BTC", "free": "0.50000000", "locked": "0.00000000"},
+                         {"asset": "USDT", "free": "1000.00000000", "locked": "0.00000000"}],
+        })
 
     async def _exchange_info(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({

@@ -1,19 +1,50 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the rule that no test may skip for missing data.
+
+Every test runs on a fresh clone: candles come from the sample bundled in the package
+(`bk.bundled_sample_path()`) or the small real-data slices in `tests/data/`. A skip whose reason says
+data was not found would hide a whole area from CI, so `pytest_runtest_makereport` turns it into a
+failure.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
 
+MISSING_DATA = re.compile(r"not found|no such file|missing data", re.IGNORECASE)
+"""Skip reasons that mean "the data is not there" (turned into failures)."""
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The real-candle folder next to the repository (`../shared/data`); tests using it skip without it."""
-    path = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    """The project's shared real-candle folder: `$BK_SHARED_DATA`, else `../shared/data` beside the repository.
+
+    Only for tests not yet moved to the bundled sample or `tests/data/`; without the folder such a test
+    fails (it does not skip), so CI notices.
+    """
+    default = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    path = Path(os.environ.get("BK_SHARED_DATA") or default)
     if not path.is_dir():
         pytest.skip(f"real candle data not found at {path}")
     return path
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A test skipped because its data was not found fails instead: the suite must run everything."""
+    report = yield
+    if report.skipped and not hasattr(report, "wasxfail") and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+        if MISSING_DATA.search(reason):
+            report.outcome = "failed"
+            report.longrepr = f"{item.nodeid}: skipped for missing data, which CI does not allow ({reason})"
+    return report
 
 from binance_server import binance_server_factory  # noqa: E402, F401  (local Binance-protocol server fixture)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import hashlib
 import math
 import random
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -29,6 +31,11 @@ from backtest_kit.engine.models import Candle
 from backtest_kit.engine.sources import CandleSource, SyncCandleSource
 
 T0 = 1_747_699_200_000  # 2025-05-20 00:00 UTC, first candle of the real files
+DATA = Path(__file__).resolve().parent / "data"  # small real-data slices (see data/README.md)
+ETH_DAY = DATA / "ETHUSDT-1m-2025-05-20.csv.gz"
+BTC_5M_WEEK = DATA / "BTCUSDT-5m-2025-05-20_2025-05-26.csv.gz"
+# sha256 of the plain CSV the bundled sample was compressed from (the shared set's BTCUSDT-1m-7d.csv)
+SAMPLE_CSV_SHA256 = "9adfb55c094c4153b5a06a7c3cbc0f2ffa5576df833f2c0433b19ed283114557"
 HEADER = "timestamp_ms,open,high,low,close,volume"
 INTERVALS = sorted(CANDLE_INTERVALS)
 
@@ -71,8 +78,8 @@ def good_rows(n: int = 5, start: int = T0, step: int = MINUTE_MS) -> list[str]:
 # -- loading real data -----------------------------------------------------------------------------
 
 
-def test_loads_real_7d_csv(shared_data: Path) -> None:
-    path = shared_data / "BTCUSDT-1m-7d.csv"
+def test_loads_real_7d_csv() -> None:
+    path = bundled_sample_path()
     source = CsvCandles(path)
     assert source.symbols == ("BTCUSDT",)
     assert source.paths == {"BTCUSDT": path}
@@ -84,31 +91,37 @@ def test_loads_real_7d_csv(shared_data: Path) -> None:
     assert rows[0] == Candle(T0, 105573.73, 105597.1, 105554.31, 105554.32, 10.82647)
 
 
-def test_bundled_sample_has_the_same_rows(shared_data: Path) -> None:
+def test_bundled_sample_has_the_same_rows(tmp_path: Path) -> None:
+    """The bundled file is the shared set's plain CSV, byte for byte, and loads the same uncompressed."""
     path = bundled_sample_path()
     assert path.is_file() and path.name == "BTCUSDT-1m-7d.csv.gz"
-    assert gzip.decompress(path.read_bytes()) == (shared_data / "BTCUSDT-1m-7d.csv").read_bytes()
+    raw = gzip.decompress(path.read_bytes())
+    assert hashlib.sha256(raw).hexdigest() == SAMPLE_CSV_SHA256
     assert path.read_bytes()[4:8] == b"\0\0\0\0"  # gzip mtime 0: reproducible bytes
-    plain = CsvCandles({"BTCUSDT": shared_data / "BTCUSDT-1m-7d.csv"})
+    csv_path = tmp_path / "BTCUSDT-1m-7d.csv"
+    csv_path.write_bytes(raw)
+    plain = CsvCandles({"BTCUSDT": csv_path})
     assert sample().next_candles("BTCUSDT", "1m", 0, 20_000) == plain.next_candles("BTCUSDT", "1m", 0, 20_000)
 
 
-def test_several_files_and_symbol_from_file_name(shared_data: Path) -> None:
-    source = CsvCandles([shared_data / "BTCUSDT-1m-7d.csv", shared_data / "ETHUSDT-1m-2025-05-20_2025-08-18.csv.gz"])
+def test_several_files_and_symbol_from_file_name() -> None:
+    source = CsvCandles([bundled_sample_path(), ETH_DAY])
     assert source.symbols == ("BTCUSDT", "ETHUSDT")
     assert source.first_timestamp("ETHUSDT") == T0
-    assert source.last_timestamp("ETHUSDT") == T0 + 130_707 * MINUTE_MS
-    named = CsvCandles(shared_data / "BTCUSDT-1m-7d.csv", symbol="XBT")
+    assert source.last_timestamp("ETHUSDT") == T0 + (len(read_rows(ETH_DAY)) - 1) * MINUTE_MS
+    assert source.next_candles("ETHUSDT", "1m", 0, 10**6) == read_rows(ETH_DAY)
+    named = CsvCandles(bundled_sample_path(), symbol="XBT")
     assert named.symbols == ("XBT",)
 
 
-def test_aggregated_5m_equals_the_real_5m_file(shared_data: Path) -> None:
-    one_minute = CsvCandles(shared_data / "BTCUSDT-1m-2025-05-20_2025-08-18.csv.gz")
-    real_5m = read_rows(shared_data / "BTCUSDT-5m-2024-03-01_2025-07-02.csv.gz")
-    first, last = one_minute.first_timestamp("BTCUSDT"), real_5m[-1].timestamp
+def test_aggregated_5m_equals_the_real_5m_file() -> None:
+    """The bundled 1m week aggregated to 5m equals an independent recording of the same week's 5m candles."""
+    one_minute = sample()
+    real_5m = read_rows(BTC_5M_WEEK)
+    first, last = one_minute.first_timestamp("BTCUSDT"), one_minute.last_timestamp("BTCUSDT")
     expected = [c for c in real_5m if first <= c.timestamp <= last]
-    got = one_minute.next_candles("BTCUSDT", "5m", first, len(expected))
-    assert len(expected) > 12_000
+    got = one_minute.next_candles("BTCUSDT", "5m", first, len(expected) + 10)
+    assert len(expected) == (last - first + MINUTE_MS) // (5 * MINUTE_MS)  # the whole week, no gap
     assert [c.timestamp for c in got] == [c.timestamp for c in expected]
     for mine, real in zip(got, expected, strict=True):
         assert (mine.open, mine.high, mine.low, mine.close) == (real.open, real.high, real.low, real.close)
@@ -164,12 +177,12 @@ def test_seconds_timestamps_get_a_hint(tmp_path: Path) -> None:
         CsvCandles(write(tmp_path, "BTCUSDT.csv", [HEADER, *rows]))
 
 
-def test_five_minute_file_is_rejected(tmp_path: Path, shared_data: Path) -> None:
+def test_five_minute_file_is_rejected(tmp_path: Path) -> None:
     path = write(tmp_path, "BTCUSDT-5m.csv", [HEADER, *good_rows(10, step=5 * MINUTE_MS)])
     with pytest.raises(CandleError, match=r"BTCUSDT-5m\.csv holds 5m candles .*needs 1m"):
         CsvCandles(path)
     with pytest.raises(CandleError, match="holds 5m candles"):
-        CsvCandles(shared_data / "BTCUSDT-5m-2024-03-01_2025-07-02.csv.gz")
+        CsvCandles(BTC_5M_WEEK)
 
 
 def test_gaps_are_allowed(tmp_path: Path) -> None:
@@ -410,10 +423,16 @@ def test_average_price_equals_direct_vwap(when_ms: int, count: int, use_gappy: b
         assert got is not None and abs(got - expected) <= 1e-12 * expected
 
 
-def test_average_price_precision_at_the_end_of_130k_candles(shared_data: Path) -> None:
-    source = CsvCandles(shared_data / "BTCUSDT-1m-2025-05-20_2025-08-18.csv.gz")
+def test_average_price_precision_at_the_end_of_130k_candles() -> None:
+    """Running sums over a long series must not drift: 13 back-to-back copies of the real week (131,040
+    candles of real prices and volumes, re-timed) stand in for the 90-day file, which is too big to ship."""
+    week = sample().next_candles("BTCUSDT", "1m", 0, 10**6)
+    span = week[-1].timestamp + MINUTE_MS - week[0].timestamp
+    source = MemoryCandles.from_candles(
+        "BTCUSDT", [msgspec.structs.replace(c, timestamp=c.timestamp + k * span) for k in range(13) for c in week]
+    )
     candles = source.next_candles("BTCUSDT", "1m", 0, 10**6)
-    assert len(candles) == 130_708
+    assert len(candles) == 13 * len(week) > 130_000
     rng = random.Random(1)
     ends = [len(candles), *(rng.randrange(100_000, len(candles)) for _ in range(300))]
     quietest = min(range(len(candles)), key=lambda i: candles[i].volume)
@@ -443,3 +462,28 @@ def test_average_price_edges() -> None:
     )
     assert weighted.average_price("BTCUSDT", T0 + 2 * MINUTE_MS, 2) == 17.5
     assert weighted.average_price("BTCUSDT", T0 + 2 * MINUTE_MS - 1, 2) == 10.0
+
+
+# -- the bundled sample by name ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["BTCUSDT-1m-7d.csv", "BTCUSDT-1m-7d.csv.gz"])
+def test_the_bundled_sample_loads_by_its_bare_name_anywhere(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's `CsvCandles("BTCUSDT-1m-7d.csv")` runs in an empty directory (issue item 15)."""
+    monkeypatch.chdir(tmp_path)
+    source = CsvCandles(name)
+    assert source.paths == {"BTCUSDT": bundled_sample_path()}
+    assert source.next_candles("BTCUSDT", "1m", 0, 20_000) == sample().next_candles("BTCUSDT", "1m", 0, 20_000)
+
+
+def test_a_real_file_of_the_sample_name_wins_and_other_names_are_not_found(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "BTCUSDT-1m-7d.csv", [HEADER, *good_rows(3)])
+    assert len(CsvCandles("BTCUSDT-1m-7d.csv").next_candles("BTCUSDT", "1m", 0, 100)) == 3
+    for missing in ("sub/BTCUSDT-1m-7d.csv", "BTCUSDT-1m-30d.csv", "ETHUSDT-1m-7d.csv"):
+        with pytest.raises((CandleError, OSError), match=missing.rsplit("/", 1)[-1]):
+            CsvCandles(missing)

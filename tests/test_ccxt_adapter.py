@@ -57,8 +57,8 @@ SMA = load_example("backtest_sma")
 
 
 @pytest.fixture(scope="module")
-def source(shared_data: Path) -> bk.CsvCandles:
-    return bk.CsvCandles(shared_data / "BTCUSDT-1m-7d.csv")
+def source() -> bk.CsvCandles:
+    return bk.CsvCandles(bk.bundled_sample_path())
 
 
 @pytest.fixture

@@ -14,9 +14,12 @@ from typing import Any
 import msgspec
 import pytest
 from helpers import T0, M, flat_candles, make_engine, once, row, setup
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import backtest_kit as bk
 from backtest_kit.engine.config import Config
+from backtest_kit.engine.models import decode_signal_dto
 from backtest_kit.engine.validation import signal_problems, validate_signal
 
 DEFAULT = Config()
@@ -289,3 +292,52 @@ async def test_default_config_boundary_end_to_end() -> None:
     assert len(errors) == 1 and "CC_MIN_TAKEPROFIT_DISTANCE_PERCENT" in str(errors[0])
     errors, _ = await one_tick({**GOOD, "price_take_profit": 100.5}, engine_cfg)
     assert errors == []
+
+
+# ---------------------------------------------------------------------------------------------- unknown dict keys
+
+
+@pytest.mark.parametrize(
+    ("key", "closest"),
+    [("price_opn", "price_open"), ("priceOpen", "price_open"), ("take_profit", "price_take_profit"),
+     ("price_stoploss", "price_stop_loss"), ("minutes_estimated_time", "minute_estimated_time"),
+     ("Position", "position"), ("notes", "note")],
+)
+async def test_a_misspelled_dict_key_is_an_error_naming_it_and_the_closest_field(key: str, closest: str) -> None:
+    """`{"price_opn": 95}` used to be dropped, silently turning a limit entry into a market entry."""
+    errors, (results, events) = await one_tick({**GOOD, key: 95})
+    assert results == []
+    assert [e.action for e in events] == ["idle"]  # neither scheduled nor opened at market
+    assert len(errors) == 1 and isinstance(errors[0], bk.SignalValidationError)
+    message = str(errors[0])
+    assert message.startswith("Invalid signal") and repr(key) in message
+    assert f"did you mean {closest!r}?" in message
+
+
+def test_an_unrelated_or_non_string_key_lists_the_valid_keys() -> None:
+    for key in ("zzz", 7):
+        with pytest.raises(bk.SignalValidationError, match="unknown key") as info:
+            decode_signal_dto({**GOOD, key: 1})
+        assert repr(key) in str(info.value) and "did you mean" not in str(info.value)
+        assert all(name in str(info.value) for name in bk.SignalDto.__struct_fields__)
+
+
+def test_every_valid_key_is_still_accepted() -> None:
+    full = {**GOOD, "price_open": 100.0, "note": "n", "id": "x"}
+    assert decode_signal_dto(full) == bk.SignalDto(**full)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(bk.SignalDto.__struct_fields__), st.data())
+def test_any_single_typo_of_a_field_names_that_field(field: str, data: st.DataObject) -> None:
+    """Property: deleting, doubling or swapping one character of a field's name is caught, and the
+    suggestion is the field the user meant (never another one)."""
+    i = data.draw(st.integers(0, len(field) - 1))
+    deleted, doubled = field[:i] + field[i + 1:], field[:i] + field[i] + field[i:]
+    swapped = field[:i] + field[i + 1:i + 2] + field[i] + field[i + 2:]
+    typo = data.draw(st.sampled_from([deleted, doubled, swapped]))
+    if typo in bk.SignalDto.__struct_fields__ or typo == field:
+        return
+    with pytest.raises(bk.SignalValidationError) as info:
+        decode_signal_dto({**GOOD, typo: 1})
+    assert f"unknown key {typo!r} (did you mean {field!r}?" in str(info.value)

@@ -44,6 +44,7 @@ __all__ = [
     "MemoryCandles",
     "UnknownSymbolError",
     "bundled_sample_path",
+    "resolve_sample_name",
 ]
 
 FIELDS = ("timestamp", "open", "high", "low", "close", "volume")
@@ -123,6 +124,19 @@ def bundled_sample_path() -> Path:
         return resource
     # Zipped installs give a non-filesystem Traversable; fall back to the source tree next to us.
     return Path(__file__).resolve().parents[1] / "data" / _SAMPLE_NAME
+
+
+def resolve_sample_name(path: str | PathLike[str]) -> Path:
+    """`path`, or the bundled sample when `path` is its bare name and no such file exists here.
+
+    Examples and the README say `CsvCandles("BTCUSDT-1m-7d.csv")`, the name of the project's shared
+    data file the sample is a copy of; a fresh directory has no such file. Only a bare file name
+    qualifies (a name with a directory stays a "file not found" error), and a real file always wins.
+    """
+    path = Path(path)
+    if str(path) in (_SAMPLE_NAME, _SAMPLE_NAME.removesuffix(".gz")) and not path.exists():
+        return bundled_sample_path()
+    return path
 
 
 class MemoryCandles:
@@ -340,6 +354,8 @@ class CsvCandles(MemoryCandles):
 
     `CsvCandles(path)` takes the symbol from the file name up to the first '-'
     (`BTCUSDT-1m-7d.csv` -> `BTCUSDT`); `CsvCandles({"BTCUSDT": path, ...})` names them explicitly.
+    The bare name of the bundled sample (`BTCUSDT-1m-7d.csv` or `.csv.gz`) loads the bundled file when
+    no file of that name is in the working directory, so examples run as written anywhere.
     Errors add the file line to the candle index so the row can be found in an editor.
     """
 
@@ -362,8 +378,9 @@ class CsvCandles(MemoryCandles):
         else:
             items = [(_symbol_from_name(Path(p)), Path(p)) for p in source]
         self.paths: dict[str, Path] = {}
-        for sym, path in items:
+        for sym, given in items:
             _check_symbol(sym)
+            path = resolve_sample_name(given)
             raw, first_line = _read_csv(path)
             self._add(sym, raw, _file_where(sym, first_line, path.name), path.name)
             self.paths[sym] = path

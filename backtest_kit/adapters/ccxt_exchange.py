@@ -30,7 +30,10 @@ What it does, and what it leaves to the engine:
   `BINANCE_API_SECRET`, `BINANCE_PASSWORD` — the prefix is the upper-cased exchange id), else an
   optional `.env` file (read here, never written to `os.environ`). They are held as `Secret`s whose
   `str` / `repr` are `'***'`, are handed only to the ccxt client, and appear in no log line, event,
-  report, snapshot or `repr`.
+  report, snapshot or `repr`. ccxt itself logs every request at DEBUG (headers such as `X-MBX-APIKEY`,
+  signed URLs) and prints them with `verbose=True`: the client's logger gets the redacting filter of
+  `engine/redact.py`, its `verbose` output goes through the same redaction, and the keys are
+  registered there so that the engine's own log lines mask them too.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ from ..engine.errors import BacktestKitError, CandleError, ExchangeError, Schema
 from ..engine.exchange import step_ms
 from ..engine.intervals import CANDLE_INTERVALS
 from ..engine.models import Candle
+from ..engine.redact import install_log_redaction, redact, register_secret
 from .candles import UnknownSymbolError
 
 if TYPE_CHECKING:
@@ -303,6 +307,8 @@ class CcxtExchange:
         self._password = _credential(
             password if password is not None else in_config.get("password"),
             (f"{prefix}_PASSWORD", f"{prefix}_PASSPHRASE", f"{prefix}_API_PASSWORD"), file_values)
+        for value in self._secrets():
+            register_secret(value)
         merged_options = {**_DEFAULT_OPTIONS.get(exchange_id, {}), **dict(options or {})}
         self._config: dict[str, Any] = {"enableRateLimit": True, **config, "options": merged_options}
 
@@ -359,6 +365,7 @@ class CcxtExchange:
         for key, value in self._extra_secrets.items():
             params[key] = value.reveal()
         client = _guarded(base)(params)
+        install_log_redaction(client.logger)  # ccxt logs request headers and signed URLs at DEBUG
         if self.sandbox:
             client.set_sandbox_mode(True)
         if self._api_urls is not None:
@@ -581,7 +588,7 @@ class CcxtExchange:
             cls, label = CcxtExchangeError, "authentication failed (check the API key and secret)"
         else:
             cls, label = CcxtExchangeError, "failed"
-        detail = self._scrub(str(exc))
+        detail = redact(self._scrub(str(exc)))  # the keys, and signatures in a signed URL
         if len(detail) > 300:
             detail = detail[:300] + "…"
         return cls(
@@ -596,7 +603,8 @@ class CcxtExchange:
 
 
 def _guarded(base: type[Any]) -> type[Any]:
-    """`base` (a ccxt exchange class) that raises on a 2xx answer whose body is HTML or broken JSON.
+    """`base` (a ccxt exchange class) that raises on a 2xx answer whose body is HTML or broken JSON,
+    and whose `verbose` printing is redacted.
 
     ccxt hands such a body on as a string and `fetch_ohlcv` turns it into an empty list, which
     would be indistinguishable from "no candles"; this makes it a `BadResponse` at the source.
@@ -618,7 +626,11 @@ def _guarded(base: type[Any]) -> type[Any]:
         return base.handle_errors(self, code, reason, url, method, headers, body, response,
                                   request_headers, request_body)
 
-    guarded = type(base.__name__, (base,), {"handle_errors": handle_errors, "__module__": __name__})
+    def log(self: Any, *args: Any) -> None:
+        """ccxt's `verbose` output (request headers, signed URLs), printed as ccxt does, but redacted."""
+        print(redact(" ".join(str(arg) for arg in args)))
+
+    guarded = type(base.__name__, (base,), {"handle_errors": handle_errors, "log": log, "__module__": __name__})
     _GUARDED[base] = guarded
     return guarded
 

@@ -31,6 +31,7 @@ from types import ModuleType
 from typing import Any
 
 from ..adapters import CsvCandles, MemoryCandles, ReplayExchange, bundled_sample_path
+from ..adapters.candles import resolve_sample_name
 from ..engine.core import Engine
 from ..engine.registry import ExchangeSchema, FrameSchema
 
@@ -266,7 +267,7 @@ async def build_target(
 ) -> Target:
     """Register the strategy on `engine` and resolve symbol, names and (for backtests) the frame."""
     for path in [*data, *([replay_csv] if replay_csv else [])]:
-        if not Path(path).is_file():
+        if not resolve_sample_name(path).is_file():
             raise CliError(f"data file not found: {path}")
     csv_arg: str | list[str] | None = list(data) if len(data) > 1 else data[0] if data else None
     if replay_csv is not None:

@@ -1,13 +1,16 @@
 """Logger adapter: the engine logs through one object with `log/debug/info/warn(topic, *args)`.
 
 Users may pass such an object (the reference's shape) or a `logging.Logger`. Logging must never
-break a run, so a raising logger is swallowed.
+break a run, so a raising logger is swallowed. Text is redacted (`redact.py`): an exception message
+can hold a signed URL or an API key.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Any, Protocol, runtime_checkable
+
+from .redact import redact
 
 
 @runtime_checkable
@@ -48,9 +51,9 @@ class EngineLogger:
             if isinstance(target, logging.Logger):
                 if target.isEnabledFor(level):
                     text = " ".join([topic, *(str(a) for a in args)])
-                    target.log(level, text)
-            else:
-                getattr(target, method)(topic, *args)
+                    target.log(level, redact(text))
+            else:  # text is redacted; other arguments are the caller's objects, passed on as they are
+                getattr(target, method)(redact(topic), *(redact(a) if isinstance(a, str) else a for a in args))
         except Exception:  # a broken logger must not stop trading
             pass
 

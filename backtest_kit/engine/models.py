@@ -7,6 +7,7 @@ field (`$.price_open`).
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, ClassVar, Literal, TypeAlias
 
 import msgspec
@@ -213,6 +214,7 @@ def decode_signal_dto(obj: Any) -> SignalDto:
             raise SignalValidationError(
                 f"Invalid signal: expected SignalDto or mapping, got {type(obj).__name__}: {obj!r}"
             ) from None
+    _reject_unknown_keys(obj)
     if "price_open" in obj and obj["price_open"] is None:
         raise SignalValidationError(
             "Invalid signal: $.price_open is None; omit price_open for a market entry"
@@ -221,3 +223,22 @@ def decode_signal_dto(obj: Any) -> SignalDto:
         return msgspec.convert(obj, SignalDto, strict=True)
     except msgspec.ValidationError as exc:
         raise SignalValidationError(f"Invalid signal: {exc} (value {obj!r})") from None
+
+
+_SIGNAL_DTO_FIELDS: frozenset[str] = frozenset(SignalDto.__struct_fields__)
+
+
+def _reject_unknown_keys(obj: dict[Any, Any]) -> None:
+    """A misspelled key (`price_opn`) would otherwise be dropped and silently turn a limit entry into a
+    market entry, so every key must be a `SignalDto` field; the error names the closest valid one."""
+    from .errors import SignalValidationError
+
+    for key in obj:
+        if key in _SIGNAL_DTO_FIELDS:
+            continue
+        fields = SignalDto.__struct_fields__
+        close = difflib.get_close_matches(str(key), fields, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise SignalValidationError(
+            f"Invalid signal: unknown key {key!r} ({hint}valid keys: {', '.join(fields)})"
+        )
