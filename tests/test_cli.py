@@ -63,7 +63,7 @@ def test_default_backtest_json_on_the_bundled_data(tmp_path: Path) -> None:
         1 for s in stats["signals"] if s["pnl"]["pnl_percentage"] == 0)
     assert len(stats["signals"]) == stats["total_trades"]
     assert 0 <= stats["win_rate"] <= 1 and stats["max_drawdown"] >= 0
-    assert doc["errors"] == {"count": 0, "messages": []}
+    assert doc["errors"] == {"count": 0, "messages": [], "first": None, "never_worked": False}
     assert {"backtest_total", "backtest_timeframe"} <= set(doc["performance"]["metric_stats"])
     files = doc["files"]
     report = tmp_path / files["report"]

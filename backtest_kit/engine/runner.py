@@ -42,6 +42,7 @@ class RunRecord:
     wake: asyncio.Event | None = None
     sleeper: asyncio.Future[None] | None = None  # the live loop's inter-tick sleep, while it sleeps
     loop: asyncio.AbstractEventLoop | None = None
+    data_exhausted: bool = False  # a live replay ended because its data ran out
 
     def info(self) -> InstanceInfo:
         return InstanceInfo(
@@ -131,6 +132,7 @@ class RunnerBase(Generic[R]):
         record.error = None
         record.stop_requested = False
         record.done_published = False
+        record.data_exhausted = False
         record.loop = _running_loop()
         record.wake = asyncio.Event() if record.loop is not None else None
         return record
