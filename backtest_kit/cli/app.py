@@ -8,9 +8,13 @@
     backtest-kit report                           # list the dumped reports; `report NAME` prints one
 
 Exit codes: 0 success, 1 the run failed (the message names the problem: a missing file, an unknown
-config key, a strategy that does not import, ...), 2 a usage error (unknown option, bad value), 130
-interrupted. With `--json` stdout carries exactly one JSON document; progress, status lines,
-warnings and anything the strategy prints go to stderr.
+config key, a strategy that does not import, a frame outside the data, or a run that never worked
+because every tick or every get_signal call failed: how many, the first error and its file:line),
+2 a usage error (unknown option, bad value), 130 interrupted. Ctrl-C (or SIGTERM) stops a backtest
+or a replay gracefully: the report is still written and the summary printed, then the exit code is
+130; a second Ctrl-C abandons an open position. Ctrl-C is how a real live run ends, so there it
+exits 0. With `--json` stdout carries exactly one JSON document; progress, status lines, warnings
+and anything the strategy prints go to stderr.
 """
 
 from __future__ import annotations
@@ -190,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="List the reports written by `dump`, or print the one named.")
     rp.add_argument("name", nargs="?", metavar="NAME",
                     help="report to print: its path under the dump directory without .md "
-                         "(backtest/sma-cross) or just its name (sma-cross)")
+                         "(backtest/BTCUSDT_sma-cross), its file name, or its strategy (sma-cross) "
+                         "when that names only one report")
     rp.add_argument("--dump-dir", default="dump", metavar="DIR", help="default ./dump")
     rp.add_argument("--json", action="store_true", help="print JSON")
     rp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -603,6 +608,21 @@ def _name(root: Path, path: Path) -> str:
     return path.relative_to(root).with_suffix("").as_posix()
 
 
+def _matching(root: Path, paths: list[Path], wanted: str) -> list[Path]:
+    """Reports named `wanted`: the full name (`backtest/BTCUSDT_sma-cross`), else the file name
+    (`BTCUSDT_sma-cross`), else the strategy part, optionally with its folder (`sma-cross`,
+    `backtest/sma-cross`: the names reports had before they carried the symbol)."""
+    exact = [p for p in paths if _name(root, p) == wanted]
+    if exact:
+        return exact
+    by_stem = [p for p in paths if p.stem == wanted]
+    if by_stem:
+        return by_stem
+    folder, _, leaf = wanted.rpartition("/")
+    return [p for p in paths if p.stem.endswith(f"_{leaf}")
+            and (not folder or p.parent.relative_to(root).as_posix() == folder)]
+
+
 async def cmd_report(args: argparse.Namespace) -> int:
     root = Path(args.dump_dir)
     if not root.is_dir():
@@ -628,15 +648,14 @@ async def cmd_report(args: argparse.Namespace) -> int:
             mark = "  [chart]" if e["chart"] else ""
             sys.stdout.write(f"{e['name'].ljust(width)}  {e['modified']}  {e['title']}{mark}\n")
         return 0
-    wanted = args.name.removesuffix(".md")
-    matches = [p for p in paths if _name(root, p) == wanted]
-    if not matches:
-        matches = [p for p in paths if p.stem == wanted]
+    matches = _matching(root, paths, args.name.removesuffix(".md"))
     if not matches:
         known = ", ".join(_name(root, p) for p in paths) or "none"
         raise CliError(f"no report named {args.name!r} in {root} (available: {known})")
     if len(matches) > 1:
-        raise CliError(f"{args.name!r} is ambiguous: {', '.join(_name(root, p) for p in matches)}")
+        names = [_name(root, p) for p in matches]
+        raise CliError(f"{args.name!r} matches {len(names)} reports: {', '.join(names)}; "
+                       f"name one of them, e.g. `{PROG} report {names[0]}`")
     path = matches[0]
     text = path.read_text(encoding="utf-8")
     if args.json:

@@ -215,13 +215,13 @@ class BacktestRunner(RunnerBase[FinishedResult]):
     async def dump(
         self, symbol: str, strategy_name: str, path: str | Path | None = None, *, plot: bool = True
     ) -> Path | None:
-        """Write the report to `<path or dump_dir/backtest>/<strategy>.md`; returns the path.
+        """Write the report to `<path or dump_dir/backtest>/<symbol>_<strategy>.md`; returns the path.
 
         With `plot` and matplotlib importable (the `plot` extra), the equity/drawdown chart is
-        written next to it as `<strategy>-equity.png` and linked below the title.
+        written next to it as `<symbol>_<strategy>-equity.png` and linked below the title.
         """
         text = await self.get_report(symbol, strategy_name)
-        target = self._dump_path(strategy_name, path)
+        target = self._dump_path(symbol, strategy_name, path)
         if plot:
             from .plots import attach_equity_plot
 

@@ -205,13 +205,13 @@ class LiveRunner(RunnerBase[TickResult]):
     async def dump(
         self, symbol: str, strategy_name: str, path: str | Path | None = None, *, plot: bool = True
     ) -> Path | None:
-        """Write the report to `<path or dump_dir/live>/<strategy>.md`; returns the path.
+        """Write the report to `<path or dump_dir/live>/<symbol>_<strategy>.md`; returns the path.
 
         With `plot` and matplotlib importable, the equity/drawdown chart of the recent closed trades
-        is written next to it as `<strategy>-equity.png` and linked below the title.
+        is written next to it as `<symbol>_<strategy>-equity.png` and linked below the title.
         """
         text = await self.get_report(symbol, strategy_name)
-        target = self._dump_path(strategy_name, path)
+        target = self._dump_path(symbol, strategy_name, path)
         if plot:
             from .plots import attach_equity_plot
 

@@ -199,11 +199,16 @@ class RunnerBase(Generic[R]):
         )
 
     # ------------------------------------------------------------------ reports
-    def _dump_path(self, strategy_name: str, path: str | Path | None) -> Path:
+    def _dump_path(self, symbol: str, strategy_name: str, path: str | Path | None) -> Path:
+        """`<path or dump_dir/mode>/<symbol>_<strategy>.md`, like every other per-pair report.
+
+        The symbol is part of the name so that two symbols of one strategy never overwrite each
+        other's report (names sanitized, so no symbol can leave the directory).
+        """
         from .naming import safe_file_name
 
         base = Path(path) if path is not None else Path(self.engine.dump_dir) / self.mode
-        return base / f"{safe_file_name(strategy_name)}.md"
+        return base / f"{safe_file_name(symbol)}_{safe_file_name(strategy_name)}.md"
 
     async def _write(self, target: Path, text: str) -> Path | None:
         from .report import save_report
