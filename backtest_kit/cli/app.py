@@ -29,7 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -287,18 +287,6 @@ def _frame_text(engine: CliEngine, frame_name: str) -> str:
     return f"{f.start_date.strftime(fmt)} .. {f.end_date.strftime(fmt)} UTC every {f.interval}"
 
 
-def _stopper(runner: BacktestRunner | LiveRunner, target: Target) -> Callable[[], None]:
-    """A plain callable for a signal handler that asks `runner` to stop the target's run gracefully."""
-    pending: set[asyncio.Future[None]] = set()
-
-    def stop() -> None:
-        task = asyncio.ensure_future(runner.stop(target.symbol, target.strategy_name))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-
-    return stop
-
-
 def _finish(log: RunLog, interrupted: bool, args: argparse.Namespace, what: str) -> int:
     """The exit code, after the closing lines on stderr: 1 never worked, 130 interrupted, else 0."""
     if log.failed_ticks() is not None:
@@ -338,15 +326,34 @@ class _Frames:
     handler (an event-loop callback) would only run after the last frame.
     """
 
-    EVERY = 512
+    EVERY = 256  # frames between yields: a few hundred microseconds of work
 
     def __init__(self) -> None:
         self.processed = 0
         self.total = 0
+        self._calls = 0
 
     def __call__(self, event: ProgressEvent) -> Awaitable[None] | None:
-        self.processed, self.total = event.processed_frames, event.total_frames
-        return asyncio.sleep(0) if event.processed_frames % self.EVERY == 0 else None
+        self.total = event.total_frames
+        if event.processed_frames < event.total_frames:  # the closing event says "all", even after a stop
+            self.processed = event.processed_frames
+        self._calls += 1
+        return asyncio.sleep(0) if self._calls % self.EVERY == 0 else None
+
+
+class _Trades:
+    """Closed trades and their PnL for the progress display (the run goes on in the background)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.count = 0
+        self.pnl = 0.0
+
+    def __call__(self, result: TickResult) -> None:
+        if result.action == "closed":
+            self.count += 1
+            self.pnl += result.pnl.pnl_percentage  # type: ignore[union-attr]
+            self.progress.on_trade(self.count, self.pnl)
 
 
 async def cmd_backtest(args: argparse.Namespace) -> int:
@@ -370,17 +377,20 @@ async def cmd_backtest(args: argparse.Namespace) -> int:
                 engine.performance.enable()
             progress = make_progress(f"{target.strategy_name} {target.symbol}", enabled=not args.no_progress)
             frames = _Frames()
-            unsubscribe = [engine.listen_progress(progress.on_progress), engine.listen_progress(frames)]
+            unsubscribe = [engine.listen_progress(progress.on_progress), engine.listen_progress(frames),
+                           engine.listen_signal_backtest(_Trades(progress))]
             started = time.perf_counter()
-            run = asyncio.ensure_future(_consume_backtest(engine, target, progress))
-            with Interrupt(_stopper(engine.backtest, target), abandon=run.cancel) as interrupt:
+            handle = engine.backtest.background(target.symbol, strategy_name=target.strategy_name,
+                                                exchange_name=target.exchange_name, frame_name=target.frame_name)
+            with Interrupt(handle, abandon=handle.task.cancel) as interrupt:
                 try:
-                    await until_done(run)
+                    await until_done(handle.task)
                 finally:
                     progress.close()
                     for off in unsubscribe:
                         off()
                 elapsed = time.perf_counter() - started
+                await _raise_run_failure(engine.backtest, target)
                 stats = await engine.backtest.get_data(target.symbol, target.strategy_name)
                 schedule = await engine.schedule.get_data(target.symbol, target.strategy_name)
                 performance = (await engine.performance.get_data(target.symbol, target.strategy_name)
@@ -392,6 +402,8 @@ async def cmd_backtest(args: argparse.Namespace) -> int:
         await engine.close()
 
     interrupted = interrupt.received > 0
+    if not interrupted:
+        frames.processed = frames.total
     if args.json:
         emit_json({
             "command": "backtest",
@@ -429,16 +441,11 @@ async def cmd_backtest(args: argparse.Namespace) -> int:
     return _finish(log, interrupted, args, "backtest")
 
 
-async def _consume_backtest(engine: CliEngine, target: Target, progress: Progress) -> None:
-    assert target.frame_name is not None
-    trades = 0
-    total = 0.0
-    async for result in engine.backtest.run(target.symbol, strategy_name=target.strategy_name,
-                                            exchange_name=target.exchange_name, frame_name=target.frame_name):
-        if result.action == "closed":
-            trades += 1
-            total += result.pnl.pnl_percentage  # type: ignore[union-attr]
-            progress.on_trade(trades, total)
+async def _raise_run_failure(runner: BacktestRunner | LiveRunner, target: Target) -> None:
+    """A background run that crashed (not a failing tick: those are reported and the run goes on)."""
+    for info in await runner.list():
+        if info.symbol == target.symbol and info.strategy_name == target.strategy_name and info.error:
+            raise CliError(f"the {runner.mode} run of {target.strategy_name!r} on {target.symbol} failed: {info.error}")
 
 
 # ---------------------------------------------------------------------------------------------------------
