@@ -247,3 +247,23 @@ def test_a_replay_reports_its_open_position_and_ends_with_the_data(tmp_path: Pat
     end = source.last_timestamp("BTCUSDT") + 60_000
     ttl = bk.DEFAULT_CONFIG.CC_TICK_TTL_MS
     assert doc["ticks"] == -(-(end - start) // ttl) + 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Item 18: `report NAME` right after the README's own commands
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_report_name_after_the_readme_commands(tmp_path: Path) -> None:
+    assert run("backtest", "--no-progress", "--no-plot", cwd=tmp_path).returncode == 0
+    assert run("live", "--replay", SAMPLE, "--no-progress", "--no-plot", cwd=tmp_path).returncode == 0
+    listed = run("report", "--json", cwd=tmp_path)
+    names = [r["name"] for r in json.loads(listed.stdout)["reports"]]
+    assert names == ["backtest/BTCUSDT_sma-cross", "live/BTCUSDT_sma-cross"]
+    ambiguous = run("report", "sma-cross", cwd=tmp_path)
+    assert ambiguous.returncode == 1 and ambiguous.stdout == ""
+    assert "'sma-cross' matches 2 reports: backtest/BTCUSDT_sma-cross, live/BTCUSDT_sma-cross" in ambiguous.stderr
+    for name, folder in (("backtest/sma-cross", "backtest"), ("live/BTCUSDT_sma-cross", "live")):
+        proc = run("report", name, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == (tmp_path / "dump" / folder / "BTCUSDT_sma-cross.md").read_text() + "\n"
