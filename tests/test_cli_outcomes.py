@@ -267,3 +267,13 @@ def test_report_name_after_the_readme_commands(tmp_path: Path) -> None:
         proc = run("report", name, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout == (tmp_path / "dump" / folder / "BTCUSDT_sma-cross.md").read_text() + "\n"
+
+
+def test_the_backtest_summary_shows_the_position_open_at_the_end(tmp_path: Path) -> None:
+    doc = json.loads(run("backtest", "--json", "--no-progress", "--no-dump", cwd=tmp_path).stdout)
+    stats = doc["statistics"]
+    assert stats["open_positions"] == 1  # the bundled week ends with a position open
+    text = run("backtest", "--no-progress", "--no-dump", cwd=tmp_path).stdout
+    rows = [line.split() for line in text.splitlines() if line.strip().startswith("Open at the end")]
+    expected = f"1 (unrealized {stats['unrealized_pnl']:+.2f}% at the last price, not counted as a trade)"
+    assert rows == [["Open", "at", "the", "end", *expected.split()]]
