@@ -277,3 +277,25 @@ def test_the_backtest_summary_shows_the_position_open_at_the_end(tmp_path: Path)
     rows = [line.split() for line in text.splitlines() if line.strip().startswith("Open at the end")]
     expected = f"1 (unrealized {stats['unrealized_pnl']:+.2f}% at the last price, not counted as a trade)"
     assert rows == [["Open", "at", "the", "end", *expected.split()]]
+
+
+async def test_error_origin_points_into_the_users_file_through_engine_wrappers(tmp_path: Path) -> None:
+    import importlib.util
+
+    from backtest_kit.cli.outcome import error_origin
+
+    source = tmp_path / "user_exchange.py"
+    source.write_text("async def get_candles(symbol, interval, since, limit):\n"
+                      "    raise ConnectionError('exchange down')  # line 2\n")
+    spec = importlib.util.spec_from_file_location("user_exchange", source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    engine = bk.Engine(config={"CC_GET_CANDLES_RETRY_COUNT": 1})
+    engine.add_exchange(exchange_name="x", get_candles=module.get_candles)
+    with pytest.raises(bk.ExchangeError) as caught:  # the engine wraps the user's error
+        await engine.exchange("x").get_candles("BTCUSDT", "1m", 5, 1_747_699_200_000)
+    origin = error_origin(caught.value)
+    assert origin is not None and origin.endswith("user_exchange.py:2 in get_candles")
+    assert error_origin(RuntimeError("never raised")) is None
+

@@ -26,9 +26,9 @@ from ..engine.errors import SignalValidationError
 _MAX_ERRORS_KEPT = 20
 _PACKAGE = Path(__file__).resolve().parents[1]  # backtest_kit/
 _LIBRARY_DIRS = tuple(str(_PACKAGE / d) for d in ("engine", "adapters", "listeners", "cli"))
-_STDLIB_DIRS = tuple(
-    str(Path(p).resolve()) for p in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["platstdlib"]}
-)
+_PATHS = sysconfig.get_paths()
+_STDLIB_DIRS = tuple(str(Path(_PATHS[k]).resolve()) for k in ("stdlib", "platstdlib"))
+_THIRD_PARTY_DIRS = tuple(str(Path(_PATHS[k]).resolve()) for k in ("purelib", "platlib"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -45,25 +45,30 @@ def _frames(tb: TracebackType | None) -> list[tuple[str, int, str]]:
     return out
 
 
-def _is_user_file(filename: str) -> bool:
-    """Not the engine's own code and not the standard library (the demo strategy counts as user code)."""
+def _rank(filename: str) -> int:
+    """2: the user's own code; 1: an installed third-party package; 0: the engine or the standard library.
+
+    The engine's own files are recognised by location, so the bundled demo strategy counts as user code.
+    """
+    if filename.startswith("<"):
+        return 0
     try:
         resolved = str(Path(filename).resolve())
     except (OSError, ValueError):
-        return False
-    if filename.startswith("<"):
-        return False
-    return not resolved.startswith(_LIBRARY_DIRS) and not resolved.startswith(_STDLIB_DIRS)
+        return 0
+    if resolved.startswith(_LIBRARY_DIRS) or resolved.startswith(_STDLIB_DIRS):
+        return 0
+    return 1 if resolved.startswith(_THIRD_PARTY_DIRS) else 2
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
-    """The error, then what caused it (`raise ... from`), then what it interrupted."""
+    """The error, then what caused it (`raise ... from`), then what it interrupted (unless `from None`)."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         yield current
-        current = current.__cause__ or current.__context__
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
 
 
 def _display(filename: str) -> str:
@@ -74,18 +79,22 @@ def _display(filename: str) -> str:
 
 
 def error_origin(error: BaseException) -> str | None:
-    """`file.py:12 in get_signal`: the innermost frame of the user's code in the error's traceback
-    (or its cause's); else the innermost frame at all; None when there is no traceback."""
-    fallback: str | None = None
-    for link in _chain(error):
+    """`file.py:12 in get_signal`: where the error started in the user's own code.
+
+    The root cause is searched first (the engine wraps e.g. a failing `get_candles` in an
+    `ExchangeError`), innermost frame first; without a frame of the user's code, the innermost frame
+    of an installed package, else the innermost frame at all; None when there is no traceback.
+    """
+    best: tuple[int, str] | None = None
+    for link in reversed(list(_chain(error))):
         frames = _frames(link.__traceback__)
         for filename, line, name in reversed(frames):
-            if _is_user_file(filename):
-                return f"{_display(filename)}:{line} in {name}"
-        if frames and fallback is None:
-            filename, line, name = frames[-1]
-            fallback = f"{_display(filename)}:{line} in {name}"
-    return fallback
+            rank = _rank(filename)
+            if best is None or rank > best[0]:
+                best = (rank, f"{_display(filename)}:{line} in {name}")
+            if rank == 2:
+                return best[1]
+    return None if best is None else best[1]
 
 
 # ---------------------------------------------------------------------------------------------------------
