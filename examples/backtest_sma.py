@@ -1,6 +1,6 @@
 """SMA(10)/SMA(30) crossover backtest over the bundled week of real BTCUSDT 1m candles.
 
-    python examples/backtest_sma.py            # prints the report, writes ./dump/backtest/sma-cross.md
+    python examples/backtest_sma.py            # prints the report, writes ./dump/backtest/BTCUSDT_sma-cross.md
     python examples/backtest_sma.py data.csv   # any 1m CSV in the format of backtest_kit/data
 
 Every 5 minutes the strategy reads the last 50 closed 1m candles; when SMA(10) crosses above

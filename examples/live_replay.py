@@ -8,12 +8,14 @@
 The SMA crossover of `backtest_sma.py` runs in *live* mode: the real live loop ticking every
 `TICK_TTL` on a `VirtualClock`, with a `ReplayExchange` that only ever shows the candles closed by
 the clock's "now". So the code path is the production one (persistence, listeners, stop semantics)
-while a week of trading takes a couple of seconds. The run stops on its own at the end of the data,
-or at the first SIGINT / SIGTERM: no new signals, an open position runs to its TP / SL / expiry, then
-`listen_done_live` fires; a second signal abandons the position (it stays persisted). The report is
-printed and written to `<dump-dir>/live/sma-cross.md`. Live state goes to a temporary directory
-unless `--persist-dir` is given; restarting with the same directory (and the `--start-minutes` at
-which the previous process stopped) restores the open position, as a restarted live process would.
+while a week of trading takes a couple of seconds. The run ends on its own when the data does (the
+replay exchange tells the live loop; a position still open is reported as open, with its unrealised
+PnL at the last price), or at the first SIGINT / SIGTERM: no new signals, an open position runs to
+its TP / SL / expiry, then `listen_done_live` fires; a second signal abandons the position (it stays
+persisted). The report is printed and written to `<dump-dir>/live/<symbol>_sma-cross.md`. Live state
+goes to a temporary directory unless `--persist-dir` is given; restarting with the same directory (and
+the `--start-minutes` at which the previous process stopped) restores the open position, as a
+restarted live process would.
 
 Live trades differ from the backtest's on TP/SL exits (live compares the 5-candle VWAP once a tick,
 a backtest each candle's high/low): see tests/test_live_equivalence.py for the exact rule.
@@ -59,18 +61,13 @@ async def main(argv: Sequence[str] | None = None) -> bk.Statistics:
     source = bk.CsvCandles(args.csv or bk.bundled_sample_path())
     symbol = source.symbols[0]
     clock = bk.replay_clock(source, symbol, warmup_minutes=args.start_minutes)
-    end_of_data = source.last_timestamp(symbol) + 60_000
     scratch = None if args.persist_dir else tempfile.TemporaryDirectory(prefix="live_replay-")
     persist_dir = args.persist_dir or (scratch.name if scratch else "./data")
     engine = bk.Engine(clock=clock, persist_dir=persist_dir, dump_dir=args.dump_dir)
     register(engine, source, clock)
 
-    handle: bk.CancelHandle | None = None
-
     async def on_signal(result: bk.TickResult) -> None:
         _print_signal(result, clock.now().strftime("%Y-%m-%d %H:%M"))
-        if clock.now_ms() >= end_of_data and handle is not None:
-            handle()  # the replay is over: stop like a Ctrl-C would
         if args.pace > 0:
             await asyncio.sleep(args.pace)  # the publisher awaits its listeners: this paces the run
 

@@ -836,7 +836,7 @@ async def test_dump_writes_the_report_under_the_cwd_and_under_dump_dir(
         pass
     path = await engine.backtest.dump(SYMBOL, "s")
     assert path is not None
-    target = tmp_path / "dump" / "backtest" / "s.md"
+    target = tmp_path / "dump" / "backtest" / f"{SYMBOL}_s.md"
     assert target.is_file() and Path(path).resolve() == target.resolve()
     assert "s" in target.read_text()
 
@@ -845,7 +845,7 @@ async def test_dump_writes_the_report_under_the_cwd_and_under_dump_dir(
     async for _ in other.backtest.run(SYMBOL, strategy_name="s", exchange_name="mem", frame_name="f"):
         pass
     path2 = await other.backtest.dump(SYMBOL, "s")
-    assert path2 is not None and Path(path2).resolve() == (tmp_path / "custom" / "dump" / "backtest" / "s.md")
+    assert path2 is not None and Path(path2).resolve() == (tmp_path / "custom" / "dump" / "backtest" / f"{SYMBOL}_s.md")
 
 
 async def test_partial_profit_callbacks_on_a_rising_price_rule_43() -> None:

@@ -684,6 +684,6 @@ async def test_the_live_example_runs_against_the_local_server(
 
     engine.listen_signal_live(stop_later)
     await example.run(engine, SYMBOL, plot=False)
-    assert (tmp_path / "dump" / "live" / f"{example.STRATEGY}.md").is_file()
+    assert (tmp_path / "dump" / "live" / f"{SYMBOL}_{example.STRATEGY}.md").is_file()
     assert exchange.client is None  # run() closed the engine
     only_spot_endpoints(srv)

@@ -63,19 +63,19 @@ def test_default_backtest_json_on_the_bundled_data(tmp_path: Path) -> None:
         1 for s in stats["signals"] if s["pnl"]["pnl_percentage"] == 0)
     assert len(stats["signals"]) == stats["total_trades"]
     assert 0 <= stats["win_rate"] <= 1 and stats["max_drawdown"] >= 0
-    assert doc["errors"] == {"count": 0, "messages": []}
+    assert doc["errors"] == {"count": 0, "messages": [], "first": None, "never_worked": False}
     assert {"backtest_total", "backtest_timeframe"} <= set(doc["performance"]["metric_stats"])
     files = doc["files"]
     report = tmp_path / files["report"]
-    assert files["report"] == os.path.join("dump", "backtest", "sma-cross.md") and report.is_file()
+    assert files["report"] == os.path.join("dump", "backtest", "BTCUSDT_sma-cross.md") and report.is_file()
     assert (tmp_path / files["performance"]).is_file()
     assert files["schedule"] is None  # market orders only: nothing scheduled, no schedule report
     text = report.read_text()
     assert text.startswith("# Backtest Report: sma-cross\n")
     if HAS_MPL:
         png = tmp_path / files["chart"]
-        assert png.name == "sma-cross-equity.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert "![equity](sma-cross-equity.png)" in text.split("\n")[2]
+        assert png.name == "BTCUSDT_sma-cross-equity.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "![equity](BTCUSDT_sma-cross-equity.png)" in text.split("\n")[2]
     else:
         assert files["chart"] is None and "![equity]" not in text
 
@@ -277,21 +277,24 @@ def test_live_runs_until_ctrl_c_then_reports(tmp_path: Path) -> None:
     assert "| IDLE | SYNTH |" in out
     status = err.strip().splitlines()[-1]
     assert status.startswith("live idle SYNTH | ") and int(status.split("ticks ")[1].split(" ")[0]) > 0
-    assert (tmp_path / "dump" / "live" / "idle.md").is_file()
+    assert (tmp_path / "dump" / "live" / "SYNTH_idle.md").is_file()
 
 
 def test_report_lists_and_prints_dumps(tmp_path: Path) -> None:
     assert run("backtest", "--no-progress", "--no-plot", cwd=tmp_path).returncode == 0
     proc = run("report", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("backtest/sma-cross  ") and "Backtest Report: sma-cross" in proc.stdout
-    proc = run("report", "sma-cross", cwd=tmp_path)
-    assert proc.returncode == 0
-    assert proc.stdout == (tmp_path / "dump" / "backtest" / "sma-cross.md").read_text() + "\n"
+    assert proc.stdout.startswith("backtest/BTCUSDT_sma-cross  ") and "Backtest Report: sma-cross" in proc.stdout
+    written = (tmp_path / "dump" / "backtest" / "BTCUSDT_sma-cross.md").read_text() + "\n"
+    for name in ("sma-cross", "backtest/sma-cross", "BTCUSDT_sma-cross", "backtest/BTCUSDT_sma-cross"):
+        proc = run("report", name, cwd=tmp_path)  # the only match, whichever way it is named
+        assert proc.returncode == 0, (name, proc.stderr)
+        assert proc.stdout == written
     doc = json.loads(run("report", "--json", cwd=tmp_path).stdout)
-    assert [r["name"] for r in doc["reports"]] == ["backtest/sma-cross"]
+    assert [r["name"] for r in doc["reports"]] == ["backtest/BTCUSDT_sma-cross"]
     proc = run("report", "nope", cwd=tmp_path)
-    assert proc.returncode == 1 and "no report named 'nope'" in proc.stderr and "backtest/sma-cross" in proc.stderr
+    assert proc.returncode == 1 and "no report named 'nope'" in proc.stderr
+    assert "backtest/BTCUSDT_sma-cross" in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -591,10 +591,10 @@ async def test_statistics_report_and_dump(tmp_path: Path) -> None:
     report = await w.engine.live.get_report(SYMBOL, "s")
     assert report.startswith("# Live Trading Report: s")
     path = await w.engine.live.dump(SYMBOL, "s")
-    assert path == tmp_path / "dump" / "live" / "s.md"
+    assert path == tmp_path / "dump" / "live" / f"{SYMBOL}_s.md"
     assert path.read_text().startswith("# Live Trading Report: s")
     custom = await w.engine.live.dump(SYMBOL, "s", tmp_path / "elsewhere")
-    assert custom == tmp_path / "elsewhere" / "s.md"
+    assert custom == tmp_path / "elsewhere" / f"{SYMBOL}_s.md"
 
 
 def _results(n_signals: int) -> list[list[bk.TickResult]]:

@@ -119,16 +119,16 @@ async def test_dump_writes_and_links_the_png(tmp_path: Any) -> None:
     stats = await engine.backtest.get_data("BTCUSDT", "s")
     assert stats.total_trades >= 2
     md = await engine.backtest.dump("BTCUSDT", "s")
-    assert md == tmp_path / "dump" / "backtest" / "s.md"
-    png = tmp_path / "dump" / "backtest" / "s-equity.png"
+    assert md == tmp_path / "dump" / "backtest" / "BTCUSDT_s.md"
+    png = tmp_path / "dump" / "backtest" / "BTCUSDT_s-equity.png"
     assert png.is_file() and png_size(png.read_bytes()) == (1000, 600)
     lines = md.read_text().split("\n")
-    assert lines[:4] == ["# Backtest Report: s", "", "![equity](s-equity.png)", ""]
+    assert lines[:4] == ["# Backtest Report: s", "", "![equity](BTCUSDT_s-equity.png)", ""]
     assert lines[4].startswith("| Signal ID |")
     # Without `plot` the report is exactly get_report's text.
     md2 = await engine.backtest.dump("BTCUSDT", "s", path=tmp_path / "plain", plot=False)
     assert md2 is not None and md2.read_text() == await engine.backtest.get_report("BTCUSDT", "s")
-    assert not (tmp_path / "plain" / "s-equity.png").exists()
+    assert not (tmp_path / "plain" / "BTCUSDT_s-equity.png").exists()
 
 
 async def test_dump_without_matplotlib_or_trades_writes_only_markdown(tmp_path: Any, monkeypatch: Any) -> None:
@@ -136,7 +136,7 @@ async def test_dump_without_matplotlib_or_trades_writes_only_markdown(tmp_path: 
     monkeypatch.setattr(plots, "plot_available", lambda: False)
     md = await engine.backtest.dump("BTCUSDT", "s")
     assert md is not None and "![equity]" not in md.read_text()
-    assert not (tmp_path / "dump" / "backtest" / "s-equity.png").exists()
+    assert not (tmp_path / "dump" / "backtest" / "BTCUSDT_s-equity.png").exists()
     monkeypatch.undo()
 
     idle = make_engine(tmp_path / "idle")
@@ -144,7 +144,7 @@ async def test_dump_without_matplotlib_or_trades_writes_only_markdown(tmp_path: 
     await h.run()
     md = await idle.backtest.dump("BTCUSDT", "s")
     assert md is not None and md.read_text() == "# Backtest Report: s\n\nNo signals closed yet."
-    assert not (tmp_path / "idle" / "dump" / "backtest" / "s-equity.png").exists()
+    assert not (tmp_path / "idle" / "dump" / "backtest" / "BTCUSDT_s-equity.png").exists()
 
 
 @needs_mpl

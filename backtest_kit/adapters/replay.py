@@ -3,6 +3,12 @@
 Wrap a candle store and a clock: every answer stops at the candles that have closed by the clock's
 "now", exactly as a real exchange would answer at that moment. With a `VirtualClock` started at the
 beginning of the data this is paper trading on history — live mode, real candles, no waiting.
+
+A replay has an end, a real exchange does not: `data_end_ms(symbol)` tells the live loop when the
+history runs out (the close of the last candle, or an earlier `end`). The live loop runs the first
+tick at or after that time — it sees every candle — and then ends the run by itself (`done` fires
+once); a position still open stays open (and persisted) and is reported as open, since no later
+price exists to close it. Without this, the clock would run on over the last price forever.
 """
 
 from __future__ import annotations
@@ -11,17 +17,23 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from ..engine.clock import Clock, VirtualClock, clock_now_ms
+from ..engine.errors import SchemaError
 from ..engine.exchange import step_ms
+from ..engine.intervals import MINUTE_MS
 from ..engine.models import Candle
 from .candles import MemoryCandles
 
 
 class ReplayExchange:
-    """A `get_candles` source (and `SyncCandleSource`) that never reveals a candle still forming."""
+    """A `get_candles` source (and `SyncCandleSource`) that never reveals a candle still forming.
 
-    def __init__(self, source: MemoryCandles, clock: Clock) -> None:
+    `end` (a timezone-aware datetime or ms since the epoch) ends the replay before the data does.
+    """
+
+    def __init__(self, source: MemoryCandles, clock: Clock, *, end: datetime | int | None = None) -> None:
         self.source = source
         self.clock = clock
+        self.end_ms: int | None = _end_ms(end)
 
     @property
     def symbols(self) -> tuple[str, ...]:
@@ -34,6 +46,16 @@ class ReplayExchange:
 
     def _now(self) -> int:
         return clock_now_ms(self.clock)
+
+    def data_end_ms(self, symbol: str) -> int | None:
+        """When the replay of `symbol` is over: the last candle's close, or `end` if earlier.
+
+        None for a symbol the data does not hold (its ticks fail and say so; nothing to end on).
+        """
+        if symbol not in self.source.symbols:
+            return None
+        last_close = self.source.last_timestamp(symbol) + MINUTE_MS
+        return last_close if self.end_ms is None else min(last_close, self.end_ms)
 
     async def __call__(self, symbol: str, interval: str, since: datetime, limit: int) -> list[Candle]:
         step = step_ms(interval)
@@ -56,6 +78,18 @@ class ReplayExchange:
 
     def last_timestamp(self, symbol: str) -> int:
         return self.source.last_timestamp(symbol)
+
+
+def _end_ms(end: datetime | int | None) -> int | None:
+    if end is None:
+        return None
+    if isinstance(end, datetime):
+        if end.tzinfo is None:
+            raise SchemaError(f"end: expected a timezone-aware datetime, got {end!r}")
+        return int(end.timestamp() * 1000)
+    if isinstance(end, bool) or not isinstance(end, int):
+        raise SchemaError(f"end: expected a datetime or milliseconds since the epoch, got {end!r}")
+    return end
 
 
 def replay_clock(source: MemoryCandles, symbol: str | None = None, *, warmup_minutes: int = 60) -> VirtualClock:

@@ -8,9 +8,13 @@
     backtest-kit report                           # list the dumped reports; `report NAME` prints one
 
 Exit codes: 0 success, 1 the run failed (the message names the problem: a missing file, an unknown
-config key, a strategy that does not import, ...), 2 a usage error (unknown option, bad value), 130
-interrupted. With `--json` stdout carries exactly one JSON document; progress, status lines,
-warnings and anything the strategy prints go to stderr.
+config key, a strategy that does not import, a frame outside the data, or a run that never worked
+because every tick or every get_signal call failed: how many, the first error and its file:line),
+2 a usage error (unknown option, bad value), 130 interrupted. Ctrl-C (or SIGTERM) stops a backtest
+or a replay gracefully: the report is still written and the summary printed, then the exit code is
+130; a second Ctrl-C abandons an open position. Ctrl-C is how a real live run ends, so there it
+exits 0. With `--json` stdout carries exactly one JSON document; progress, status lines, warnings
+and anything the strategy prints go to stderr.
 """
 
 from __future__ import annotations
@@ -25,24 +29,28 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 import msgspec
 
+from ..adapters.replay import ReplayExchange
+from ..engine.backtest import BacktestRunner
 from ..engine.clock import VirtualClock
 from ..engine.errors import BacktestKitError
 from ..engine.intervals import FRAME_INTERVALS, SIGNAL_INTERVALS
-from ..engine.models import SignalRow, TickResult
+from ..engine.live import LiveRunner
+from ..engine.models import ProgressEvent, TickResult
 from ..engine.plots import equity_png_path
+from ..engine.registry import FrameSchema
 from .loader import CliEngine, CliError, Target, build_target, load_strategy, utc
-from .render import LiveStatus, make_progress, print_summary, summary_rows
+from .outcome import Interrupt, RunLog, until_done, write_line
+from .render import LiveStatus, Progress, make_progress, print_summary, summary_rows
 
 PROG = "backtest-kit"
 MINUTE_MS = 60_000
-_MAX_ERRORS_KEPT = 20
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -186,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="List the reports written by `dump`, or print the one named.")
     rp.add_argument("name", nargs="?", metavar="NAME",
                     help="report to print: its path under the dump directory without .md "
-                         "(backtest/sma-cross) or just its name (sma-cross)")
+                         "(backtest/BTCUSDT_sma-cross), its file name, or its strategy (sma-cross) "
+                         "when that names only one report")
     rp.add_argument("--dump-dir", default="dump", metavar="DIR", help="default ./dump")
     rp.add_argument("--json", action="store_true", help="print JSON")
     rp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -197,34 +206,6 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------------------
 # Shared helpers
 # ---------------------------------------------------------------------------------------------------------
-
-
-class ErrorLog:
-    """Errors the engine reported during the run (recoverable: the run went on)."""
-
-    def __init__(self, stream: TextIO, *, echo: bool) -> None:
-        self.count = 0
-        self.messages: list[str] = []
-        self.stream = stream
-        self.echo = echo
-
-    def __call__(self, error: BaseException) -> None:
-        self.count += 1
-        text = f"{type(error).__name__}: {error}"
-        if len(self.messages) < _MAX_ERRORS_KEPT:
-            self.messages.append(text)
-            if self.echo:
-                self.stream.write(f"warning: {text}\n")
-        elif self.echo and self.count == _MAX_ERRORS_KEPT + 1:
-            self.stream.write("warning: more errors follow; only the count is kept\n")
-
-    def document(self) -> dict[str, Any]:
-        return {"count": self.count, "messages": self.messages}
-
-    def summarise(self) -> None:
-        if self.count:
-            self.stream.write(f"warning: the engine reported {self.count} error(s) during the run "
-                              f"(the run went on); first: {self.messages[0]}\n")
 
 
 def apply_config(engine: CliEngine, items: list[tuple[str, Any]]) -> None:
@@ -307,9 +288,73 @@ def _frame_text(engine: CliEngine, frame_name: str) -> str:
     return f"{f.start_date.strftime(fmt)} .. {f.end_date.strftime(fmt)} UTC every {f.interval}"
 
 
+def _finish(log: RunLog, interrupted: bool, args: argparse.Namespace, what: str) -> int:
+    """The exit code, after the closing lines on stderr: 1 never worked, 130 interrupted, else 0."""
+    if log.failed_ticks() is not None:
+        log.failure(sys.stderr, prog=PROG, debug=args.debug)
+        return 1
+    log.summarise(sys.stderr)
+    if interrupted:
+        write_line(f"{PROG}: interrupted: the report covers the {what} up to the interruption")
+        return 130
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # backtest
 # ---------------------------------------------------------------------------------------------------------
+
+
+def _check_frame_in_data(target: Target, frame: FrameSchema) -> None:
+    """A frame no tick of which could see a fresh candle is an error, not an empty (or stale) run."""
+    source = target.source
+    if source is None:
+        return
+    first = source.first_timestamp(target.symbol)
+    last_close = source.last_timestamp(target.symbol) + MINUTE_MS
+    start = int(frame.start_date.timestamp() * 1000)
+    end = int(frame.end_date.timestamp() * 1000)
+    if end < first + MINUTE_MS or start >= last_close:
+        raise CliError(f"the frame {frame.frame_name!r} ({utc(start).isoformat()} .. {utc(end).isoformat()}) lies "
+                       f"outside the data of {target.symbol} ({utc(first).isoformat()} .. "
+                       f"{utc(last_close).isoformat()}); choose --from/--to inside it")
+
+
+class _Frames:
+    """Progress listener: remembers how far the backtest got and lets the event loop breathe.
+
+    A backtest over a local file never suspends on its own, so without a periodic yield a Ctrl-C
+    handler (an event-loop callback) would only run after the last frame.
+    """
+
+    EVERY = 256  # frames between yields: a few hundred microseconds of work
+
+    def __init__(self) -> None:
+        self.processed = 0
+        self.total = 0
+        self._calls = 0
+
+    def __call__(self, event: ProgressEvent) -> Awaitable[None] | None:
+        self.total = event.total_frames
+        if event.processed_frames < event.total_frames:  # the closing event says "all", even after a stop
+            self.processed = event.processed_frames
+        self._calls += 1
+        return asyncio.sleep(0) if self._calls % self.EVERY == 0 else None
+
+
+class _Trades:
+    """Closed trades and their PnL for the progress display (the run goes on in the background)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress = progress
+        self.count = 0
+        self.pnl = 0.0
+
+    def __call__(self, result: TickResult) -> None:
+        if result.action == "closed":
+            self.count += 1
+            self.pnl += result.pnl.pnl_percentage  # type: ignore[union-attr]
+            self.progress.on_trade(self.count, self.pnl)
 
 
 async def cmd_backtest(args: argparse.Namespace) -> int:
@@ -324,39 +369,42 @@ async def cmd_backtest(args: argparse.Namespace) -> int:
                 frame_name=args.frame_name, start=args.start, end=args.end, frame_interval=args.frame_interval,
             )
             assert target.frame_name is not None
-            errors = ErrorLog(sys.stderr, echo=not args.json and args.verbose)
-            engine.listen_error(errors)
+            frame = engine.registry.frames.get(target.frame_name)
+            _check_frame_in_data(target, frame)
+            log = RunLog(engine.signal_calls)
+            engine.listen_error(log)
+            engine.listen_signal_backtest_once(lambda _: True, log.on_result)  # "any tick worked": once
             if args.performance:
                 engine.performance.enable()
-            label = f"{target.strategy_name} {target.symbol}"
-            progress = make_progress(label, enabled=not args.no_progress)
-            unsubscribe = engine.listen_progress(progress.on_progress)
+            progress = make_progress(f"{target.strategy_name} {target.symbol}", enabled=not args.no_progress)
+            frames = _Frames()
+            unsubscribe = [engine.listen_progress(progress.on_progress), engine.listen_progress(frames),
+                           engine.listen_signal_backtest(_Trades(progress))]
             started = time.perf_counter()
-            trades = 0
-            total = 0.0
-            try:
-                async for result in engine.backtest.run(target.symbol, strategy_name=target.strategy_name,
-                                                        exchange_name=target.exchange_name,
-                                                        frame_name=target.frame_name):
-                    if result.action == "closed":
-                        trades += 1
-                        total += result.pnl.pnl_percentage  # type: ignore[union-attr]
-                        progress.on_trade(trades, total)
-            finally:
-                progress.close()
-                unsubscribe()
-            elapsed = time.perf_counter() - started
-            stats = await engine.backtest.get_data(target.symbol, target.strategy_name)
-            schedule = await engine.schedule.get_data(target.symbol, target.strategy_name)
-            performance = (await engine.performance.get_data(target.symbol, target.strategy_name)
-                           if args.performance else None)
-            files = await dump_reports(engine, target, args, live=False)
-            markdown = (await engine.backtest.get_report(target.symbol, target.strategy_name)
-                        if args.markdown and not args.json else None)
-            frame = engine.registry.frames.get(target.frame_name)
+            handle = engine.backtest.background(target.symbol, strategy_name=target.strategy_name,
+                                                exchange_name=target.exchange_name, frame_name=target.frame_name)
+            with Interrupt(handle, abandon=handle.task.cancel) as interrupt:
+                try:
+                    await until_done(handle.task)
+                finally:
+                    progress.close()
+                    for off in unsubscribe:
+                        off()
+                elapsed = time.perf_counter() - started
+                await _raise_run_failure(engine.backtest, target)
+                stats = await engine.backtest.get_data(target.symbol, target.strategy_name)
+                schedule = await engine.schedule.get_data(target.symbol, target.strategy_name)
+                performance = (await engine.performance.get_data(target.symbol, target.strategy_name)
+                               if args.performance else None)
+                files = await dump_reports(engine, target, args, live=False)
+                markdown = (await engine.backtest.get_report(target.symbol, target.strategy_name)
+                            if args.markdown and not args.json else None)
     finally:
         await engine.close()
 
+    interrupted = interrupt.received > 0
+    if not interrupted:
+        frames.processed = frames.total
     if args.json:
         emit_json({
             "command": "backtest",
@@ -366,19 +414,23 @@ async def cmd_backtest(args: argparse.Namespace) -> int:
             "frame": {"name": frame.frame_name, "interval": frame.interval,
                       "start": frame.start_date.isoformat(), "end": frame.end_date.isoformat()},
             "elapsed_seconds": round(elapsed, 6),
+            "interrupted": interrupted,
+            "frames": {"processed": frames.processed, "total": frames.total},
             "statistics": stats,
             "schedule": schedule,
             "performance": performance,
-            "errors": errors.document(),
+            "errors": log.document(),
             "files": files,
         })
-        return 0
+        return _finish(log, interrupted, args, "backtest")
     out = sys.stdout
     if markdown is not None:
         out.write(markdown + "\n")
     else:
         title = (f"Backtest {target.strategy_name} on {target.symbol} ({target.exchange_name}), "
                  f"{_frame_text(engine, target.frame_name)} — {elapsed:.2f}s")
+        if interrupted:
+            title += f" — interrupted after {frames.processed} of {frames.total} frames"
         rows = summary_rows(stats)
         if schedule.total_scheduled:
             rate = schedule.activation_rate_percent
@@ -387,8 +439,14 @@ async def cmd_backtest(args: argparse.Namespace) -> int:
                                           + ("" if rate is None else f" ({rate:.1f}% filled)")))
         print_summary(title, rows, out)
     print_files(files, out)
-    errors.summarise()
-    return 0
+    return _finish(log, interrupted, args, "backtest")
+
+
+async def _raise_run_failure(runner: BacktestRunner | LiveRunner, target: Target) -> None:
+    """A background run that crashed (not a failing tick: those are reported and the run goes on)."""
+    for info in await runner.list():
+        if info.symbol == target.symbol and info.strategy_name == target.strategy_name and info.error:
+            raise CliError(f"the {runner.mode} run of {target.strategy_name!r} on {target.symbol} failed: {info.error}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -396,30 +454,24 @@ async def cmd_backtest(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------------------
 
 
-class ScaledClock:
-    """Replay clock running `factor` times faster than real time from a chosen start."""
+class PacedClock(VirtualClock):
+    """The `--speed FACTOR` replay clock: virtual time, paced to FACTOR times real time.
+
+    Every sleep first waits `seconds / FACTOR` of real time, then lets virtual time jump by exactly
+    `seconds` under the `VirtualClock` rules. "Now" never comes from the wall clock, so the tick times
+    — and with them the trades — are the same on every run however busy the machine is; only the
+    time the replay takes varies. (Reading the wall clock, as a scaled clock did, shifted every tick
+    by the processing lag and changed which candles a tick saw.)
+    """
 
     def __init__(self, factor: float) -> None:
+        super().__init__(datetime(1970, 1, 1, tzinfo=UTC))
         self.factor = factor
-        self._origin_ms = 0
-        self._wall = time.monotonic()
-
-    def start_at(self, ms: int) -> None:
-        self._origin_ms = ms
-        self._wall = time.monotonic()
-
-    def now_ms(self) -> int:
-        return self._origin_ms + int((time.monotonic() - self._wall) * 1000 * self.factor)
-
-    def now(self) -> datetime:
-        return utc(self.now_ms())
 
     async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(max(0.0, seconds) / self.factor)
-
-
-def _is_open(position: SignalRow | None) -> bool:
-    return position is not None and not position.is_scheduled
+        if seconds > 0:
+            await asyncio.sleep(seconds / self.factor)
+        await super().sleep(seconds)
 
 
 async def cmd_live(args: argparse.Namespace) -> int:
@@ -427,9 +479,9 @@ async def cmd_live(args: argparse.Namespace) -> int:
     if not replay and (args.start is not None or args.end is not None or args.speed is not None):
         raise CliError("--from, --to and --speed apply to a replay only (add --replay CSV)")
     temp_dir: str | None = None
-    clock: VirtualClock | ScaledClock | None = None
+    clock: VirtualClock | None = None
     if replay:
-        clock = VirtualClock(datetime(1970, 1, 1, tzinfo=UTC)) if args.speed is None else ScaledClock(args.speed)
+        clock = VirtualClock(datetime(1970, 1, 1, tzinfo=UTC)) if args.speed is None else PacedClock(args.speed)
         persist_dir = args.persist_dir or (temp_dir := tempfile.mkdtemp(prefix="backtest-kit-replay-"))
     else:
         persist_dir = args.persist_dir or "./data"
@@ -444,95 +496,77 @@ async def cmd_live(args: argparse.Namespace) -> int:
                 exchange=args.exchange, interval=args.interval, warmup_minutes=args.warmup, frame=False,
                 replay_csv=args.replay,
             )
-            start_ms: int | None = None
-            end_ms: int | None = None
+            window: tuple[int, int] | None = None
             if replay:
-                source = target.source
-                assert source is not None and clock is not None
-                first = source.first_timestamp(target.symbol)
-                last_close = source.last_timestamp(target.symbol) + MINUTE_MS
-                start_ms = (int(args.start.timestamp() * 1000) if args.start is not None
-                            else first + args.warmup * MINUTE_MS)
-                end_ms = min(int(args.end.timestamp() * 1000), last_close) if args.end is not None else last_close
-                if not first <= start_ms < end_ms:
-                    raise CliError(f"the replay window {utc(start_ms).isoformat()} .. {utc(end_ms).isoformat()} "
-                                   f"is outside the data ({utc(first).isoformat()} .. {utc(last_close).isoformat()})")
-                if isinstance(clock, VirtualClock):
-                    clock.advance((start_ms - clock.now_ms()) / 1000)
-                else:
-                    clock.start_at(start_ms)
+                assert clock is not None
+                window = _replay_window(engine, target, args)
+                clock.advance((window[0] - clock.now_ms()) / 1000)
             elif target.source is not None:
                 raise CliError(f"exchange {target.exchange_name!r} serves candles from a file, which has no "
                                "candles for the current time: add --replay CSV for a paper run over history, "
                                "or use a real exchange with --exchange ccxt:<id>")
-            return await _run_live(engine, target, args, start_ms, end_ms, out)
+            return await _run_live(engine, target, args, window, out)
     finally:
         await engine.close()
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def _replay_window(engine: CliEngine, target: Target, args: argparse.Namespace) -> tuple[int, int]:
+    """(start, end) ms of the replay; the replay exchange ends the run at `end` (data end or --to)."""
+    exchange = engine.registry.exchanges.get(target.exchange_name).get_candles
+    assert isinstance(exchange, ReplayExchange)
+    first = exchange.first_timestamp(target.symbol)
+    last_close = exchange.last_timestamp(target.symbol) + MINUTE_MS
+    start_ms = int(args.start.timestamp() * 1000) if args.start is not None else first + args.warmup * MINUTE_MS
+    end_ms = min(int(args.end.timestamp() * 1000), last_close) if args.end is not None else last_close
+    if not first <= start_ms < end_ms:
+        raise CliError(f"the replay window {utc(start_ms).isoformat()} .. {utc(end_ms).isoformat()} "
+                       f"is outside the data ({utc(first).isoformat()} .. {utc(last_close).isoformat()})")
+    exchange.end_ms = end_ms
+    return start_ms, end_ms
+
+
 async def _run_live(
-    engine: CliEngine, target: Target, args: argparse.Namespace, start_ms: int | None, end_ms: int | None,
-    out: TextIO,
+    engine: CliEngine, target: Target, args: argparse.Namespace, window: tuple[int, int] | None, out: TextIO,
 ) -> int:
-    replay = end_ms is not None
-    errors = ErrorLog(sys.stderr, echo=not args.json and args.verbose)
-    engine.listen_error(errors)
+    replay = window is not None
+    log = RunLog(engine.signal_calls)
+    engine.listen_error(log)
     if args.performance:
         engine.performance.enable()
     mode = "replay" if replay else "live"
     status = LiveStatus(f"{mode} {target.strategy_name} {target.symbol}", enabled=not args.no_progress,
-                        start_ms=start_ms, end_ms=end_ms)
-    data_ended = asyncio.Event()
+                        start_ms=window[0] if window else None, end_ms=window[1] if window else None)
 
     def on_tick(result: TickResult) -> None:
-        if result.symbol != target.symbol or result.strategy_name != target.strategy_name:
-            return
-        now = engine.now_ms()
-        status.on_tick(result, now)
-        if end_ms is not None and now >= end_ms:
-            data_ended.set()
+        if result.symbol == target.symbol and result.strategy_name == target.strategy_name:
+            log.on_result(result)
+            status.on_tick(result, engine.now_ms())
 
     engine.listen_signal_live(on_tick)
     started = time.perf_counter()
     handle = engine.live.background(target.symbol, strategy_name=target.strategy_name,
                                     exchange_name=target.exchange_name)
-    uninstall = None
-    if not replay:
-        with contextlib.suppress(RuntimeError, ValueError):
-            from ..engine.signals import install_signal_handlers
-
-            uninstall = install_signal_handlers(handle, on_repeat=handle.task.cancel)
-        if not args.no_progress:
-            sys.stderr.write(f"live {target.strategy_name} on {target.symbol} ({target.exchange_name}); "
-                             "Ctrl-C stops (an open position is still watched to its close), "
-                             "a second Ctrl-C ends at once\n")
-            sys.stderr.flush()
-    open_at_end: SignalRow | None = None
-    try:
-        ended = asyncio.ensure_future(data_ended.wait())
+    if not args.no_progress:
+        stops = ("Ctrl-C stops (an open position is still watched to its close)" if window is None else
+                 f"until {utc(window[1]).isoformat()}; Ctrl-C stops early (the report is still written)")
+        write_line(f"{mode} {target.strategy_name} on {target.symbol} ({target.exchange_name}); {stops}, "
+                   "a second Ctrl-C ends at once")
+    with Interrupt(handle, abandon=handle.task.cancel) as interrupt:
         try:
-            await asyncio.wait({handle.task, ended}, return_when=asyncio.FIRST_COMPLETED)
+            await until_done(handle.task)
         finally:
-            ended.cancel()
-        if not handle.task.done():
-            if _is_open(status.position):
-                open_at_end = status.position
-                handle.task.cancel()  # the data ended: no later price could close the position
-            else:
-                handle()
-            await asyncio.gather(handle.task, return_exceptions=True)
-    finally:
-        if uninstall is not None:
-            uninstall()
-        status.close()
-    elapsed = time.perf_counter() - started
-    stats = await engine.live.get_data(target.symbol, target.strategy_name)
-    schedule = await engine.schedule.get_data(target.symbol, target.strategy_name)
-    performance = (await engine.performance.get_data(target.symbol, target.strategy_name)
-                   if args.performance else None)
-    files = await dump_reports(engine, target, args, live=True)
+            status.close()
+        elapsed = time.perf_counter() - started
+        stats = await engine.live.get_data(target.symbol, target.strategy_name)
+        schedule = await engine.schedule.get_data(target.symbol, target.strategy_name)
+        performance = (await engine.performance.get_data(target.symbol, target.strategy_name)
+                       if args.performance else None)
+        files = await dump_reports(engine, target, args, live=True)
+        report = await engine.live.get_report(target.symbol, target.strategy_name)
+    # Ctrl-C is how a real live run ends (exit 0); a replay it cuts short is incomplete (exit 130).
+    interrupted = replay and interrupt.received > 0
     if args.json:
         emit_json({
             "command": "live",
@@ -540,27 +574,24 @@ async def _run_live(
             "strategy_name": target.strategy_name,
             "symbol": target.symbol,
             "exchange_name": target.exchange_name,
-            "replay": None if not replay else {
+            "replay": None if window is None else {
                 "csv": args.replay, "speed": "virtual" if args.speed is None else args.speed,
-                "start": utc(start_ms or 0).isoformat(), "end": utc(end_ms or 0).isoformat(),
+                "start": utc(window[0]).isoformat(), "end": utc(window[1]).isoformat(),
             },
             "elapsed_seconds": round(elapsed, 6),
+            "interrupted": interrupt.received > 0,
             "ticks": status.ticks,
-            "open_position": open_at_end,
+            "open_position": status.position if stats.open_positions else None,
             "statistics": stats,
             "schedule": schedule,
             "performance": performance,
-            "errors": errors.document(),
+            "errors": log.document(),
             "files": files,
         }, out)
-        return 0
-    out.write(await engine.live.get_report(target.symbol, target.strategy_name) + "\n")
-    if open_at_end is not None:
-        out.write(f"\nThe data ended with a {open_at_end.position.upper()} position open at "
-                  f"{open_at_end.price_open:.2f} (not counted as a trade).\n")
+        return _finish(log, interrupted, args, "replay")
+    out.write(report + "\n")
     print_files(files, out)
-    errors.summarise()
-    return 0
+    return _finish(log, interrupted, args, "replay")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -583,6 +614,21 @@ def _title(path: Path) -> str:
 
 def _name(root: Path, path: Path) -> str:
     return path.relative_to(root).with_suffix("").as_posix()
+
+
+def _matching(root: Path, paths: list[Path], wanted: str) -> list[Path]:
+    """Reports named `wanted`: the full name (`backtest/BTCUSDT_sma-cross`), else the file name
+    (`BTCUSDT_sma-cross`), else the strategy part, optionally with its folder (`sma-cross`,
+    `backtest/sma-cross`: the names reports had before they carried the symbol)."""
+    exact = [p for p in paths if _name(root, p) == wanted]
+    if exact:
+        return exact
+    by_stem = [p for p in paths if p.stem == wanted]
+    if by_stem:
+        return by_stem
+    folder, _, leaf = wanted.rpartition("/")
+    return [p for p in paths if p.stem.endswith(f"_{leaf}")
+            and (not folder or p.parent.relative_to(root).as_posix() == folder)]
 
 
 async def cmd_report(args: argparse.Namespace) -> int:
@@ -610,15 +656,14 @@ async def cmd_report(args: argparse.Namespace) -> int:
             mark = "  [chart]" if e["chart"] else ""
             sys.stdout.write(f"{e['name'].ljust(width)}  {e['modified']}  {e['title']}{mark}\n")
         return 0
-    wanted = args.name.removesuffix(".md")
-    matches = [p for p in paths if _name(root, p) == wanted]
-    if not matches:
-        matches = [p for p in paths if p.stem == wanted]
+    matches = _matching(root, paths, args.name.removesuffix(".md"))
     if not matches:
         known = ", ".join(_name(root, p) for p in paths) or "none"
         raise CliError(f"no report named {args.name!r} in {root} (available: {known})")
     if len(matches) > 1:
-        raise CliError(f"{args.name!r} is ambiguous: {', '.join(_name(root, p) for p in matches)}")
+        names = [_name(root, p) for p in matches]
+        raise CliError(f"{args.name!r} matches {len(names)} reports: {', '.join(names)}; "
+                       f"name one of them, e.g. `{PROG} report {names[0]}`")
     path = matches[0]
     text = path.read_text(encoding="utf-8")
     if args.json:

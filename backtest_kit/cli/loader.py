@@ -33,7 +33,8 @@ from typing import Any
 from ..adapters import CsvCandles, MemoryCandles, ReplayExchange, bundled_sample_path
 from ..adapters.candles import resolve_sample_name
 from ..engine.core import Engine
-from ..engine.registry import ExchangeSchema, FrameSchema
+from ..engine.registry import ExchangeSchema, FrameSchema, StrategySchema
+from .outcome import SignalCalls
 
 DEFAULT_STRATEGY = "backtest_kit.demo:register"
 CLI_FRAME = "cli-frame"
@@ -51,6 +52,13 @@ class CliEngine(Engine):
     def __init__(self, *, replay: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.replay = replay
+        self.signal_calls = SignalCalls()  # lets the CLI tell a strategy that never worked
+
+    def add_strategy(self, **kwargs: Any) -> StrategySchema:
+        get_signal = kwargs.get("get_signal")
+        if callable(get_signal):
+            kwargs["get_signal"] = self.signal_calls.wrap(get_signal)
+        return super().add_strategy(**kwargs)
 
     def add_exchange(self, **kwargs: Any) -> ExchangeSchema:
         source = kwargs.get("get_candles")

@@ -368,7 +368,16 @@ def summary_rows(stats: Statistics) -> list[tuple[str, str]]:
          + ("" if not dd_ms else f" (longest time below a peak: {format_span(dd_ms)})")),
         ("Avg trade duration", "n/a" if duration is None else f"{duration:.1f} min"),
         ("Close reasons", reasons),
+        *_open_rows(stats),
     ]
+
+
+def _open_rows(stats: Statistics) -> list[tuple[str, str]]:
+    """The position the data ended with (the report's `**Open positions:**` line), when there is one."""
+    if not stats.open_positions:
+        return []
+    return [("Open at the end", f"{stats.open_positions} (unrealized {_pct(stats.unrealized_pnl)} at the last price, "
+                                "not counted as a trade)")]
 
 
 def print_summary(title: str, rows: Sequence[tuple[str, str]], out: TextIO = sys.stdout) -> None:

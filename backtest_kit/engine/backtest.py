@@ -23,7 +23,7 @@ from .models import (
     TickResult,
 )
 from .runner import CancelHandle, RunnerBase, RunRecord
-from .stats import BacktestStats, Statistics
+from .stats import BacktestStats, Statistics, with_open_position
 
 if TYPE_CHECKING:
     from .core import Engine
@@ -100,6 +100,7 @@ class BacktestRunner(RunnerBase[FinishedResult]):
                  "exchange_name": record.exchange_name}
         run_started = time.perf_counter()
         last_perf: float | None = None
+        result: TickResult | None = None
         i = 0
         while i < total:
             if bus.has_listeners("progress"):
@@ -111,7 +112,7 @@ class BacktestRunner(RunnerBase[FinishedResult]):
             frame_started = time.perf_counter() if timed else 0.0
             when = start + i * step
             try:
-                result: TickResult = await instance.tick(when)
+                result = await instance.tick(when)
             except Exception as exc:
                 await engine.report_error(exc)
                 i += 1
@@ -156,6 +157,8 @@ class BacktestRunner(RunnerBase[FinishedResult]):
             if timed:
                 last_perf = await self._perf("backtest_timeframe", frame_started, last_perf, record)
             i += 1
+        if result is not None:  # the frame ended: a position still open is reported, not dropped
+            stats.set_open(instance.pending, result.current_price)
         if bus.has_listeners("progress"):
             await bus.emit("progress", ProgressEvent(**names, total_frames=total, processed_frames=total,
                                                      progress=1.0))
@@ -192,9 +195,12 @@ class BacktestRunner(RunnerBase[FinishedResult]):
 
     # ------------------------------------------------------------------ statistics and reports
     async def get_data(self, symbol: str, strategy_name: str) -> Statistics:
-        """Statistics over every closed trade of the pair's latest backtest."""
+        """Statistics over every closed trade of the pair's latest backtest, and the position open at its end."""
         self.engine.registry.strategies.get(strategy_name, "Backtest.get_data")
-        return self._stats_for(symbol, strategy_name).data()
+        store = self._stats_for(symbol, strategy_name)
+        config = self.engine.config
+        return with_open_position(store.data(), store.open_signal, store.open_price,
+                                  slippage_percent=config.CC_PERCENT_SLIPPAGE, fee_percent=config.CC_PERCENT_FEE)
 
     async def get_report(self, symbol: str, strategy_name: str) -> str:
         from .report import backtest_report
@@ -209,13 +215,13 @@ class BacktestRunner(RunnerBase[FinishedResult]):
     async def dump(
         self, symbol: str, strategy_name: str, path: str | Path | None = None, *, plot: bool = True
     ) -> Path | None:
-        """Write the report to `<path or dump_dir/backtest>/<strategy>.md`; returns the path.
+        """Write the report to `<path or dump_dir/backtest>/<symbol>_<strategy>.md`; returns the path.
 
         With `plot` and matplotlib importable (the `plot` extra), the equity/drawdown chart is
-        written next to it as `<strategy>-equity.png` and linked below the title.
+        written next to it as `<symbol>_<strategy>-equity.png` and linked below the title.
         """
         text = await self.get_report(symbol, strategy_name)
-        target = self._dump_path(strategy_name, path)
+        target = self._dump_path(symbol, strategy_name, path)
         if plot:
             from .plots import attach_equity_plot
 

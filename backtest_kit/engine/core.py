@@ -87,6 +87,38 @@ class Engine(ListenMixin):
         self._persist: PersistBackend | None = None
         self._persist_by_entity: dict[str, PersistBackend] = {}
 
+    # ------------------------------------------------------------------ facade aliases
+    # The module-level API spells the facades `bk.Backtest`, `bk.Live`, ...; these read-only aliases
+    # make every one of them an `Engine` attribute too (README, page 00): `engine.Live.run(...)` is
+    # `engine.live.run(...)`, the same object.
+    @property
+    def Backtest(self) -> BacktestRunner:
+        return self.backtest
+
+    @property
+    def Live(self) -> LiveRunner:
+        return self.live
+
+    @property
+    def Schedule(self) -> ScheduleFacade:
+        return self.schedule
+
+    @property
+    def Performance(self) -> PerformanceFacade:
+        return self.performance
+
+    @property
+    def Risk(self) -> RiskFacade:
+        return self.risk
+
+    @property
+    def Partial(self) -> PartialFacade:
+        return self.partial
+
+    @property
+    def PositionSize(self) -> PositionSize:
+        return self.position_size
+
     # ------------------------------------------------------------------ config and logging
     def _get_config(self) -> Config:
         return self.config

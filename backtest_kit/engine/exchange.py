@@ -247,6 +247,18 @@ class ExchangeClient:
             except Exception as exc:
                 self._logger.warn(f"exchange {self.name}: on_candle_data raised", repr(exc))
 
+    def data_end_ms(self, symbol: str) -> int | None:
+        """When the source's data for `symbol` runs out (a replay), else None (a real exchange).
+
+        A source opts in with a `data_end_ms(symbol)` method (`ReplayExchange` has one); the live
+        loop ends the run after its first tick at or past that time.
+        """
+        end = getattr(self.schema.get_candles, "data_end_ms", None)
+        if not callable(end):
+            return None
+        value = end(symbol)
+        return None if value is None else int(value)
+
     # -------------------------------------------------------------- prices
     def average_price_now(self, symbol: str, when_ms: int) -> float | None:
         """The average price without an await when the source answers synchronously, else None."""

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING
 
 from .models import PerformanceEvent, TickResult
 from .runner import CancelHandle, RunnerBase, RunRecord
-from .stats import LiveStats, Statistics
+from .stats import LiveStats, Statistics, with_open_position
 
 if TYPE_CHECKING:
     from .core import Engine
     from .strategy import StrategyInstance
 
 _YIELDED = frozenset({"opened", "closed", "cancelled"})
+_NEVER = 2**63  # "no data end": later than any clock reading
 
 
 class LiveRunner(RunnerBase[TickResult]):
@@ -92,6 +93,8 @@ class LiveRunner(RunnerBase[TickResult]):
         stats = self._stats_for(record.symbol, record.strategy_name)
         schedule = engine.schedule.store(record.symbol, record.strategy_name)
         last_perf: float | None = None
+        data_end = instance.exchange.data_end_ms(record.symbol)  # a replay runs out; an exchange never
+        end = _NEVER if data_end is None else data_end
         with ExitStack() as attached:
             attached.enter_context(self._attached())
             while True:
@@ -104,6 +107,9 @@ class LiveRunner(RunnerBase[TickResult]):
                     result = await instance.tick(now)
                 except Exception as exc:
                     await engine.report_error(exc)
+                    if now >= end:
+                        self._data_exhausted(record, instance, now)
+                        return
                     await self._sleep(record)
                     continue
                 stats.add(result, now)
@@ -126,7 +132,22 @@ class LiveRunner(RunnerBase[TickResult]):
                     attached.enter_context(self._attached())
                 if instance.stopped and not instance.has_signal:
                     return
+                if now >= end:
+                    self._data_exhausted(record, instance, now)
+                    return
                 await self._sleep(record)
+
+    def _data_exhausted(self, record: RunRecord, instance: StrategyInstance, now: int) -> None:
+        """The replay's data ran out: end the run like a stop would, minus the wait for an open position.
+
+        No later price exists, so an open position could never close: it stays open (and persisted,
+        as after a kill) and `get_data` reports it as open with its unrealised PnL.
+        """
+        record.data_exhausted = True
+        instance.stop()
+        left = "" if instance.pending is None else f"; position {instance.pending.id} left open"
+        self.engine.logger.info(f"live {record.symbol} {record.strategy_name}: the replay data ended "
+                                f"at {now}, run finished{left}")
 
     async def _sleep(self, record: RunRecord) -> None:
         """Sleep one tick period on the engine clock, or less if a stop arrives."""
@@ -162,9 +183,12 @@ class LiveRunner(RunnerBase[TickResult]):
 
     # ------------------------------------------------------------------ statistics and reports
     async def get_data(self, symbol: str, strategy_name: str) -> Statistics:
-        """Exact statistics over every closed trade plus the last MAX_EVENTS events."""
+        """Exact statistics over every closed trade plus the last MAX_EVENTS events and the open position."""
         self.engine.registry.strategies.get(strategy_name, "Live.get_data")
-        return self._stats_for(symbol, strategy_name).data()
+        store = self._stats_for(symbol, strategy_name)
+        config = self.engine.config
+        return with_open_position(store.data(), store.open_signal, store.open_price,
+                                  slippage_percent=config.CC_PERCENT_SLIPPAGE, fee_percent=config.CC_PERCENT_FEE)
 
     async def get_report(self, symbol: str, strategy_name: str) -> str:
         from .report import live_report
@@ -181,13 +205,13 @@ class LiveRunner(RunnerBase[TickResult]):
     async def dump(
         self, symbol: str, strategy_name: str, path: str | Path | None = None, *, plot: bool = True
     ) -> Path | None:
-        """Write the report to `<path or dump_dir/live>/<strategy>.md`; returns the path.
+        """Write the report to `<path or dump_dir/live>/<symbol>_<strategy>.md`; returns the path.
 
         With `plot` and matplotlib importable, the equity/drawdown chart of the recent closed trades
-        is written next to it as `<strategy>-equity.png` and linked below the title.
+        is written next to it as `<symbol>_<strategy>-equity.png` and linked below the title.
         """
         text = await self.get_report(symbol, strategy_name)
-        target = self._dump_path(strategy_name, path)
+        target = self._dump_path(symbol, strategy_name, path)
         if plot:
             from .plots import attach_equity_plot
 

@@ -188,6 +188,23 @@ def _summary(stats: Statistics) -> list[str]:
     ]
 
 
+def open_position_line(stats: Statistics) -> str | None:
+    """`**Open positions:** 1 (unrealized PNL at the last price: -0.42%)`, or None when flat.
+
+    The same line in the backtest and the live report, so a position the data ended with is never
+    silently missing from either (it is not a trade: no summary figure counts it).
+    """
+    if not stats.open_positions:
+        return None
+    return (f"**Open positions:** {stats.open_positions} "
+            f"(unrealized PNL at the last price: {format_signed_percent(stats.unrealized_pnl)})")
+
+
+def _with_open(lines: list[str], stats: Statistics) -> list[str]:
+    extra = open_position_line(stats)
+    return lines if extra is None else [*lines, extra]
+
+
 def _close_reasons(counts: dict[str, int]) -> str | None:
     """`take_profit: 2, stop_loss: 1` in a fixed order (known reasons first), so reports diff well."""
     if not counts:
@@ -212,7 +229,7 @@ def backtest_report(
     """
     title = f"# Backtest Report: {strategy_name}"
     if stats.total_trades == 0:
-        return f"{title}\n\nNo signals closed yet."
+        return "\n".join(_with_open([title, "", "No signals closed yet."], stats))
     header = ["Signal ID", "Symbol", "Position"]
     if quantities:
         header.append("Quantity")
@@ -253,7 +270,7 @@ def backtest_report(
     lines.append(f"**Total signals:** {stats.total_trades}")
     lines.append(f"**Closed signals:** {stats.total_trades}")
     lines += _summary(stats)
-    return "\n".join(lines)
+    return "\n".join(_with_open(lines, stats))
 
 
 def _live_cells(e: LiveEvent, show_note: bool, quantities: Mapping[str, str] | None = None) -> list[str]:
@@ -314,7 +331,7 @@ def live_report(
     lines.append(f"**Total events:** {len(stats.events)}")
     lines.append(f"**Closed signals:** {stats.total_trades}")
     lines += _summary(stats)
-    return "\n".join(lines)
+    return "\n".join(_with_open(lines, stats))
 
 
 def write_report(path: Path, text: str) -> Path:

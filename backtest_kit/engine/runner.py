@@ -42,6 +42,7 @@ class RunRecord:
     wake: asyncio.Event | None = None
     sleeper: asyncio.Future[None] | None = None  # the live loop's inter-tick sleep, while it sleeps
     loop: asyncio.AbstractEventLoop | None = None
+    data_exhausted: bool = False  # a live replay ended because its data ran out
 
     def info(self) -> InstanceInfo:
         return InstanceInfo(
@@ -131,6 +132,7 @@ class RunnerBase(Generic[R]):
         record.error = None
         record.stop_requested = False
         record.done_published = False
+        record.data_exhausted = False
         record.loop = _running_loop()
         record.wake = asyncio.Event() if record.loop is not None else None
         return record
@@ -197,11 +199,16 @@ class RunnerBase(Generic[R]):
         )
 
     # ------------------------------------------------------------------ reports
-    def _dump_path(self, strategy_name: str, path: str | Path | None) -> Path:
+    def _dump_path(self, symbol: str, strategy_name: str, path: str | Path | None) -> Path:
+        """`<path or dump_dir/mode>/<symbol>_<strategy>.md`, like every other per-pair report.
+
+        The symbol is part of the name so that two symbols of one strategy never overwrite each
+        other's report (names sanitized, so no symbol can leave the directory).
+        """
         from .naming import safe_file_name
 
         base = Path(path) if path is not None else Path(self.engine.dump_dir) / self.mode
-        return base / f"{safe_file_name(strategy_name)}.md"
+        return base / f"{safe_file_name(symbol)}_{safe_file_name(strategy_name)}.md"
 
     async def _write(self, target: Path, text: str) -> Path | None:
         from .report import save_report

@@ -23,8 +23,10 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Final
 
+import msgspec
 from msgspec import Struct
 
+from .lifecycle import pnl_of
 from .models import (
     ActiveResult,
     CancelledResult,
@@ -47,6 +49,7 @@ __all__ = [
     "round_minutes",
     "statistics_from_aggregate",
     "statistics_from_trades",
+    "with_open_position",
 ]
 
 MAX_EVENTS: Final = 25
@@ -140,6 +143,11 @@ class Statistics(Struct, frozen=True, kw_only=True):
       closed trades as rows)
     - `signals` = closed results newest first (backtest: every trade; live: the closed ones among
       `events`)
+    - `open_positions` = positions open when the snapshot was taken (0 or 1 per pair): a backtest
+      whose data ended before the last position closed, a live run now. Not a trade: no figure
+      above counts it.
+    - `unrealized_pnl` = their net PnL % (fees and slippage as if closed now, like `pnl`) at the
+      last price the run saw; `None` when no position is open
     """
 
     total_trades: int
@@ -162,6 +170,8 @@ class Statistics(Struct, frozen=True, kw_only=True):
     close_reasons: dict[str, int]
     events: list[LiveEvent]
     signals: list[ClosedResult]
+    open_positions: int = 0
+    unrealized_pnl: float | None = None
 
     # Read-only aliases with the reference's names (02 §3.4 port decision 1).
     @property
@@ -565,12 +575,19 @@ class BacktestStats:
     reports and the reference use.
     """
 
-    __slots__ = ("_trades", "aggregate", "max_events")
+    __slots__ = ("_trades", "aggregate", "max_events", "open_price", "open_signal")
 
     def __init__(self, max_events: int = MAX_EVENTS) -> None:
         self.max_events = max_events
         self._trades: list[ClosedResult] = []
         self.aggregate = TradeAggregate()
+        self.open_signal: SignalRow | None = None  # set once, by the runner, when the data ends
+        self.open_price = 0.0
+
+    def set_open(self, signal: SignalRow | None, price: float) -> None:
+        """The position the frame ended with (None: flat) and the last price the run saw."""
+        self.open_signal = signal
+        self.open_price = price
 
     def add(self, result: TickResult) -> None:
         """Record a closed result; every other action is ignored (cancelled is not a trade)."""
@@ -582,6 +599,7 @@ class BacktestStats:
         """Forget everything (a new backtest of the pair starts)."""
         self._trades = []
         self.aggregate = TradeAggregate()
+        self.open_signal = None
 
     def __len__(self) -> int:
         return len(self._trades)
@@ -604,7 +622,7 @@ class LiveStats:
     `inserted − 1 − seq`. That lets an `active` tick find its signal's row in O(1) without a scan.
     """
 
-    __slots__ = ("_active", "_inserted", "_rows", "aggregate", "max_events")
+    __slots__ = ("_active", "_inserted", "_rows", "aggregate", "max_events", "open_price", "open_signal")
 
     def __init__(self, max_events: int = MAX_EVENTS) -> None:
         if max_events < 1:
@@ -614,6 +632,8 @@ class LiveStats:
         self._inserted = 0
         self._active: dict[str, int] = {}  # signal id -> sequence number of its `active` row
         self.aggregate = TradeAggregate()
+        self.open_signal: SignalRow | None = None  # the open position and the last price it was seen at
+        self.open_price = 0.0
 
     def clear(self) -> None:
         """Forget everything (a new live run of the pair starts)."""
@@ -621,6 +641,7 @@ class LiveStats:
         self._inserted = 0
         self._active.clear()
         self.aggregate = TradeAggregate()
+        self.open_signal = None
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -645,9 +666,13 @@ class LiveStats:
                 rows[0] = (row, None)  # consecutive idle ticks collapse into the newest row
             else:
                 self._push(row)
+            self.open_signal = None
             return
         signal = result.signal
         if isinstance(result, ActiveResult):
+            if not signal.is_scheduled:
+                self.open_signal = signal
+                self.open_price = result.current_price
             row = LiveEvent(
                 timestamp=now_ms,
                 action="active",
@@ -674,7 +699,10 @@ class LiveStats:
             self.aggregate.add(result)
             self._push(closed_event(result), result)
             self._active.pop(signal.id, None)
+            self.open_signal = None
         elif isinstance(result, OpenedResult):
+            self.open_signal = signal
+            self.open_price = result.current_price
             self._push(
                 _signal_event(signal.pending_at, "opened", result.symbol, result.current_price, signal)
             )
@@ -700,3 +728,17 @@ class LiveStats:
         events = [row for row, _ in self._rows]
         signals = [closed for _, closed in self._rows if closed is not None]
         return statistics_from_aggregate(self.aggregate, events=events, signals=signals)
+
+
+def with_open_position(
+    stats: Statistics, signal: SignalRow | None, price: float, *, slippage_percent: float, fee_percent: float
+) -> Statistics:
+    """`stats` with `open_positions` / `unrealized_pnl` filled in for `signal` (None: flat) at `price`.
+
+    Computed when the statistics are read, not on every tick: the stores only remember the row and
+    the last price. The PnL is `pnl_of`, the very formula a close would use.
+    """
+    if signal is None:
+        return stats
+    pnl = pnl_of(signal, price, slippage_percent, fee_percent).pnl_percentage
+    return msgspec.structs.replace(stats, open_positions=1, unrealized_pnl=_finite(pnl))
