@@ -45,6 +45,7 @@ import msgspec
 from msgspec import Struct
 
 from .models import RiskEvent, SignalRow
+from .naming import POSITION_SEPARATOR, legacy_pair_key, pair_key
 from .persist import ENTITY_RISK, ENTITY_SIGNALS, read_snapshot
 from .registry import RiskSchema, RiskValidation
 from .report import markdown_table, save_pair_report
@@ -126,8 +127,9 @@ _Document = list[tuple[str, ActivePosition]]
 
 
 def position_key(strategy_name: str, symbol: str) -> str:
-    """The registry key of a pair: `"<strategy_name>:<symbol>"` (the exchange is not part of it)."""
-    return f"{strategy_name}:{symbol}"
+    """The registry key of a pair: `"<strategy_name>:<symbol>"`, each name escaped so that no two
+    pairs share a key (`naming.pair_key`); the exchange is not part of it."""
+    return pair_key(strategy_name, symbol, POSITION_SEPARATOR)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -187,7 +189,8 @@ class RiskState:
             restored: dict[str, ActivePosition] = {}
             for key, pos in msgspec.json.decode(data, type=_Document):
                 expected = position_key(pos.strategy_name, pos.symbol)
-                if key != expected:
+                legacy = legacy_pair_key(pos.strategy_name, pos.symbol, POSITION_SEPARATOR)
+                if key != expected and key != legacy:  # older versions joined the names unescaped
                     raise ValueError(f"key {key!r} does not match its position ({expected!r})")
                 restored[key] = pos
             return restored
