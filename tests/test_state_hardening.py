@@ -106,3 +106,132 @@ async def test_risk_positions_of_colliding_names_are_two_positions(tmp_path: Pat
     assert len(await engine.risk.get_positions("rk")) == 2
     blocked = engine._risk.gate("rk", "d", "a", "mem", backtest=False)
     assert not await blocked.try_open(mk_row("d", "a", "third"), 100.0, T0)
+
+
+# ------------------------------------------------------------------------------------ live helpers
+class World:
+    """An engine on a VirtualClock over flat 100.0 candles with strategies on one exchange "mem"."""
+
+    def __init__(self, tmp_path: Path, *, start: int = T0, symbols: tuple[str, ...] = ("BTCUSDT",),
+                 risk: int | None = None) -> None:
+        self.clock = bk.VirtualClock(dt(start))
+        self.engine = make_engine(tmp_path, clock=self.clock)
+        self.data = tmp_path / "data"
+        self.events: list[bk.TickResult] = []
+        self.errors: list[BaseException] = []
+        self.calls: list[int] = []
+        self.active: list[str] = []
+        market = {s: flat_candles(T0 - 60 * M, 3 * 1440, 100.0) for s in symbols}
+        self.engine.add_exchange(exchange_name="mem",
+                                 get_candles=bk.ReplayExchange(bk.MemoryCandles(market), self.clock))
+        if risk is not None:
+            self.engine.add_risk(risk_name="rk", max_concurrent_positions=risk)
+        self.engine.listen_signal_live(self.events.append)
+        self.engine.listen_error(self.errors.append)
+
+    def add_strategy(self, name: str = "s", signal: Any = None) -> None:
+        def get_signal(symbol: str, when: datetime) -> Any:
+            self.calls.append(self.clock.now_ms())
+            return signal
+
+        def on_active(symbol: str, row: bk.SignalRow, *rest: Any) -> None:
+            self.active.append(row.id)
+
+        self.engine.add_strategy(strategy_name=name, interval="1m", get_signal=get_signal,
+                                 risk_name="rk" if "rk" in [r.risk_name for r in self.engine.list_risks()] else None,
+                                 callbacks={"on_active": on_active})
+
+    def store(self, row: bk.SignalRow) -> Path:
+        path = self.data / "signals" / f"{signal_key(row.symbol, row.strategy_name)}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(encode_signal_row(row))
+        return path
+
+    def actions(self, symbol: str = "BTCUSDT") -> list[str]:
+        return [r.action for r in self.events if r.symbol == symbol]
+
+    async def ticks(self, n: int, symbols: tuple[str, ...] = ("BTCUSDT",), strategy: str = "s") -> None:
+        """Run the pairs until each produced `n` tick results, then stop them gracefully."""
+        handles = [self.engine.live.background(s, strategy_name=strategy, exchange_name="mem") for s in symbols]
+        done = asyncio.Event()
+
+        def check(_: Any) -> None:
+            if all(len([r for r in self.events if r.symbol == s]) >= n for s in symbols):
+                done.set()
+
+        off = self.engine.listen_signal_live(check)
+        await asyncio.wait_for(done.wait(), 30)
+        off()
+        for h in handles:
+            h()
+        await asyncio.wait_for(asyncio.gather(*(h.wait() for h in handles)), 30)
+
+
+# ------------------------------------------------------------------------------------ item 4: stop first
+async def test_a_stop_before_the_first_tick_still_monitors_the_restored_position(tmp_path: Path) -> None:
+    w = World(tmp_path, start=T0 + 2 * M)
+    w.add_strategy()
+    path = w.store(mk_row("BTCUSDT", "s", "kept", minutes=5))
+    handle = w.engine.live.background("BTCUSDT", strategy_name="s", exchange_name="mem")
+    handle()  # stop at once: before the run's first tick
+    await asyncio.wait_for(handle.wait(), 30)
+    closed = [r for r in w.events if r.action == "closed"]
+    assert [(r.signal.id, r.close_reason) for r in closed] == [("kept", "time_expired")]
+    assert closed[0].close_timestamp >= T0 + 5 * M
+    assert "kept" in w.active and w.calls == [] and not path.exists() and w.errors == []
+    await w.engine.close()
+
+
+async def test_a_stop_before_the_first_tick_with_nothing_stored_ends_at_once(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.add_strategy(signal=long(110, 90, 5))
+    handle = w.engine.live.background("BTCUSDT", strategy_name="s", exchange_name="mem")
+    handle()
+    await asyncio.wait_for(handle.wait(), 30)
+    assert w.calls == [] and [r.action for r in w.events if r.action != "idle"] == [] and w.errors == []
+    await w.engine.close()
+
+
+# ------------------------------------------------------------------------------------ item 5: restore checks
+@pytest.mark.parametrize(("field", "changes"), [
+    ("minute_estimated_time", {"minute_estimated_time": 10**12}),
+    ("pending_at", {"pending_at": 4_102_444_800_000, "scheduled_at": 4_102_444_800_000}),  # 2100-01-01
+    ("price_take_profit", {"price_take_profit": 1e300}),
+    ("price_stop_loss", {"price_stop_loss": 99.99}),  # closer than CC_MIN_STOPLOSS_DISTANCE_PERCENT
+])
+async def test_restored_rows_pass_the_checks_of_new_signals(tmp_path: Path, field: str, changes: dict[str, Any]) -> None:
+    w = World(tmp_path, start=T0 + M)
+    w.add_strategy()
+    w.engine.set_config(CC_MIN_STOPLOSS_DISTANCE_PERCENT=0.5)
+    bad = msgspec.structs.replace(mk_row("BTCUSDT", "s", "bad"), **changes)
+    path = w.store(bad)
+    await w.ticks(2)
+    assert "bad" not in w.active and not [r for r in w.events if r.action == "closed"]
+    assert len(w.errors) == 1 and isinstance(w.errors[0], bk.PersistError)
+    assert field in str(w.errors[0]) and "not restored" in str(w.errors[0])
+    moved = list(path.parent.glob(f"{path.name}.corrupt-*"))
+    assert len(moved) == 1 and moved[0].read_bytes() == encode_signal_row(bad) and not path.exists()
+    await w.engine.close()
+
+
+async def test_a_valid_restored_row_is_still_restored(tmp_path: Path) -> None:
+    w = World(tmp_path, start=T0 + M)
+    w.add_strategy()
+    w.store(mk_row("BTCUSDT", "s", "good", minutes=1440))
+    await w.ticks(2)
+    assert w.active[:2] == ["good", "good"] and w.errors == []
+    await w.engine.close()
+
+
+# ------------------------------------------------------------------------------------ item 6: quarantine waits
+async def test_a_quarantined_position_is_reported_and_nothing_opens_on_that_tick(tmp_path: Path) -> None:
+    w = World(tmp_path, start=T0 + M)
+    w.add_strategy(signal=long(110, 90, 600))
+    path = w.data / "signals" / "BTCUSDT-s.json"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b'{"id": "torn", "position": "lo')
+    await w.ticks(2)
+    assert w.actions()[:2] == ["idle", "opened"]
+    assert w.calls[0] == T0 + M + bk.DEFAULT_CONFIG.CC_TICK_TTL_MS  # not asked on the quarantine tick
+    assert len(w.errors) == 1 and "moved to" in str(w.errors[0])
+    await w.engine.close()

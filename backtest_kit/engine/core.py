@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .exchange import ExchangeClient
 from .live import LiveRunner
 from .logger import EngineLogger, LoggerLike
+from .models import SignalRow
 from .partial import PartialFacade, PartialService
 from .performance_stats import PerformanceFacade
 from .persist import ENTITY_PARTIAL, ENTITY_RISK, ENTITY_SCHEDULES, ENTITY_SIGNALS, PersistBackend
@@ -258,8 +259,15 @@ class Engine(ListenMixin):
 
     def _signal_store(self, symbol: str, strategy_name: str, exchange_name: str) -> PersistedSignalStore:
         return PersistedSignalStore(
-            self.persist_for, symbol, strategy_name, self.report_error, exchange_name=exchange_name
+            self.persist_for, symbol, strategy_name, self.report_error, exchange_name=exchange_name,
+            check_row=self.restored_row_problems,
         )
+
+    def restored_row_problems(self, row: SignalRow) -> list[str]:
+        """Why a stored signal row may not be restored now (creation checks, clock sanity)."""
+        from .validation import restored_row_problems
+
+        return restored_row_problems(row, self.config, self.now_ms())
 
     async def report_error(self, error: BaseException) -> None:
         """Log a recoverable error and publish it on the `error` channel."""

@@ -96,7 +96,16 @@ class LiveRunner(RunnerBase[TickResult]):
             attached.enter_context(self._attached())
             while True:
                 if instance.stopped and not instance.has_signal:
-                    return
+                    if instance.restored:
+                        return
+                    try:  # a stop before the first tick must still find and monitor a stored position
+                        await instance.restore(engine.now_ms())
+                    except Exception as exc:
+                        await engine.report_error(exc)
+                        await self._sleep(record)
+                        continue
+                    if not instance.has_signal:
+                        return
                 now = engine.now_ms()
                 timed = bus.has_listeners("performance")
                 started = time.perf_counter() if timed else 0.0

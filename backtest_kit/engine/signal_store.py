@@ -137,6 +137,7 @@ class PersistedSignalStore:
         report_error: Callable[[BaseException], Awaitable[None]],
         *,
         exchange_name: str | None = None,
+        check_row: Callable[[SignalRow], list[str]] | None = None,
     ) -> None:
         self._persist_for = persist_for
         self.symbol = symbol
@@ -146,6 +147,8 @@ class PersistedSignalStore:
         legacy = legacy_pair_key(symbol, strategy_name)
         self._legacy_key = legacy if legacy != self.key else None
         self._report_error = report_error
+        self._check_row = check_row  # the engine's creation-time checks plus clock sanity (item 5)
+        self.rejected = 0  # snapshots set aside by `load` so far (the instance waits a tick after one)
         # entity -> intended row (None = delete) not yet confirmed by the backend, in arrival order
         self._unsynced: dict[str, SignalRow | None] = {}
         self._failed = False  # the last attempt for some unsynced entry raised
@@ -241,6 +244,7 @@ class PersistedSignalStore:
         try:
             row = decode_signal_row(bytes(data), scheduled=scheduled)
             self._check_owner(row)
+            self._check(row)
         except ValueError as exc:
             if row_of_old_layout(data, self.key, scheduled=scheduled):
                 return None  # another pair's file from before the escaping: its owner takes it over
@@ -274,6 +278,14 @@ class PersistedSignalStore:
             raise self._error("write", entity, exc) from exc
         return row
 
+    def _check(self, row: SignalRow) -> None:
+        """Restored rows pass the checks new signals pass (decision 4, hardening item 5)."""
+        if self._check_row is None:
+            return
+        problems = self._check_row(row)
+        if problems:
+            raise ValueError("; ".join(problems))
+
     def _check_owner(self, row: SignalRow) -> None:
         problems = []
         if row.symbol != self.symbol:
@@ -287,6 +299,7 @@ class PersistedSignalStore:
 
     async def _reject(self, backend: PersistBackend, entity: str, data: bytes, reason: str) -> None:
         """Report an invalid snapshot and set it aside; never delete it."""
+        self.rejected += 1
         where = _location(backend, entity, self.key)
         try:
             moved = await set_aside(backend, entity, self.key)
