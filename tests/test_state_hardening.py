@@ -129,7 +129,7 @@ class World:
         self.engine.listen_signal_live(self.events.append)
         self.engine.listen_error(self.errors.append)
 
-    def add_strategy(self, name: str = "s", signal: Any = None) -> None:
+    def add_strategy(self, name: str = "s", signal: Any = None, *, risk: bool = True) -> None:
         def get_signal(symbol: str, when: datetime) -> Any:
             self.calls.append(self.clock.now_ms())
             return signal
@@ -138,11 +138,11 @@ class World:
             self.active.append(row.id)
 
         self.engine.add_strategy(strategy_name=name, interval="1m", get_signal=get_signal,
-                                 risk_name="rk" if "rk" in [r.risk_name for r in self.engine.list_risks()] else None,
+                                 risk_name="rk" if risk and self.engine.list_risks() else None,
                                  callbacks={"on_active": on_active})
 
     def store(self, row: bk.SignalRow) -> Path:
-        path = self.data / "signals" / f"{signal_key(row.symbol, row.strategy_name)}.json"
+        path = bk.FilePersist(self.data).path_for("signals", signal_key(row.symbol, row.strategy_name))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(encode_signal_row(row))
         return path
@@ -234,4 +234,70 @@ async def test_a_quarantined_position_is_reported_and_nothing_opens_on_that_tick
     assert w.actions()[:2] == ["idle", "opened"]
     assert w.calls[0] == T0 + M + bk.DEFAULT_CONFIG.CC_TICK_TTL_MS  # not asked on the quarantine tick
     assert len(w.errors) == 1 and "moved to" in str(w.errors[0])
+    await w.engine.close()
+
+
+# ------------------------------------------------------------------------------------ item 1: risk counting
+THREE = ("BTC/USDT", "BTC-PERP", "ETH/USDT")
+
+
+async def test_stored_positions_count_before_their_own_pair_ticks(tmp_path: Path) -> None:
+    """A crash after a close rewrote the risk document but before the signal delete: the document
+    lacks BTC/USDT's position while its signal file is still there. ETH/USDT ticks first."""
+    w = World(tmp_path, start=T0 + M, symbols=THREE, risk=2)
+    w.add_strategy(signal=long(110, 90, 600))
+    w.add_strategy("other", signal=long(110, 90, 600), risk=False)  # no risk profile: its positions never count
+    rows = [mk_row(s, "s", f"held-{i}") for i, s in enumerate(THREE[:2])]
+    for row in rows:
+        w.store(row)
+    w.store(mk_row("ETH/USDT", "other", "free"))
+    doc = [(position_key("s", "BTC-PERP"), {"signal": msgspec.to_builtins(rows[1]), "symbol": "BTC-PERP",
+            "strategy_name": "s", "exchange_name": "mem", "open_timestamp": T0})]
+    (w.data / "risk").mkdir()
+    (w.data / "risk" / "rk.json").write_bytes(msgspec.json.encode(doc))
+    await w.ticks(3, symbols=("ETH/USDT",))
+    assert "opened" not in w.actions("ETH/USDT") and w.errors == []
+    positions = await w.engine.risk.get_positions("rk")
+    assert sorted(p.signal.id for p in positions) == ["held-0", "held-1"]
+    stored = msgspec.json.decode((w.data / "risk" / "rk.json").read_bytes())
+    assert sorted(pos["signal"]["id"] for _, pos in stored) == ["held-0", "held-1"]  # document rebuilt
+    await w.engine.close()
+
+
+async def test_a_quarantined_risk_document_is_rebuilt_from_the_stored_signals(tmp_path: Path) -> None:
+    w = World(tmp_path, start=T0 + M, symbols=THREE, risk=2)
+    w.add_strategy(signal=long(110, 90, 600))
+    for i, s in enumerate(THREE[:2]):
+        w.store(mk_row(s, "s", f"held-{i}"))
+    (w.data / "risk").mkdir()
+    (w.data / "risk" / "rk.json").write_bytes(b"[[\"s:BTC")  # torn
+    await w.ticks(2, symbols=("ETH/USDT",))
+    assert "opened" not in w.actions("ETH/USDT")
+    assert len(w.errors) == 1 and "risk rk" in str(w.errors[0]) and "moved aside" in str(w.errors[0])
+    assert len(list((w.data / "risk").glob("rk.json.corrupt-*"))) == 1
+    stored = msgspec.json.decode((w.data / "risk" / "rk.json").read_bytes())
+    assert sorted(pos["signal"]["id"] for _, pos in stored) == ["held-0", "held-1"]
+    await w.engine.close()
+
+
+async def test_the_limit_holds_when_the_restored_pairs_then_close(tmp_path: Path) -> None:
+    """Once a restored position closes, its slot goes to the waiting pair, and never more than the limit."""
+    w = World(tmp_path, start=T0 + M, symbols=THREE, risk=2)
+    w.add_strategy(signal=long(110, 90, 600))
+    w.store(mk_row("BTC/USDT", "s", "short-lived", minutes=3))
+    w.store(mk_row("BTC-PERP", "s", "long-lived", minutes=600))
+    open_now: set[str] = set()
+    most = [0]
+
+    def track(r: bk.TickResult) -> None:
+        if r.action in ("opened", "active"):
+            open_now.add(r.symbol)
+        elif r.action == "closed":
+            open_now.discard(r.symbol)
+        most[0] = max(most[0], len(open_now))
+
+    w.engine.listen_signal_live(track)
+    await w.ticks(8, symbols=THREE)
+    assert most[0] == 2 and w.errors == []
+    assert "opened" in w.actions("ETH/USDT") or "opened" in w.actions("BTC/USDT")
     await w.engine.close()
