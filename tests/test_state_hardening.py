@@ -301,3 +301,91 @@ async def test_the_limit_holds_when_the_restored_pairs_then_close(tmp_path: Path
     assert most[0] == 2 and w.errors == []
     assert "opened" in w.actions("ETH/USDT") or "opened" in w.actions("BTC/USDT")
     await w.engine.close()
+
+
+# ------------------------------------------------------------------------------------ item 3: one engine per directory
+def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(directory)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+async def test_a_second_engine_on_the_directory_fails_clearly_and_touches_nothing(tmp_path: Path) -> None:
+    first = World(tmp_path, start=T0 + M)
+    first.add_strategy(signal=long(110, 90, 600))
+    handle = first.engine.live.background("BTCUSDT", strategy_name="s", exchange_name="mem")
+    while "opened" not in first.actions():
+        await asyncio.sleep(0)
+    before = snapshot(first.data)
+    second = World(tmp_path, start=T0 + M)
+    second.add_strategy(signal=long(110, 90, 600))
+    with pytest.raises(bk.PersistError) as info:
+        second.engine.live.background("BTCUSDT", strategy_name="s", exchange_name="mem")
+    message = str(info.value)
+    assert f"pid={os.getpid()}" in message and f"host={socket.gethostname()}" in message
+    assert str(first.data) in message
+    assert snapshot(first.data) == before and second.events == [] and second.errors == []
+    assert [i.status for i in await second.engine.live.list()] == []  # nothing was started
+    handle.task.cancel()  # a crash of the first engine's run: its lock goes with it
+    with contextlib.suppress(asyncio.CancelledError):
+        await handle.task
+    await second.ticks(1)
+    assert second.actions()[0] == "active" and second.active[0] == first.events[0].signal.id  # type: ignore[union-attr]
+    await second.engine.close()
+    await first.engine.close()
+
+
+async def test_the_lock_is_given_back_when_the_engine_closes(tmp_path: Path) -> None:
+    first = World(tmp_path)
+    first.add_strategy()
+    first.engine.live.background("BTCUSDT", strategy_name="s", exchange_name="mem")
+    await first.engine.close()
+    second = World(tmp_path)
+    second.add_strategy()
+    await second.ticks(1)
+    await second.engine.close()
+
+
+_HOLDER = """
+import asyncio, sys
+from datetime import datetime
+import backtest_kit as bk
+
+async def main():
+    engine = bk.Engine(persist_dir=sys.argv[1], dump_dir=sys.argv[1] + "-dump")
+    def get_candles(symbol, interval, since, limit):
+        start = int(since.timestamp() * 1000)
+        return [bk.Candle(timestamp=start + k * 60000, open=1.0, high=1.0, low=1.0, close=1.0, volume=1.0)
+                for k in range(limit)]
+    engine.add_exchange(exchange_name="x", get_candles=get_candles)
+    engine.add_strategy(strategy_name="s", interval="1m", get_signal=lambda s, w: None)
+    engine.live.background("BTCUSDT", strategy_name="s", exchange_name="x")
+    print("ready", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+asyncio.run(main())
+"""
+
+
+async def test_an_engine_in_another_process_is_named_and_a_kill_frees_the_directory(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-c", _HOLDER, str(data)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, env=env)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == b"ready"
+        w = World(tmp_path)
+        w.add_strategy()
+        before = snapshot(data)
+        with pytest.raises(bk.PersistError, match=rf"pid={child.pid} host={socket.gethostname()}"):
+            w.engine.live.background("BTCUSDT", strategy_name="s", exchange_name="mem")
+        assert snapshot(data) == before
+        child.kill()  # SIGKILL: no cleanup ran, the OS dropped the flock
+        assert child.wait(timeout=30) != 0
+        await w.ticks(1)
+        assert w.errors == []
+        await w.engine.close()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=30)

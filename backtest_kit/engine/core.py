@@ -87,6 +87,8 @@ class Engine(ListenMixin):
         self._env = RunEnv(config=self._get_config, logger=self.logger, report_error=self.report_error)
         self._persist: PersistBackend | None = None
         self._persist_by_entity: dict[str, PersistBackend] = {}
+        self._persist_holds = 0  # live runs holding the persist directory lock (hardening item 3)
+        self._persist_locked: list[Any] = []
 
     # ------------------------------------------------------------------ config and logging
     def _get_config(self) -> Config:
@@ -269,6 +271,38 @@ class Engine(ListenMixin):
 
         return restored_row_problems(row, self.config, self.now_ms())
 
+    def _hold_persist(self) -> None:
+        """A live run starts: own the directory of every backend that can be locked (`FilePersist`).
+
+        Raises `PersistError` naming the holder when another engine owns one; nothing is touched then.
+        The lock is held while this engine has live runs and given back by the last one to end (or by
+        `close`), so a later engine, or a restart in this process, can take over.
+        """
+        if self._persist_holds == 0:
+            backends = {id(b): b for b in map(self.persist_for, PERSIST_ENTITIES)}.values()
+            lockable = [b for b in backends if callable(getattr(b, "acquire_lock", None))]
+            try:
+                for backend in lockable:
+                    backend.acquire_lock()
+                    self._persist_locked.append(backend)
+            except BaseException:
+                self._release_locks()
+                raise
+        self._persist_holds += 1
+
+    def _release_persist(self) -> None:
+        """A live run ended; the last one gives the directory back and forgets cached live risk state
+        (another engine may change the files before this one runs live again)."""
+        self._persist_holds = max(0, self._persist_holds - 1)
+        if self._persist_holds == 0:
+            self._release_locks()
+            self._risk.forget_live()
+
+    def _release_locks(self) -> None:
+        locked, self._persist_locked = self._persist_locked, []
+        for backend in locked:
+            backend.release_lock()
+
     async def report_error(self, error: BaseException) -> None:
         """Log a recoverable error and publish it on the `error` channel."""
         self.logger.warn("error", repr(error))
@@ -312,6 +346,8 @@ class Engine(ListenMixin):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.bus.drain()
+        self._persist_holds = 0  # a run never iterated still held it
+        self._release_locks()
         for client in list(self._exchanges.values()):
             try:
                 await client.close()

@@ -482,6 +482,13 @@ class RiskManager:
             if (symbol is None or key[0] == symbol) and (strategy_name is None or key[1] == strategy_name):
                 del self._events[key]
 
+    def forget_live(self) -> None:
+        """Drop the cached live registries: the next live use reads (and recounts) the stored state."""
+        for state in self._states.values():
+            if not state.backtest:
+                state.positions = {}
+                state.loaded = False
+
     def iter_states(self) -> Iterator[RiskState]:
         return iter(self._states.values())
 
