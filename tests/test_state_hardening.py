@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from helpers import T0, M, candle, dt, flat_candles, long, make_engine
+from helpers import T0, M, dt, flat_candles, long, make_engine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -199,7 +199,8 @@ async def test_a_stop_before_the_first_tick_with_nothing_stored_ends_at_once(tmp
     ("price_take_profit", {"price_take_profit": 1e300}),
     ("price_stop_loss", {"price_stop_loss": 99.99}),  # closer than CC_MIN_STOPLOSS_DISTANCE_PERCENT
 ])
-async def test_restored_rows_pass_the_checks_of_new_signals(tmp_path: Path, field: str, changes: dict[str, Any]) -> None:
+async def test_restored_rows_pass_the_checks_of_new_signals(tmp_path: Path, field: str,
+                                                            changes: dict[str, Any]) -> None:
     w = World(tmp_path, start=T0 + M)
     w.add_strategy()
     w.engine.set_config(CC_MIN_STOPLOSS_DISTANCE_PERCENT=0.5)

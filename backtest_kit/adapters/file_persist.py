@@ -42,8 +42,9 @@ One engine per directory (hardening item 3): `acquire_lock` takes an exclusive `
 ``<base_dir>/.lock`` (non-blocking) and writes ``pid=<pid> host=<host>`` into it; a second holder,
 in this process or another, gets a `PersistError` naming the first one's pid and host and changes
 nothing. A directory where the lock file cannot be made, or without ``flock`` support, runs unlocked
-(its operations report their own errors). The engine holds the lock while it has live runs; `release_lock` (or the OS, when the process
-dies, even by SIGKILL) frees it, so a restart after a crash just works. The lock file is not an entity
+(its operations report their own errors). The engine holds the lock while it has live runs;
+`release_lock` (or the OS, when the process dies, even by SIGKILL) frees it, so a restart after a
+crash just works. The lock file is not an entity
 directory and never listed by `keys()`. Platforms without ``fcntl`` (Windows) run without the lock.
 
 ``keys()`` lists only ``*.json`` files whose stem is a canonical encoding produced by this scheme; temp
@@ -69,7 +70,7 @@ import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 from backtest_kit.engine.errors import PersistError
 
@@ -235,7 +236,7 @@ class FilePersist:
         self._fsync = fsync
         self._prepared: set[str] = set()  # entity directory names already created and swept
         self._lock = threading.Lock()  # guards `_prepared` and the sweep across worker threads
-        self._dir_lock: weakref.finalize[[int], None] | None = None  # closes the lock fd, even on GC
+        self._dir_lock: weakref.finalize[Any, Any] | None = None  # closes the lock fd, even on GC
 
     @property
     def base_dir(self) -> Path:

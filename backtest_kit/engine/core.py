@@ -280,7 +280,7 @@ class Engine(ListenMixin):
         """
         if self._persist_holds == 0:
             backends = {id(b): b for b in map(self.persist_for, PERSIST_ENTITIES)}.values()
-            lockable = [b for b in backends if callable(getattr(b, "acquire_lock", None))]
+            lockable: list[Any] = [b for b in backends if callable(getattr(b, "acquire_lock", None))]
             try:
                 for backend in lockable:
                     backend.acquire_lock()

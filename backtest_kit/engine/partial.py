@@ -12,11 +12,11 @@ tracker keeps only `top` per side, so an evaluation that reaches no new level co
 and two comparisons.
 
 Persistence (03 §3.4 port decision): live mode only, one document per pair (entity `partial`, key
-`<symbol>-<strategy>` escaped as in `naming.pair_key`, `{signal_id: {"profit_levels": [...], "loss_levels": [...]}}`), read once when
-the tracker is first used, written after every evaluation that reached a new level (before the events
-are published, so a crash can lose a notification but never repeat one), and updated when the signal
-closes. A restarted live process therefore does not re-emit levels it emitted before. Backtests never
-read or write it.
+`<symbol>-<strategy>` escaped as in `naming.pair_key`, `{signal_id: {"profit_levels": [...],
+"loss_levels": [...]}}`), read once when the tracker is first used, written after every evaluation
+that reached a new level (before the events are published, so a crash can lose a notification but
+never repeat one), and updated when the signal closes. A restarted live process therefore does not
+re-emit levels it emitted before. Backtests never read or write it.
 """
 
 from __future__ import annotations
