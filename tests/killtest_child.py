@@ -34,7 +34,10 @@ Rules that make an interrupted run comparable, trade for trade, with an uninterr
   uuid5 of the symbol and tick time of the `get_signal` call that produced the signal (the row is
   built right after that call returns, with no await in between).
 
-With several symbols, a kill in the middle of an instant makes the restarted child replay that instant
+With several symbols the strategy churns instead: every flat pair asks for a 5-minute market long on
+every idle tick, so the profile's slots are always contended and a close (risk write, then the signal
+delete after the listeners) happens every few ticks: the moments where a crash once let the profile
+overfill. A kill in the middle of an instant makes the restarted child replay that instant
 for pairs that had already ticked it, and the order in which pairs reach the shared profile can differ
 from an uninterrupted run; such a pass is checked for the invariants (limit, no errors, each close
 once), not trade for trade.
@@ -87,6 +90,9 @@ def make_get_signal(skip_ticks: dict[str, set[int]], single: bool) -> Any:
         fast_before, slow_before = sma(closes[-11:-1]), sma(closes[-31:-1])
         price = closes[-1]
         _last_call[:] = ["" if single else symbol, when_ms]  # no await from here to the row's uuid4
+        if not single:  # churn: every flat pair wants a position at every tick, so slots are contended
+            return bk.SignalDto(position="long", price_take_profit=price * 1.015, price_stop_loss=price * 0.985,
+                                minute_estimated_time=5, id=f"churn-{symbol}-{when_ms}")
         if fast_before <= slow_before and fast > slow:  # limit long just under the market
             entry = price * 0.999
             return bk.SignalDto(position="long", price_open=entry, price_take_profit=entry * 1.008,
@@ -204,6 +210,7 @@ async def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=int, default=1440, help="length of the traded slice")
     parser.add_argument("--symbols", default="", help="comma-separated names trading copies of the series")
     parser.add_argument("--risk-limit", type=int, default=0, help="max_concurrent_positions of the shared profile")
+    parser.add_argument("--rotate", type=int, default=0, help="start the pairs from this index of --symbols")
     args = parser.parse_args(argv)
 
     workdir = Path(args.workdir)
@@ -257,7 +264,11 @@ async def main(argv: list[str] | None = None) -> int:
     engine.listen_signal_live(on_result)
     engine.listen_error(on_error)
 
-    handles = [engine.live.background(s, strategy_name=STRATEGY, exchange_name=EXCHANGE) for s in symbols]
+    # Starting order decides which pair restores first; rotating it per life (the harness passes the
+    # life number) lets other pairs tick before a stored position's own pair does.
+    first = args.rotate % len(symbols)
+    order = symbols[first:] + symbols[:first]
+    handles = [engine.live.background(s, strategy_name=STRATEGY, exchange_name=EXCHANGE) for s in order]
     print("ready", flush=True)
     await asyncio.gather(*(h.wait() for h in handles))
     return 1  # unreachable: the clock exits the process at the end of the slice

@@ -32,13 +32,15 @@ The check, and why journal lines may repeat or be missing:
   snapshot), orphan temp files were swept, and the final stored state equals the reference's (the
   directory's ``.lock`` file aside: it names the process that held it).
 
-`test_kill9_shared_risk_profile`: three symbols (``BTC/USDT``, ``BTC-PERP``, ``ETH/USDT``, copies of the
-same series) share one risk profile with ``max_concurrent_positions=2``. A kill in the middle of an
-instant makes the restart replay it for pairs that had ticked it, in an order that can differ, so this
-test checks invariants rather than the reference's exact trades: the profile never holds more than
-2 positions when one opens (the journal's ``open_count`` counts positions a restarted process has not
-restored yet too), no error, no corrupt or temp file, a repeated line is identical to the first, no
-signal closes twice, and at the end the stored risk registry holds exactly the stored pending signals.
+`test_kill9_shared_risk_profile`: three symbols (``BTC/USDT``, ``BTC-PERP``, ``ETH/USDT``, copies of
+the same series) share one risk profile with ``max_concurrent_positions=2``. A kill in the middle of
+an instant makes the restart replay it for pairs that had ticked it, and each process life starts
+the pairs in another (rotated) order, so a restarted pair may tick before a stored position's own
+pair; so this test checks invariants rather than the reference's exact trades: the profile never
+holds more than 2 positions when one opens (the journal's ``open_count`` counts positions a
+restarted process has not restored yet too), no error, no corrupt or temp file, a repeated line is
+identical to the first, no signal closes twice, and at the end the stored risk registry holds
+exactly the stored pending signals.
 """
 
 from __future__ import annotations
@@ -117,11 +119,11 @@ def run_with_kills(csv: Path, workdir: Path, minutes: int, rng: random.Random, k
                    mean_delay: float, extra: tuple[str, ...] = ()) -> PassStats:
     """Run the child to the end of its data, SIGKILLing it up to `kills_wanted` times."""
     stats = PassStats()
-    cmd = _child_cmd(csv, workdir, minutes, extra)
     while True:
         stats.lives += 1
         assert stats.lives <= kills_wanted + 2, "the child never finishes"
-        proc = _start(cmd, workdir)
+        rotate = ("--rotate", str(stats.lives - 1)) if "--symbols" in extra else ()
+        proc = _start(_child_cmd(csv, workdir, minutes, (*extra, *rotate)), workdir)
         first = _wait_ready(proc)
         if first == "done":
             assert proc.wait(timeout=60) == 0
@@ -135,7 +137,10 @@ def run_with_kills(csv: Path, workdir: Path, minutes: int, rng: random.Random, k
             code = proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
-            assert proc.wait(timeout=60) == -signal.SIGKILL
+            code = proc.wait(timeout=60)
+            if code == 0:  # it reached the end of its data just before the kill landed
+                return stats
+            assert code == -signal.SIGKILL, (workdir / "stderr.log").read_text()
             stats.kills += 1
             stats.kill_delays.append(delay)
             continue
@@ -260,7 +265,7 @@ def test_kill9_shared_risk_profile(tmp_path: Path, request: pytest.FixtureReques
     option = request.config.getoption("--trials")
     trials = int(option if option is not None else os.environ.get("BK_KILLTEST_TRIALS", SHARED_DEFAULT_TRIALS))
     csv = bk.bundled_sample_path()
-    minutes = int(os.environ.get("BK_KILLTEST_MINUTES", "2880"))
+    minutes = int(os.environ.get("BK_KILLTEST_MINUTES", "1440"))  # churning: ~560 trades a day
     seed = int(os.environ.get("BK_KILLTEST_SEED", str(random.SystemRandom().randrange(2**32))))
     extra = ("--symbols", ",".join(SHARED_SYMBOLS), "--risk-limit", str(SHARED_LIMIT))
     print(f"\nkilltest shared: seed={seed} trials={trials} minutes={minutes} (BK_KILLTEST_SEED={seed} to replay)")
@@ -273,7 +278,7 @@ def test_kill9_shared_risk_profile(tmp_path: Path, request: pytest.FixtureReques
     ref_stats = PassStats()
     check_shared_pass(reference, ref_stats, SHARED_LIMIT)
     check_shared_state(reference_dir, SHARED_LIMIT)
-    if minutes == 2880:  # the slice makes the three pairs compete for the two slots
+    if minutes >= 60:  # the churn makes the three pairs compete for the two slots at once
         assert ref_stats.max_open == SHARED_LIMIT
         assert {r["result"]["symbol"] for r in reference if r["action"] == "opened"} == set(SHARED_SYMBOLS)
 
