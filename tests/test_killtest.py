@@ -3,7 +3,7 @@
     pytest -m killtest -s                     # these tests alone (30 + 20 kills), with their figures
     pytest -m killtest -s --trials 500        # more kills, in each test (or BK_KILLTEST_TRIALS=500)
     BK_KILLTEST_SEED=1234 pytest -m killtest  # replay one random schedule
-    BK_KILLTEST_MINUTES=1440                  # length of the traded slice (default 2880 = 2 days)
+    BK_KILLTEST_MINUTES=1440                  # length of the traded slice (default 2880, shared: 1440)
 
 Both tests use the candles bundled with the package (`bk.bundled_sample_path()`), so they never skip.
 

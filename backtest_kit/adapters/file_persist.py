@@ -12,7 +12,8 @@ Why each piece exists:
   the target; the directory is ``fsync``-ed afterwards so the rename itself survives a power loss.
 * **Orphan sweep.** A temp file can only outlive its write if the process died mid-write, so the first
   use of each entity directory deletes every ``.tmp-*`` file in it (decision 4). This assumes one
-  process owns a ``base_dir`` at a time: a second process's in-flight temp file would be swept too.
+  process owns a ``base_dir`` at a time (a second process's in-flight temp file would be swept too),
+  which the directory lock below enforces for engines.
 * **Private files.** Snapshots reveal positions and strategy names, so files are created ``0o600`` and
   the directories this class creates ``0o700``, set explicitly (``chmod``) rather than trusting umask.
   Directories that already existed are left alone.

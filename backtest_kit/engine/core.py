@@ -347,6 +347,7 @@ class Engine(ListenMixin):
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.bus.drain()
         self._persist_holds = 0  # a run never iterated still held it
+        self.live._holding.clear()
         self._release_locks()
         for client in list(self._exchanges.values()):
             try:
