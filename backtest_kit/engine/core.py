@@ -262,10 +262,10 @@ class Engine(ListenMixin):
     def _signal_store(self, symbol: str, strategy_name: str, exchange_name: str) -> PersistedSignalStore:
         return PersistedSignalStore(
             self.persist_for, symbol, strategy_name, self.report_error, exchange_name=exchange_name,
-            check_row=self.restored_row_problems,
+            check_row=self._restored_row_problems,
         )
 
-    def restored_row_problems(self, row: SignalRow) -> list[str]:
+    def _restored_row_problems(self, row: SignalRow) -> list[str]:
         """Why a stored signal row may not be restored now (creation checks, clock sanity)."""
         from .validation import restored_row_problems
 

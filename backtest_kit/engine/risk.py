@@ -241,7 +241,7 @@ class RiskState:
                 continue
             if row.strategy_name not in strategies or strategies.get(row.strategy_name).risk_name != self.name:
                 continue
-            if engine.restored_row_problems(row):
+            if engine._restored_row_problems(row):
                 continue
             pkey = position_key(row.strategy_name, row.symbol)
             current = counted.get(pkey)
