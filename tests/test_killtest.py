@@ -1,17 +1,19 @@
 """Kill -9 harness: SIGKILL a live paper-trading process at random moments, restart it, compare.
 
-    pytest -m killtest -s                     # this test alone (30 kills), with its figures printed
-    pytest -m killtest -s --trials 500        # more kills (or BK_KILLTEST_TRIALS=500)
+    pytest -m killtest -s                     # these tests alone (30 + 20 kills), with their figures
+    pytest -m killtest -s --trials 500        # more kills, in each test (or BK_KILLTEST_TRIALS=500)
     BK_KILLTEST_SEED=1234 pytest -m killtest  # replay one random schedule
-    BK_KILLTEST_MINUTES=1440                  # length of the traded slice (default 2880 = 2 days)
+    BK_KILLTEST_MINUTES=1440                  # length of the traded slice (default 2880, shared: 1440)
 
-The child (`tests/killtest_child.py`, see its docstring for the rules that make runs comparable) runs
-live mode over a replay of real BTCUSDT 1m candles with the default `FilePersist`, journaling every
-opened / scheduled / closed / cancelled result to an fsync-ed append-only file. The parent first runs
-it once without interruption (the reference), then runs it again in a fresh directory, killing it
-with SIGKILL after a random delay (``random.Random(seed)``, the seed is printed) and restarting it
-until its data ends, as many times as needed for `--trials` kills (starting another pass when one
-ends first). Each interrupted pass must match the reference.
+Both tests use the candles bundled with the package (`bk.bundled_sample_path()`), so they never skip.
+
+`test_kill9_harness`: the child (`tests/killtest_child.py`, see its docstring for the rules that
+make runs comparable) runs live mode over a replay of real BTCUSDT 1m candles with the default
+`FilePersist`, journaling every opened / scheduled / closed / cancelled result to an fsync-ed
+append-only file. The parent first runs it once without interruption (the reference), then runs it
+again in a fresh directory, killing it with SIGKILL after a random delay (``random.Random(seed)``,
+the seed is printed) and restarting it until its data ends, as many times as needed for `--trials`
+kills (starting another pass when one ends first). Each interrupted pass must match the reference.
 
 The check, and why journal lines may repeat or be missing:
 
@@ -27,7 +29,18 @@ The check, and why journal lines may repeat or be missing:
   (ids, prices, timestamps, PnL) is identical, each id is closed at most once, no id opens twice, and
   every opened id is closed exactly once unless it is still open at the end of the reference too.
 * No errors were reported, no ``.corrupt-*`` file was ever produced (atomic writes never leave a torn
-  snapshot), orphan temp files were swept, and the final stored state equals the reference's.
+  snapshot), orphan temp files were swept, and the final stored state equals the reference's (the
+  directory's ``.lock`` file aside: it names the process that held it).
+
+`test_kill9_shared_risk_profile`: three symbols (``BTC/USDT``, ``BTC-PERP``, ``ETH/USDT``, copies of
+the same series) share one risk profile with ``max_concurrent_positions=2``. A kill in the middle of
+an instant makes the restart replay it for pairs that had ticked it, and each process life starts
+the pairs in another (rotated) order, so a restarted pair may tick before a stored position's own
+pair; so this test checks invariants rather than the reference's exact trades: the profile never
+holds more than 2 positions when one opens (the journal's ``open_count`` counts positions a
+restarted process has not restored yet too), no error, no corrupt or temp file, a repeated line is
+identical to the first, no signal closes twice, and at the end the stored risk registry holds
+exactly the stored pending signals.
 """
 
 from __future__ import annotations
@@ -45,12 +58,16 @@ from typing import Any
 import msgspec
 import pytest
 
+import backtest_kit as bk
+
 pytestmark = pytest.mark.killtest
 
 CHILD = Path(__file__).with_name("killtest_child.py")
-CSV_NAME = "BTCUSDT-1m-7d.csv"
 MAX_PASSES = 100
 KILLS_PER_PASS = 30  # more trials run more passes, so kill delays stay spread over a whole pass
+SHARED_SYMBOLS = ("BTC/USDT", "BTC-PERP", "ETH/USDT")
+SHARED_LIMIT = 2
+SHARED_DEFAULT_TRIALS = 20  # keeps the CI run of both tests well under a minute on two cores
 
 
 @dataclass
@@ -59,11 +76,20 @@ class PassStats:
     lives: int = 0
     duplicates: int = 0
     lost_announcements: int = 0
+    max_open: int = 0
     kill_delays: list[float] = field(default_factory=list)
 
+    def add(self, other: PassStats) -> None:
+        self.kills += other.kills
+        self.lives += other.lives
+        self.duplicates += other.duplicates
+        self.lost_announcements += other.lost_announcements
+        self.max_open = max(self.max_open, other.max_open)
 
-def _child_cmd(csv: Path, workdir: Path, minutes: int) -> list[str]:
-    return [sys.executable, str(CHILD), "--csv", str(csv), "--workdir", str(workdir), "--minutes", str(minutes)]
+
+def _child_cmd(csv: Path, workdir: Path, minutes: int, extra: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, str(CHILD), "--csv", str(csv), "--workdir", str(workdir), "--minutes", str(minutes),
+            *extra]
 
 
 def _start(cmd: list[str], workdir: Path) -> subprocess.Popen[bytes]:
@@ -80,9 +106,9 @@ def _wait_ready(proc: subprocess.Popen[bytes]) -> str:
     return proc.stdout.readline().decode().strip()
 
 
-def run_uninterrupted(csv: Path, workdir: Path, minutes: int) -> float:
+def run_uninterrupted(csv: Path, workdir: Path, minutes: int, extra: tuple[str, ...] = ()) -> float:
     """The reference run; returns its duration from "ready" to exit (seconds)."""
-    proc = _start(_child_cmd(csv, workdir, minutes), workdir)
+    proc = _start(_child_cmd(csv, workdir, minutes, extra), workdir)
     assert _wait_ready(proc) == "ready"
     started = time.perf_counter()
     assert proc.wait(timeout=300) == 0, (workdir / "stderr.log").read_text()
@@ -90,14 +116,14 @@ def run_uninterrupted(csv: Path, workdir: Path, minutes: int) -> float:
 
 
 def run_with_kills(csv: Path, workdir: Path, minutes: int, rng: random.Random, kills_wanted: int,
-                   mean_delay: float) -> PassStats:
+                   mean_delay: float, extra: tuple[str, ...] = ()) -> PassStats:
     """Run the child to the end of its data, SIGKILLing it up to `kills_wanted` times."""
     stats = PassStats()
-    cmd = _child_cmd(csv, workdir, minutes)
     while True:
         stats.lives += 1
         assert stats.lives <= kills_wanted + 2, "the child never finishes"
-        proc = _start(cmd, workdir)
+        rotate = ("--rotate", str(stats.lives - 1)) if "--symbols" in extra else ()
+        proc = _start(_child_cmd(csv, workdir, minutes, (*extra, *rotate)), workdir)
         first = _wait_ready(proc)
         if first == "done":
             assert proc.wait(timeout=60) == 0
@@ -111,7 +137,10 @@ def run_with_kills(csv: Path, workdir: Path, minutes: int, rng: random.Random, k
             code = proc.wait(timeout=delay)
         except subprocess.TimeoutExpired:
             os.kill(proc.pid, signal.SIGKILL)
-            assert proc.wait(timeout=60) == -signal.SIGKILL
+            code = proc.wait(timeout=60)
+            if code == 0:  # it reached the end of its data just before the kill landed
+                return stats
+            assert code == -signal.SIGKILL, (workdir / "stderr.log").read_text()
             stats.kills += 1
             stats.kill_delays.append(delay)
             continue
@@ -125,8 +154,10 @@ def read_journal(workdir: Path) -> list[dict[str, Any]]:
 
 
 def stored_state(workdir: Path) -> dict[str, bytes]:
+    """Every stored file but the directory lock (its text names the process that last held it)."""
     data = workdir / "data"
-    return {str(p.relative_to(data)): p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(data)): p.read_bytes() for p in sorted(data.rglob("*"))
+            if p.is_file() and p.name != ".lock"}
 
 
 def check_pass(reference: list[dict[str, Any]], journal: list[dict[str, Any]], stats: PassStats) -> None:
@@ -161,10 +192,8 @@ def check_pass(reference: list[dict[str, Any]], journal: list[dict[str, Any]], s
     assert {i for i in opened_ids if (i, "closed") in present} == opened_ids - still_open
 
 
-def test_kill9_harness(tmp_path: Path, shared_data: Path, kill_trials: int) -> None:
-    csv = shared_data / CSV_NAME
-    if not csv.exists():
-        pytest.skip(f"{csv} not found")
+def test_kill9_harness(tmp_path: Path, kill_trials: int) -> None:
+    csv = bk.bundled_sample_path()
     minutes = int(os.environ.get("BK_KILLTEST_MINUTES", "2880"))
     seed = int(os.environ.get("BK_KILLTEST_SEED", str(random.SystemRandom().randrange(2**32))))
     print(f"\nkilltest: seed={seed} trials={kill_trials} minutes={minutes} (BK_KILLTEST_SEED={seed} to replay)")
@@ -191,10 +220,7 @@ def test_kill9_harness(tmp_path: Path, shared_data: Path, kill_trials: int) -> N
         state = stored_state(workdir)
         assert not [name for name in state if ".corrupt-" in name or "/.tmp-" in name], sorted(state)
         assert state == reference_state
-        totals.kills += stats.kills
-        totals.lives += stats.lives
-        totals.duplicates += stats.duplicates
-        totals.lost_announcements += stats.lost_announcements
+        totals.add(stats)
     elapsed = time.perf_counter() - started
     print(
         f"killtest: {totals.kills} kills over {passes} pass(es), {totals.lives} process lives; "
@@ -202,4 +228,77 @@ def test_kill9_harness(tmp_path: Path, shared_data: Path, kill_trials: int) -> N
         f"{actions.count('cancelled')} cancelled, pass {duration:.2f}s; "
         f"duplicates collapsed {totals.duplicates}, open/schedule lines lost {totals.lost_announcements}; "
         f"total {elapsed:.1f}s"
+    )
+
+
+def check_shared_pass(journal: list[dict[str, Any]], stats: PassStats, limit: int) -> None:
+    """The invariants of a pass of several symbols under one profile (module docstring)."""
+    errors = [r for r in journal if r["action"] == "error"]
+    assert errors == [], errors
+    first: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in journal:
+        key = (record["id"], record["action"])
+        if key in first:
+            assert record == first[key], f"{key} journaled twice with different content"
+            stats.duplicates += 1
+        else:
+            first[key] = record
+    opened = [r for r in journal if r["action"] == "opened"]
+    stats.max_open = max([stats.max_open, *(r["open_count"] for r in opened)])
+    over = [(r["tick"], r["result"]["symbol"], r["open_count"]) for r in opened if r["open_count"] > limit]
+    assert over == [], f"max_concurrent_positions={limit} exceeded: {over}"
+    finished = [i for i, action in first if action in ("closed", "cancelled")]
+    assert len(finished) == len(set(finished)), "a signal was closed twice"
+
+
+def check_shared_state(workdir: Path, limit: int) -> None:
+    """No corrupt or temp file; the stored registry holds exactly the stored pending signals."""
+    state = stored_state(workdir)
+    assert not [name for name in state if ".corrupt-" in name or "/.tmp-" in name], sorted(state)
+    pending = sorted(msgspec.json.decode(data)["id"] for name, data in state.items() if name.startswith("signals/"))
+    risk = state.get("risk/shared.json")
+    registered = sorted(pos["signal"]["id"] for _, pos in msgspec.json.decode(risk)) if risk is not None else []
+    assert registered == pending and len(pending) <= limit
+
+
+def test_kill9_shared_risk_profile(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    option = request.config.getoption("--trials")
+    trials = int(option if option is not None else os.environ.get("BK_KILLTEST_TRIALS", SHARED_DEFAULT_TRIALS))
+    csv = bk.bundled_sample_path()
+    minutes = int(os.environ.get("BK_KILLTEST_MINUTES", "1440"))  # churning: ~560 trades a day
+    seed = int(os.environ.get("BK_KILLTEST_SEED", str(random.SystemRandom().randrange(2**32))))
+    extra = ("--symbols", ",".join(SHARED_SYMBOLS), "--risk-limit", str(SHARED_LIMIT))
+    print(f"\nkilltest shared: seed={seed} trials={trials} minutes={minutes} (BK_KILLTEST_SEED={seed} to replay)")
+    rng = random.Random(seed)
+    started = time.perf_counter()
+
+    reference_dir = tmp_path / "reference"
+    duration = run_uninterrupted(csv, reference_dir, minutes, extra)
+    reference = read_journal(reference_dir)
+    ref_stats = PassStats()
+    check_shared_pass(reference, ref_stats, SHARED_LIMIT)
+    check_shared_state(reference_dir, SHARED_LIMIT)
+    if minutes >= 60:  # the churn makes the three pairs compete for the two slots at once
+        assert ref_stats.max_open == SHARED_LIMIT
+        assert {r["result"]["symbol"] for r in reference if r["action"] == "opened"} == set(SHARED_SYMBOLS)
+
+    totals = PassStats()
+    passes = 0
+    while totals.kills < trials:
+        passes += 1
+        assert passes <= MAX_PASSES
+        wanted = min(trials - totals.kills, KILLS_PER_PASS)
+        workdir = tmp_path / f"pass-{passes}"
+        stats = run_with_kills(csv, workdir, minutes, rng, wanted, duration / wanted, extra)
+        check_shared_pass(read_journal(workdir), stats, SHARED_LIMIT)
+        check_shared_state(workdir, SHARED_LIMIT)
+        totals.add(stats)
+    elapsed = time.perf_counter() - started
+    actions = [r["action"] for r in reference]
+    print(
+        f"killtest shared: {totals.kills} kills over {passes} pass(es), {totals.lives} process lives; "
+        f"reference: {actions.count('opened')} opened, {actions.count('closed')} closed, "
+        f"{actions.count('cancelled')} cancelled, pass {duration:.2f}s; max concurrent positions seen "
+        f"{totals.max_open} (reference {ref_stats.max_open}, limit {SHARED_LIMIT}); duplicates collapsed "
+        f"{totals.duplicates}; total {elapsed:.1f}s"
     )

@@ -12,7 +12,8 @@ Why each piece exists:
   the target; the directory is ``fsync``-ed afterwards so the rename itself survives a power loss.
 * **Orphan sweep.** A temp file can only outlive its write if the process died mid-write, so the first
   use of each entity directory deletes every ``.tmp-*`` file in it (decision 4). This assumes one
-  process owns a ``base_dir`` at a time: a second process's in-flight temp file would be swept too.
+  process owns a ``base_dir`` at a time (a second process's in-flight temp file would be swept too),
+  which the directory lock below enforces for engines.
 * **Private files.** Snapshots reveal positions and strategy names, so files are created ``0o600`` and
   the directories this class creates ``0o700``, set explicitly (``chmod``) rather than trusting umask.
   Directories that already existed are left alone.
@@ -38,6 +39,15 @@ Naming scheme (entity and key are arbitrary text: ``/``, ``\\``, NUL, ``..``, em
    way to name it. ``delete`` leaves the sidecar (a concurrent re-write could otherwise lose it); the
    start-up sweep removes sidecars whose data file is gone.
 
+One engine per directory (hardening item 3): `acquire_lock` takes an exclusive ``flock`` on
+``<base_dir>/.lock`` (non-blocking) and writes ``pid=<pid> host=<host>`` into it; a second holder,
+in this process or another, gets a `PersistError` naming the first one's pid and host and changes
+nothing. A directory where the lock file cannot be made, or without ``flock`` support, runs unlocked
+(its operations report their own errors). The engine holds the lock while it has live runs;
+`release_lock` (or the OS, when the process dies, even by SIGKILL) frees it, so a restart after a
+crash just works. The lock file is not an entity
+directory and never listed by `keys()`. Platforms without ``fcntl`` (Windows) run without the lock.
+
 ``keys()`` lists only ``*.json`` files whose stem is a canonical encoding produced by this scheme; temp
 files, quarantined files, sidecars and foreign files are ignored.
 
@@ -54,14 +64,21 @@ import errno as errno_mod
 import hashlib
 import os
 import secrets
+import socket
 import stat
 import threading
+import weakref
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, ParamSpec, TypeVar
+from typing import Any, Final, ParamSpec, TypeVar
 
 from backtest_kit.engine.errors import PersistError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["FilePersist"]
 
@@ -76,6 +93,7 @@ _MAX_NAME: Final = 150  # bytes of a full entry name: "<stem>.json", or a direct
 _MAX_KEY_STEM: Final = _MAX_NAME - len(_SUFFIX)
 _HASH_HEX: Final = 32  # 128 bits of sha256: collisions are not a practical concern
 _HASH_MARK: Final = "~"
+_LOCK_NAME: Final = ".lock"
 _FILE_MODE: Final = 0o600
 _DIR_MODE: Final = 0o700
 _SAFE: Final = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
@@ -219,6 +237,7 @@ class FilePersist:
         self._fsync = fsync
         self._prepared: set[str] = set()  # entity directory names already created and swept
         self._lock = threading.Lock()  # guards `_prepared` and the sweep across worker threads
+        self._dir_lock: weakref.finalize[Any, Any] | None = None  # closes the lock fd, even on GC
 
     @property
     def base_dir(self) -> Path:
@@ -228,6 +247,56 @@ class FilePersist:
     def path_for(self, entity: str, key: str) -> Path:
         """Where `key` of `entity` is (or would be) stored; no I/O. Useful for logs and debugging."""
         return self._entity_dir(entity) / (_safe_name(key, _MAX_KEY_STEM)[0] + _SUFFIX)
+
+    # ------------------------------------------------------------------ one owner per directory
+    @property
+    def lock_path(self) -> Path:
+        """The file whose ``flock`` says which process owns this directory."""
+        return self._base_dir / _LOCK_NAME
+
+    @property
+    def locked(self) -> bool:
+        """True while this instance holds the directory lock."""
+        return self._dir_lock is not None and self._dir_lock.alive
+
+    def acquire_lock(self) -> None:
+        """Take the directory lock (idempotent; one short blocking call, no waiting).
+
+        Raises `PersistError` naming the holder's pid and host when another `FilePersist` (another
+        engine, here or in another process) holds it; nothing in the directory is changed then.
+        """
+        if fcntl is None or self.locked:
+            return
+        path = self.lock_path
+        try:
+            _make_dirs(self._base_dir, fsync=self._fsync)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), _FILE_MODE)
+        except OSError:
+            return  # an unusable directory: every operation reports its own PersistError, as before
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "an unknown process"
+            os.close(fd)
+            if exc.errno not in (errno_mod.EWOULDBLOCK, errno_mod.EAGAIN):
+                return  # no flock support here (e.g. some network file systems): run unlocked
+            raise PersistError(
+                f"persist directory {self._base_dir} is in use by another engine ({holder}; lock file "
+                f"{path}); two engines on one directory would overwrite each other's positions: stop "
+                "that one first or give this engine another persist_dir"
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid={os.getpid()} host={socket.gethostname()}\n".encode(), 0)
+        except OSError:
+            pass  # the flock is what counts; the text only names the holder in the error
+        self._dir_lock = weakref.finalize(self, os.close, fd)
+
+    def release_lock(self) -> None:
+        """Give the directory lock back (closing the descriptor drops the flock); idempotent."""
+        finalizer, self._dir_lock = self._dir_lock, None
+        if finalizer is not None:
+            finalizer()
 
     # ------------------------------------------------------------------ public async API
 

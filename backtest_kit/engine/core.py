@@ -23,6 +23,7 @@ from .errors import ConfigError
 from .exchange import ExchangeClient
 from .live import LiveRunner
 from .logger import EngineLogger, LoggerLike
+from .models import SignalRow
 from .partial import PartialFacade, PartialService
 from .performance_stats import PerformanceFacade
 from .persist import ENTITY_PARTIAL, ENTITY_RISK, ENTITY_SCHEDULES, ENTITY_SIGNALS, PersistBackend
@@ -86,6 +87,8 @@ class Engine(ListenMixin):
         self._env = RunEnv(config=self._get_config, logger=self.logger, report_error=self.report_error)
         self._persist: PersistBackend | None = None
         self._persist_by_entity: dict[str, PersistBackend] = {}
+        self._persist_holds = 0  # live runs holding the persist directory lock (hardening item 3)
+        self._persist_locked: list[Any] = []
 
     # ------------------------------------------------------------------ facade aliases
     # The module-level API spells the facades `bk.Backtest`, `bk.Live`, ...; these read-only aliases
@@ -290,8 +293,47 @@ class Engine(ListenMixin):
 
     def _signal_store(self, symbol: str, strategy_name: str, exchange_name: str) -> PersistedSignalStore:
         return PersistedSignalStore(
-            self.persist_for, symbol, strategy_name, self.report_error, exchange_name=exchange_name
+            self.persist_for, symbol, strategy_name, self.report_error, exchange_name=exchange_name,
+            check_row=self._restored_row_problems,
         )
+
+    def _restored_row_problems(self, row: SignalRow) -> list[str]:
+        """Why a stored signal row may not be restored now (creation checks, clock sanity)."""
+        from .validation import restored_row_problems
+
+        return restored_row_problems(row, self.config, self.now_ms())
+
+    def _hold_persist(self) -> None:
+        """A live run starts: own the directory of every backend that can be locked (`FilePersist`).
+
+        Raises `PersistError` naming the holder when another engine owns one; nothing is touched then.
+        The lock is held while this engine has live runs and given back by the last one to end (or by
+        `close`), so a later engine, or a restart in this process, can take over.
+        """
+        if self._persist_holds == 0:
+            backends = {id(b): b for b in map(self.persist_for, PERSIST_ENTITIES)}.values()
+            lockable: list[Any] = [b for b in backends if callable(getattr(b, "acquire_lock", None))]
+            try:
+                for backend in lockable:
+                    backend.acquire_lock()
+                    self._persist_locked.append(backend)
+            except BaseException:
+                self._release_locks()
+                raise
+        self._persist_holds += 1
+
+    def _release_persist(self) -> None:
+        """A live run ended; the last one gives the directory back and forgets cached live risk state
+        (another engine may change the files before this one runs live again)."""
+        self._persist_holds = max(0, self._persist_holds - 1)
+        if self._persist_holds == 0:
+            self._release_locks()
+            self._risk.forget_live()
+
+    def _release_locks(self) -> None:
+        locked, self._persist_locked = self._persist_locked, []
+        for backend in locked:
+            backend.release_lock()
 
     async def report_error(self, error: BaseException) -> None:
         """Log a recoverable error and publish it on the `error` channel."""
@@ -336,6 +378,9 @@ class Engine(ListenMixin):
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.bus.drain()
+        self._persist_holds = 0  # a run never iterated still held it
+        self.live._holding.clear()
+        self._release_locks()
         for client in list(self._exchanges.values()):
             try:
                 await client.close()

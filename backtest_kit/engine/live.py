@@ -37,6 +37,14 @@ class LiveRunner(RunnerBase[TickResult]):
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)
         self._stats: dict[tuple[str, str], LiveStats] = {}
+        self._holding: set[tuple[str, str]] = set()  # runs holding the engine's persist lock
+
+    def _ended(self, record: RunRecord) -> None:
+        """The run is over: give back its hold on the persist directory."""
+        key = (record.symbol, record.strategy_name)
+        if key in self._holding:
+            self._holding.discard(key)
+            self.engine._release_persist()
 
     def _stats_for(self, symbol: str, strategy_name: str) -> LiveStats:
         key = (symbol, strategy_name)
@@ -52,7 +60,13 @@ class LiveRunner(RunnerBase[TickResult]):
         schema = engine.registry.strategies.get(strategy_name, f"Live.{source}")
         engine.registry.exchanges.get(exchange_name, f"Live.{source}")
         instance = engine._make_instance(schema, exchange_name, symbol, backtest=False, source=f"Live.{source}")
-        record = self._start(symbol, strategy_name, exchange_name)
+        engine._hold_persist()  # a second engine on this persist directory fails here, touching nothing
+        try:
+            record = self._start(symbol, strategy_name, exchange_name)
+        except BaseException:
+            engine._release_persist()
+            raise
+        self._holding.add((symbol, strategy_name))
         record.instance = instance
         self._stats[(symbol, strategy_name)] = LiveStats(engine.config.MAX_EVENTS)
         engine.schedule.reset(symbol, strategy_name)
@@ -99,7 +113,16 @@ class LiveRunner(RunnerBase[TickResult]):
             attached.enter_context(self._attached())
             while True:
                 if instance.stopped and not instance.has_signal:
-                    return
+                    if instance.restored:
+                        return
+                    try:  # a stop before the first tick must still find and monitor a stored position
+                        await instance.restore(engine.now_ms())
+                    except Exception as exc:
+                        await engine.report_error(exc)
+                        await self._sleep(record)
+                        continue
+                    if not instance.has_signal:
+                        return
                 now = engine.now_ms()
                 timed = bus.has_listeners("performance")
                 started = time.perf_counter() if timed else 0.0

@@ -1,4 +1,23 @@
-"""Turning user-given names (symbols, strategy names) into safe single file-name components."""
+"""Turning user-given names (symbols, strategy names) into safe file names and unique state keys.
+
+State keys (decision 14, hardening item 2). Persisted state is keyed by a *pair* of user names:
+``<symbol>-<strategy>`` for signals, schedules and partial levels, ``<strategy>:<symbol>`` for a
+position in a risk registry. Joining raw names is not injective (``("BTC-PERP", "x")`` and
+``("BTC", "PERP-x")`` both give ``BTC-PERP-x``), so the *first* name is escaped before the join:
+
+* in the first name, ``%`` becomes ``%25`` and the separator becomes ``%2D`` (``-``) or ``%3A``
+  (``:``); nothing else changes, and the second name is kept as it is;
+* the key is ``<escaped first><separator><second>``.
+
+The escaped first name holds no separator, so the key's first separator is the join, and unescaping
+the part before it gives the first name back exactly (`split_pair_key`): no two pairs share a key.
+Every name without ``%`` or the separator in the first position keeps the seed's key, so
+``BTCUSDT-rsi`` and ``BTCUSDT-sma-1m`` (files ``signals/BTCUSDT-sma-1m.json``) are unchanged, while
+``("BTC-PERP", "x")`` becomes ``BTC%2DPERP-x``. The storage backend then makes the key safe for itself
+(`FilePersist` percent-encodes ``/``, ``:`` and ``%``), which is injective as well.
+
+`legacy_pair_key` is the pre-escaping key, used only to find state written by older versions.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +25,11 @@ import hashlib
 import re
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+_KEY_ESCAPES = {"%": "%25", "-": "%2D", ":": "%3A"}
+_KEY_UNESCAPE = re.compile(r"%(25|2D|3A)")
+_KEY_UNESCAPES = {"25": "%", "2D": "-", "3A": ":"}
+SIGNAL_SEPARATOR = "-"
+POSITION_SEPARATOR = ":"
 
 
 def safe_file_name(name: str, max_length: int = 120) -> str:
@@ -15,3 +39,26 @@ def safe_file_name(name: str, max_length: int = 120) -> str:
         return cleaned
     digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     return f"{cleaned[: max_length - 11]}-{digest}"
+
+
+def pair_key(first: str, second: str, separator: str = SIGNAL_SEPARATOR) -> str:
+    """The injective key of two names joined by `separator` ("-" or ":"); see the module docstring."""
+    if "%" in first or separator in first:
+        first = first.replace("%", "%25").replace(separator, _KEY_ESCAPES[separator])
+    return f"{first}{separator}{second}"
+
+
+def split_pair_key(key: str, separator: str = SIGNAL_SEPARATOR) -> tuple[str, str]:
+    """The two names of a `pair_key`; raises ValueError naming the key when it is not one."""
+    first, found, second = key.partition(separator)
+    if not found:
+        raise ValueError(f"key {key!r} has no {separator!r} between two names")
+    name = _KEY_UNESCAPE.sub(lambda m: _KEY_UNESCAPES[m.group(1)], first)
+    if pair_key(name, second, separator) != key:  # only canonical keys: one key per pair
+        raise ValueError(f"key {key!r}: {first!r} is not an escaped name")
+    return name, second
+
+
+def legacy_pair_key(first: str, second: str, separator: str = SIGNAL_SEPARATOR) -> str:
+    """The key older versions used (plain join, not injective): only to find their files."""
+    return f"{first}{separator}{second}"

@@ -12,11 +12,11 @@ tracker keeps only `top` per side, so an evaluation that reaches no new level co
 and two comparisons.
 
 Persistence (03 §3.4 port decision): live mode only, one document per pair (entity `partial`, key
-`<symbol>-<strategy>`, `{signal_id: {"profit_levels": [...], "loss_levels": [...]}}`), read once when
-the tracker is first used, written after every evaluation that reached a new level (before the events
-are published, so a crash can lose a notification but never repeat one), and updated when the signal
-closes. A restarted live process therefore does not re-emit levels it emitted before. Backtests never
-read or write it.
+`<symbol>-<strategy>` escaped as in `naming.pair_key`, `{signal_id: {"profit_levels": [...],
+"loss_levels": [...]}}`), read once when the tracker is first used, written after every evaluation
+that reached a new level (before the events are published, so a crash can lose a notification but
+never repeat one), and updated when the signal closes. A restarted live process therefore does not
+re-emit levels it emitted before. Backtests never read or write it.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from msgspec import Struct
 from .intervals import MINUTE_MS
 from .lifecycle import window_vwap
 from .models import Candle, PartialEvent, SignalRow
+from .naming import pair_key
 from .persist import ENTITY_PARTIAL, read_snapshot
 from .report import markdown_table, save_pair_report
 
@@ -80,7 +81,7 @@ class LevelTracker:
         self._symbol = symbol
         self._strategy_name = strategy_name
         self._backtest = backtest
-        self._key = f"{symbol}-{strategy_name}"
+        self._key = pair_key(symbol, strategy_name)  # injective: see naming.py
         self._state: dict[str, list[int]] = {}  # signal id -> [top profit level, top loss level]
         self._loaded = backtest
         self._emit = engine.bus.emit

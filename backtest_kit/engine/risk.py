@@ -28,8 +28,10 @@ changes the decision.
 
 Persistence (03 §1.8 port decision): in live mode only, the registry is written through the engine's
 persistence backend (entity `risk`, key = risk name) after every add and remove, and read once when the
-live state is first used. A document that fails validation is reported on the error channel, moved
-aside when the backend can quarantine, and the registry starts empty.
+live state is first used. That first use also counts every stored pending signal of a strategy naming
+the profile (hardening item 1), so positions whose own pair has not ticked yet still hold their slots.
+A document that fails validation is reported on the error channel, moved aside when the backend can
+quarantine, and the registry is rebuilt from the stored signals.
 """
 
 from __future__ import annotations
@@ -45,10 +47,11 @@ import msgspec
 from msgspec import Struct
 
 from .models import RiskEvent, SignalRow
+from .naming import POSITION_SEPARATOR, legacy_pair_key, pair_key
 from .persist import ENTITY_RISK, ENTITY_SIGNALS, read_snapshot
 from .registry import RiskSchema, RiskValidation
 from .report import markdown_table, save_pair_report
-from .signal_store import signal_key
+from .signal_store import decode_signal_row, signal_key
 
 if TYPE_CHECKING:
     from .core import Engine
@@ -126,8 +129,9 @@ _Document = list[tuple[str, ActivePosition]]
 
 
 def position_key(strategy_name: str, symbol: str) -> str:
-    """The registry key of a pair: `"<strategy_name>:<symbol>"` (the exchange is not part of it)."""
-    return f"{strategy_name}:{symbol}"
+    """The registry key of a pair: `"<strategy_name>:<symbol>"`, each name escaped so that no two
+    pairs share a key (`naming.pair_key`); the exchange is not part of it."""
+    return pair_key(strategy_name, symbol, POSITION_SEPARATOR)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -177,27 +181,76 @@ class RiskState:
         return self.manager.engine.persist_for(ENTITY_RISK)
 
     async def ensure_loaded(self) -> None:
-        """Load the live registry once; must be called with the lock held."""
+        """Load the live registry once; must be called with the lock held.
+
+        The registry is rebuilt from the stored signals as well as read (hardening item 1): a crash
+        between the risk write and the signal delete, or a quarantined risk document, must not let
+        other pairs open past the limit before every stored position's own pair has ticked. When
+        the stored signals cannot be listed, nothing is assumed: the error propagates (the open that
+        asked fails and is retried on a later tick).
+        """
         if self.loaded:
             return
+        engine = self.manager.engine
+        document = await self._read_document()
+        counted = await self._with_stored_signals(await self._without_orphans(document))
+        self.positions = counted
         self.loaded = True
+        engine.logger.info(f"risk {self.name}: restored {len(self.positions)} live position(s)")
+        if counted != document:
+            await self.save()  # rebuilt (e.g. after a quarantine): the document says what the signals say
+
+    async def _read_document(self) -> dict[str, ActivePosition]:
+        """The stored registry, or {} when absent or set aside as invalid (reported)."""
         engine = self.manager.engine
 
         def parse(data: bytes) -> dict[str, ActivePosition]:
             restored: dict[str, ActivePosition] = {}
             for key, pos in msgspec.json.decode(data, type=_Document):
                 expected = position_key(pos.strategy_name, pos.symbol)
-                if key != expected:
+                legacy = legacy_pair_key(pos.strategy_name, pos.symbol, POSITION_SEPARATOR)
+                if key != expected and key != legacy:  # older versions joined the names unescaped
                     raise ValueError(f"key {key!r} does not match its position ({expected!r})")
                 restored[key] = pos
             return restored
 
         restored = await read_snapshot(self._backend(), ENTITY_RISK, self.name, parse,
                                        f"risk {self.name} positions", engine.report_error)
-        if restored is None:
-            return
-        self.positions = await self._without_orphans(restored)
-        engine.logger.info(f"risk {self.name}: restored {len(self.positions)} live position(s)")
+        return restored if restored is not None else {}
+
+    async def _with_stored_signals(self, positions: dict[str, ActivePosition]) -> dict[str, ActivePosition]:
+        """`positions` plus every stored pending signal of a strategy that names this profile.
+
+        Rows their own instance would refuse to restore (item 5 checks) are not counted: that
+        instance sets them aside. A strategy this engine does not know cannot be attributed to a
+        profile, so only the risk document speaks for it.
+        """
+        engine = self.manager.engine
+        strategies = engine.registry.strategies
+        backend = engine.persist_for(ENTITY_SIGNALS)
+        counted = dict(positions)
+        for key in await backend.keys(ENTITY_SIGNALS):
+            data = await backend.read(ENTITY_SIGNALS, key)
+            if data is None:
+                continue
+            try:
+                row = decode_signal_row(bytes(data), scheduled=False)
+            except ValueError:
+                continue
+            if key not in (signal_key(row.symbol, row.strategy_name), legacy_pair_key(row.symbol, row.strategy_name)):
+                continue
+            if row.strategy_name not in strategies or strategies.get(row.strategy_name).risk_name != self.name:
+                continue
+            if engine._restored_row_problems(row):
+                continue
+            pkey = position_key(row.strategy_name, row.symbol)
+            current = counted.get(pkey)
+            if current is None or current.signal.id != row.id:
+                counted[pkey] = ActivePosition(
+                    signal=row, symbol=row.symbol, strategy_name=row.strategy_name,
+                    exchange_name=row.exchange_name, open_timestamp=row.pending_at,
+                )
+        return counted
 
     async def _without_orphans(self, positions: dict[str, ActivePosition]) -> dict[str, ActivePosition]:
         """Drop positions whose signal was never saved (a crash between the risk write and the
@@ -428,6 +481,13 @@ class RiskManager:
         for key in list(self._events):
             if (symbol is None or key[0] == symbol) and (strategy_name is None or key[1] == strategy_name):
                 del self._events[key]
+
+    def forget_live(self) -> None:
+        """Drop the cached live registries: the next live use reads (and recounts) the stored state."""
+        for state in self._states.values():
+            if not state.backtest:
+                state.positions = {}
+                state.loaded = False
 
     def iter_states(self) -> Iterator[RiskState]:
         return iter(self._states.values())

@@ -161,6 +161,7 @@ class RunnerBase(Generic[R]):
             finally:
                 record.status = "done"
                 await _aclose(body)
+                self._ended(record)
 
         return foreground()
 
@@ -180,6 +181,7 @@ class RunnerBase(Generic[R]):
             finally:
                 await _aclose(body)
                 record.status = "done"
+                self._ended(record)
                 await self._publish_done(record)
 
         task = loop.create_task(consume(), name=f"backtest-kit {self.mode} {record.symbol} {record.strategy_name}")
@@ -197,6 +199,9 @@ class RunnerBase(Generic[R]):
             DoneEvent(symbol=record.symbol, strategy_name=record.strategy_name,
                       exchange_name=record.exchange_name, backtest=self.backtest),
         )
+
+    def _ended(self, record: RunRecord) -> None:
+        """Hook: a run's body has finished (whatever the reason)."""
 
     # ------------------------------------------------------------------ reports
     def _dump_path(self, symbol: str, strategy_name: str, path: str | Path | None) -> Path:

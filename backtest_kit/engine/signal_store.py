@@ -1,9 +1,13 @@
 """`PersistedSignalStore`: the live instance's pending and scheduled signal, kept in a `PersistBackend`.
 
 Layout (decision 14): entity ``"signals"`` holds the pending row and entity ``"schedules"`` the waiting
-limit row, both under the key ``"<symbol>-<strategy>"``; with the default `FilePersist` that is
-``<persist_dir>/signals/<symbol>-<strategy>.json`` and ``<persist_dir>/schedules/<symbol>-<strategy>.json``.
-A row is msgspec JSON of `SignalRow`; "no row" is the absence of the key.
+limit row, both under the key ``"<symbol>-<strategy>"`` with each name escaped so that no two pairs
+share a key (`naming.pair_key`: ``BTC-PERP`` / ``x`` is ``BTC%2DPERP-x``; plain names are unchanged);
+with the default `FilePersist` that is ``<persist_dir>/signals/<symbol>-<strategy>.json`` and
+``<persist_dir>/schedules/<symbol>-<strategy>.json``. A row is msgspec JSON of `SignalRow`; "no row" is
+the absence of the key. A pair whose key changed with the escaping (a name holding ``-``, ``:`` or
+``%``) also looks under the old plain-join key when nothing is stored under the new one, and takes the
+row over (rewritten under the new key, then the old file removed) only when the row names this pair.
 
 Ordering rules (what survives a crash at any instant):
 
@@ -40,6 +44,7 @@ import msgspec
 
 from .errors import PersistError
 from .models import SignalRow
+from .naming import legacy_pair_key, pair_key
 from .persist import ENTITY_SCHEDULES, ENTITY_SIGNALS, PersistBackend, set_aside
 
 __all__ = ["PersistedSignalStore", "decode_signal_row", "encode_signal_row", "signal_key"]
@@ -49,8 +54,8 @@ _DECODER: Final = msgspec.json.Decoder(SignalRow, strict=True)
 
 
 def signal_key(symbol: str, strategy_name: str) -> str:
-    """The key of a (symbol, strategy) pair in the "signals" and "schedules" entities."""
-    return f"{symbol}-{strategy_name}"
+    """The key of a (symbol, strategy) pair in the "signals" and "schedules" entities (injective)."""
+    return pair_key(symbol, strategy_name)
 
 
 def encode_signal_row(row: SignalRow) -> bytes:
@@ -103,6 +108,15 @@ def decode_signal_row(data: bytes, *, scheduled: bool) -> SignalRow:
     return row
 
 
+def row_of_old_layout(data: bytes, key: str, *, scheduled: bool) -> bool:
+    """True when `data` is a valid row of *another* pair whose old plain-join key was `key`."""
+    try:
+        row = decode_signal_row(bytes(data), scheduled=scheduled)
+    except ValueError:
+        return False
+    return key == legacy_pair_key(row.symbol, row.strategy_name) != signal_key(row.symbol, row.strategy_name)
+
+
 def _preview(data: bytes, limit: int = 60) -> str:
     return repr(data[:limit]) + (f"...({len(data)} bytes)" if len(data) > limit else "")
 
@@ -123,13 +137,18 @@ class PersistedSignalStore:
         report_error: Callable[[BaseException], Awaitable[None]],
         *,
         exchange_name: str | None = None,
+        check_row: Callable[[SignalRow], list[str]] | None = None,
     ) -> None:
         self._persist_for = persist_for
         self.symbol = symbol
         self.strategy_name = strategy_name
         self.exchange_name = exchange_name
         self.key = signal_key(symbol, strategy_name)
+        legacy = legacy_pair_key(symbol, strategy_name)
+        self._legacy_key = legacy if legacy != self.key else None
         self._report_error = report_error
+        self._check_row = check_row  # the engine's creation-time checks plus clock sanity (item 5)
+        self.rejected = 0  # snapshots set aside by `load` so far (the instance waits a tick after one)
         # entity -> intended row (None = delete) not yet confirmed by the backend, in arrival order
         self._unsynced: dict[str, SignalRow | None] = {}
         self._failed = False  # the last attempt for some unsynced entry raised
@@ -221,14 +240,51 @@ class PersistedSignalStore:
         except Exception as exc:
             raise self._error("read", entity, exc) from exc
         if data is None:
+            return await self._load_legacy(backend, entity, scheduled=scheduled)
+        try:
+            row = decode_signal_row(bytes(data), scheduled=scheduled)
+            self._check_owner(row)
+            self._check(row)
+        except ValueError as exc:
+            if row_of_old_layout(data, self.key, scheduled=scheduled):
+                return None  # another pair's file from before the escaping: its owner takes it over
+            await self._reject(backend, entity, bytes(data), str(exc))
+            return None
+        return row
+
+    async def _load_legacy(self, backend: PersistBackend, entity: str, *, scheduled: bool) -> SignalRow | None:
+        """A row an older version stored under the plain-join key, taken over only when it is ours.
+
+        That key may belong to another pair (``BTC-PERP``/``x`` and ``BTC``/``PERP-x`` shared it), so a
+        row naming another pair, or one that does not decode, is left exactly where it is.
+        """
+        if self._legacy_key is None:
+            return None
+        try:
+            data = await backend.read(entity, self._legacy_key)
+        except Exception as exc:
+            raise self._error("read", entity, exc) from exc
+        if data is None:
             return None
         try:
             row = decode_signal_row(bytes(data), scheduled=scheduled)
             self._check_owner(row)
-        except ValueError as exc:
-            await self._reject(backend, entity, bytes(data), str(exc))
+        except ValueError:
             return None
+        try:
+            await backend.write(entity, self.key, bytes(data))  # new key first: a crash keeps one copy
+            await backend.delete(entity, self._legacy_key)
+        except Exception as exc:
+            raise self._error("write", entity, exc) from exc
         return row
+
+    def _check(self, row: SignalRow) -> None:
+        """Restored rows pass the checks new signals pass (decision 4, hardening item 5)."""
+        if self._check_row is None:
+            return
+        problems = self._check_row(row)
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def _check_owner(self, row: SignalRow) -> None:
         problems = []
@@ -243,6 +299,7 @@ class PersistedSignalStore:
 
     async def _reject(self, backend: PersistBackend, entity: str, data: bytes, reason: str) -> None:
         """Report an invalid snapshot and set it aside; never delete it."""
+        self.rejected += 1
         where = _location(backend, entity, self.key)
         try:
             moved = await set_aside(backend, entity, self.key)

@@ -101,6 +101,7 @@ class StrategyInstance:
         self.last_signal_ms: int | None = None
         self.stopped = False
         self.restored = store is None
+        self._hold = False  # a snapshot was just set aside: open nothing on this tick
         self._get_signal_is_async = inspect.iscoroutinefunction(schema.get_signal)
 
     # ------------------------------------------------------------------ helpers
@@ -156,9 +157,14 @@ class StrategyInstance:
         if self.store is not None:
             await self.store.save_scheduled(row)
 
-    async def _restore(self, now_ms: int) -> None:
-        """Read the stored state once; a load that raises leaves `restored` False (retried next tick)."""
+    async def _restore(self, now_ms: int) -> bool:
+        """Read the stored state once; a load that raises leaves `restored` False (retried next tick).
+
+        True when a stored snapshot was set aside as invalid: the tick then opens nothing, so a
+        position nobody understood is never replaced in the same instant (hardening item 6).
+        """
         assert self.store is not None
+        rejected_before = getattr(self.store, "rejected", 0)
         pending, scheduled = await self.store.load()
         self.restored = True
         if pending is not None and self._owned(pending):
@@ -179,6 +185,12 @@ class StrategyInstance:
                         await self._callback(
                             self.callbacks.on_schedule, now_ms, self.symbol, scheduled, price, self.backtest
                         )
+        return bool(getattr(self.store, "rejected", 0) != rejected_before)
+
+    async def restore(self, now_ms: int) -> None:
+        """Restore the stored state now if it was not yet (the live loop, before honouring a stop)."""
+        if not self.restored and self.store is not None:
+            self._hold = await self._restore(now_ms)
 
     async def _store_ready(self) -> bool:
         """Retry unsynced persistence; False (error reported) while the stored state is unknown."""
@@ -224,8 +236,10 @@ class StrategyInstance:
     # ------------------------------------------------------------------ tick
     async def tick(self, now_ms: int) -> TickResult:
         """One step on the tick path at `now_ms`."""
+        hold = self._hold
         if not self.restored:
-            await self._restore(now_ms)
+            hold = await self._restore(now_ms)
+        self._hold = False
         store_ready = await self._store_ready() if self.store is not None else True
         if self.pending is not None:
             return await self._monitor_pending(self.pending, now_ms)
@@ -234,7 +248,7 @@ class StrategyInstance:
                 return await self._cancel(self.scheduled, await self._price(now_ms), now_ms)
             return await self._monitor_scheduled(self.scheduled, now_ms)
         price = await self._price(now_ms)  # a dead exchange fails the tick once, here
-        if not self.stopped and store_ready and (
+        if not self.stopped and store_ready and not hold and (
             self.last_signal_ms is None or now_ms - self.last_signal_ms >= self.interval_ms
         ):
             self.last_signal_ms = now_ms

@@ -82,6 +82,8 @@ def signal_problems(row: SignalRow, current_price: float, config: Config) -> lis
                 f"price_stop_loss {sl!r} is {sl_dist:.4f}% from price_open {op!r}; "
                 f"CC_MAX_STOPLOSS_DISTANCE_PERCENT allows <= {max_sl}%"
             )
+    if prices_ok:
+        problems += _implausible_prices(row, config)
     minutes = row.minute_estimated_time
     if isinstance(minutes, bool) or not isinstance(minutes, int):
         problems.append(f"minute_estimated_time must be a whole number, got {minutes!r}")
@@ -97,6 +99,40 @@ def signal_problems(row: SignalRow, current_price: float, config: Config) -> lis
         problems.append(f"scheduled_at must be after the epoch, got {row.scheduled_at!r}")
     if row.pending_at <= 0:
         problems.append(f"pending_at must be after the epoch, got {row.pending_at!r}")
+    return problems
+
+
+def _implausible_prices(row: SignalRow, config: Config) -> list[str]:
+    """Take profit / stop loss further from price_open than the candle anomaly factor allows.
+
+    Nothing else bounds a long's take profit, so a typo (or a corrupted snapshot) like 1e300 would
+    otherwise pass; the factor already says which price jumps this engine treats as impossible.
+    """
+    factor = config.CC_GET_CANDLES_PRICE_ANOMALY_THRESHOLD_FACTOR
+    op = row.price_open
+    problems: list[str] = []
+    for name in ("price_take_profit", "price_stop_loss"):
+        value = getattr(row, name)
+        if max(value / op, op / value) > factor:
+            problems.append(
+                f"{name} {value!r} is more than CC_GET_CANDLES_PRICE_ANOMALY_THRESHOLD_FACTOR {factor:g} "
+                f"times away from price_open {op!r}"
+            )
+    return problems
+
+
+# A restarted process may run on a clock slightly behind the one that wrote the row.
+RESTORE_CLOCK_SKEW_MS = 60_000
+
+
+def restored_row_problems(row: SignalRow, config: Config, now_ms: int) -> list[str]:
+    """The checks of a new signal (prices judged at their own open price, since the market has moved
+    since), plus time sanity: a row cannot have been scheduled or opened after `now_ms`."""
+    problems = signal_problems(row, row.price_open, config)
+    for name in ("scheduled_at", "pending_at"):
+        value = getattr(row, name)
+        if value > now_ms + RESTORE_CLOCK_SKEW_MS:
+            problems.append(f"{name} {value!r} is in the future (clock now {now_ms})")
     return problems
 
 
