@@ -9,7 +9,10 @@ count instead. The async case is compared with the 400k events/s target.
 Cases:
 - 1 sync listener   (the synchronous fast path: `publish` returns None);
 - 1 async listener  (each event awaited, per-listener lock held, in order);
-- 10 listeners      (5 sync + 5 async, interleaved).
+- 10 listeners      (5 sync + 5 async, interleaved);
+- subscribe / unsubscribe churn: `--churn N` listeners (default 10,000) subscribed one by one, then
+  unsubscribed one by one (in order, then again in reverse order); each step must stay O(1), so the
+  totals grow linearly with N (the snapshot-per-change bus took 3.7 s for 10,000).
 """
 
 from __future__ import annotations
@@ -76,6 +79,21 @@ async def _run_emit(n: int) -> float:
     return elapsed
 
 
+def _churn(n: int, *, reverse: bool = False) -> tuple[float, float]:
+    """Seconds to subscribe `n` listeners one by one, then to unsubscribe them one by one."""
+    bus = bk.Engine().bus
+    before = bus.listener_count("signal")
+    callbacks = [_sync_listener([0]) for _ in range(n)]
+    start = time.perf_counter()
+    offs = [bus.subscribe("signal", fn) for fn in callbacks]
+    subscribed = time.perf_counter()
+    for off in reversed(offs) if reverse else offs:
+        off()
+    elapsed = time.perf_counter()
+    assert bus.listener_count("signal") == before
+    return subscribed - start, elapsed - subscribed
+
+
 def case(kind: str) -> tuple[list[Callable[[Any], Any]], list[list[int]]]:
     if kind == "sync":
         c = [0]
@@ -92,6 +110,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.0, help="target duration of each case")
     parser.add_argument("--events", type=int, default=0, help="fixed event count per case")
+    parser.add_argument("--churn", type=int, default=10_000, help="listeners for the subscribe/unsubscribe case")
     args = parser.parse_args()
 
     def size(run: Callable[[int], float]) -> int:
@@ -125,6 +144,11 @@ def main() -> None:
     async_rate = rows[1][2] / rows[1][1]
     emit_rate = rows[2][2] / rows[2][1]
     print(f"  async vs {TARGET:,}/s target: publish {async_rate / TARGET:.2f}x, emit {emit_rate / TARGET:.2f}x")
+    n = int(args.churn)
+    for order, reverse in (("in order", False), ("in reverse", True)):
+        sub_s, unsub_s = _churn(n, reverse=reverse)
+        print(f"  {n:,} listeners: subscribe {sub_s:.3f} s, unsubscribe {order} {unsub_s:.3f} s "
+              f"({(sub_s + unsub_s) / n * 1e6:.2f} us per listener)")
 
 
 if __name__ == "__main__":
