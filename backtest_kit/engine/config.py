@@ -36,6 +36,9 @@ class Config(Struct, frozen=True):
     CC_REPORT_SHOW_SIGNAL_NOTE: bool = False
     CC_TICK_TTL_MS: int = 60_001
     MAX_EVENTS: int = 25
+    # per-delivery listener timeouts (seconds, 0 = off): a hung live listener must not freeze every pair
+    CC_LISTENER_TIMEOUT_SECONDS: float = 30
+    CC_BACKTEST_LISTENER_TIMEOUT_SECONDS: float = 0
 
 
 DEFAULT_CONFIG = Config()
@@ -62,6 +65,8 @@ _RULES: dict[str, tuple[str, float | None, bool]] = {
     "CC_REPORT_SHOW_SIGNAL_NOTE": (_BOOL, None, True),
     "CC_TICK_TTL_MS": (_INT, 1, True),
     "MAX_EVENTS": (_INT, 1, True),
+    "CC_LISTENER_TIMEOUT_SECONDS": (_NUM, 0, True),
+    "CC_BACKTEST_LISTENER_TIMEOUT_SECONDS": (_NUM, 0, True),
 }
 
 

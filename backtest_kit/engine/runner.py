@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from .bus import enter_run, leave_run
 from .errors import RunStateError
 from .models import DoneEvent, InstanceInfo, InstanceStatus, TickResult
 
@@ -150,6 +151,7 @@ class RunnerBase(Generic[R]):
         """Wrap a run body so the record's status follows the foreground iteration."""
 
         async def foreground() -> AsyncGenerator[R, None]:
+            mode = enter_run(self.backtest)  # the run's per-delivery listener timeout
             try:
                 async for item in body:
                     yield item
@@ -159,6 +161,7 @@ class RunnerBase(Generic[R]):
             finally:
                 record.status = "done"
                 await _aclose(body)
+                leave_run(mode)
 
         return foreground()
 
@@ -168,6 +171,7 @@ class RunnerBase(Generic[R]):
             raise RunStateError(f"{self.mode}.background needs a running asyncio event loop")
 
         async def consume() -> None:
+            enter_run(self.backtest)  # the run's per-delivery listener timeout, done and exit included
             try:
                 async for _ in body:
                     pass
