@@ -191,6 +191,8 @@ def test_bool_keys_must_be_bool(key: str, value: Any, unsafe: bool) -> None:
         ({"CC_GET_CANDLES_RETRY_DELAY_MS": -1}, "CC_GET_CANDLES_RETRY_DELAY_MS"),
         ({"CC_GET_CANDLES_PRICE_ANOMALY_THRESHOLD_FACTOR": 0}, "CC_GET_CANDLES_PRICE_ANOMALY_THRESHOLD_FACTOR"),
         ({"CC_TICK_TTL_MS": 0}, "CC_TICK_TTL_MS"),
+        ({"CC_LISTENER_TIMEOUT_SECONDS": -1}, "CC_LISTENER_TIMEOUT_SECONDS"),
+        ({"CC_BACKTEST_LISTENER_TIMEOUT_SECONDS": -0.5}, "CC_BACKTEST_LISTENER_TIMEOUT_SECONDS"),
         # 2 x 0.1 + 2 x 0.1 = 0.4 is the floor for a take-profit distance
         ({"CC_MIN_TAKEPROFIT_DISTANCE_PERCENT": 0.39}, "CC_MIN_TAKEPROFIT_DISTANCE_PERCENT"),
         ({"CC_PERCENT_FEE": 0.2}, "CC_MIN_TAKEPROFIT_DISTANCE_PERCENT"),  # raises the floor to 0.6

@@ -370,34 +370,51 @@ class EventBus:
         deadline = asyncio.timeout(seconds)
         try:
             async with deadline:
-                watchdog = self._watch_clock(deadline, seconds) if on_clock else None
+                stop_watch = self._watch_clock(deadline, seconds) if on_clock else None
                 try:
                     return await awaitable
                 finally:
-                    if watchdog is not None:
-                        watchdog.cancel()
+                    if stop_watch is not None:
+                        stop_watch()
         except TimeoutError:
             if deadline.expired():
                 raise ListenerTimeoutError(_name(sub), sub.channel, seconds, key) from None
             raise  # the listener's own TimeoutError
 
-    def _watch_clock(self, deadline: asyncio.Timeout, seconds: float) -> asyncio.Task[None]:
-        """Expire `deadline` after `seconds` of engine-clock time as well.
+    def _watch_clock(self, deadline: asyncio.Timeout, seconds: float) -> Callable[[], None]:
+        """Expire `deadline` after `seconds` of engine-clock time as well; returns the stop function.
 
-        The watchdog runs in an empty context: on a `VirtualClock` it must not sleep on behalf of
-        the delivering pair, or the pair would look idle while its listener works, and time would
-        jump straight to the deadline.
+        A `VirtualClock` offers `timer`, registered at once and owned by no one. Another clock gets a
+        watchdog task in an empty context: on a virtual clock it must not sleep on behalf of the
+        delivering pair, or the pair would look idle while its listener works.
         """
         clock = self._clock
         assert clock is not None
         loop = asyncio.get_running_loop()
+        watching = [True]
 
-        async def expire() -> None:
-            await clock.sleep(seconds)
-            if not deadline.expired():
+        def expire() -> None:
+            if watching[0] and not deadline.expired():
                 deadline.reschedule(loop.time())
 
-        return loop.create_task(expire(), context=contextvars.Context())
+        def stop(handle: asyncio.Future[Any]) -> Callable[[], None]:
+            def cancel() -> None:
+                watching[0] = False
+                handle.cancel()
+
+            return cancel
+
+        timer = getattr(clock, "timer", None)
+        if timer is not None:
+            fut: asyncio.Future[None] = timer(seconds)
+            fut.add_done_callback(lambda f: None if f.cancelled() else expire())
+            return stop(fut)
+
+        async def watchdog() -> None:
+            await clock.sleep(seconds)
+            expire()
+
+        return stop(loop.create_task(watchdog(), context=contextvars.Context()))
 
     async def _report_async(self, sub: Subscription, exc: Exception, event: Any) -> None:
         failure = self._report(sub, exc, event)

@@ -131,6 +131,17 @@ class VirtualClock:
                 owned.discard(fut)
             self._schedule_check()
 
+    def timer(self, seconds: float) -> asyncio.Future[None]:
+        """A future resolved once `seconds` of clock time have passed; cancel it to drop the timer.
+
+        Registered at once (a task calling `sleep` registers only when it first runs, and time may
+        jump past its deadline before that) and owned by no one: it never makes anyone look idle.
+        """
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._now_ms + max(1, round(seconds * 1000)), next(self._seq), fut))
+        self._schedule_check()
+        return fut
+
     async def wait_on(self, fut: asyncio.Future[T]) -> T:
         """Await `fut`, which another task resolves, without holding time still.
 
