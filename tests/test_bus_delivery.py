@@ -593,3 +593,67 @@ async def test_backtest_timeout_applies_to_foreground_and_background_runs(tmp_pa
     assert len(h.errors) == len(h.events)
     assert all(isinstance(e, bk.ListenerTimeoutError) and "CC_BACKTEST_LISTENER_TIMEOUT_SECONDS" in str(e)
                for e in h.errors)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    publishers=st.lists(  # per publisher: events to emit, and after how many loop steps to cancel it (or never)
+        st.tuples(st.integers(1, 4), st.one_of(st.none(), st.integers(0, 12))), min_size=1, max_size=5
+    ),
+    work=st.lists(st.integers(0, 3), min_size=2, max_size=2),
+    unsubscribe_at=st.one_of(st.none(), st.integers(0, 12)),
+)
+def test_property_turns_survive_cancelled_publishers_and_unsubscribes(
+    publishers: list[tuple[int, int | None]], work: list[int], unsubscribe_at: int | None
+) -> None:
+    """Publishers race for two async listeners; some are cancelled mid-delivery (while waiting for a
+    turn or inside a call), one listener may be unsubscribed mid-way. Calls never overlap, every
+    surviving publisher finishes (no turn is lost), each listener sees each publisher's events in
+    order, and both turns end free."""
+
+    async def scenario() -> None:
+        hub, _ = make_hub()
+        running = [0, 0]
+        overlaps = [0, 0]
+        seen: list[list[tuple[int, int]]] = [[], []]
+        subs: list[Any] = []
+
+        def make(j: int) -> Callable[[tuple[int, int]], Any]:
+            async def listener(event: tuple[int, int]) -> None:
+                running[j] += 1
+                overlaps[j] += running[j] > 1
+                try:
+                    for _ in range(work[j]):
+                        await asyncio.sleep(0)
+                    seen[j].append(event)
+                finally:
+                    running[j] -= 1
+            return listener
+
+        offs = [hub.listen_signal(make(j)) for j in range(2)]
+        subs.extend(hub.bus._subs["signal"])
+
+        async def publish(p: int, n: int) -> None:
+            for i in range(n):
+                await hub.bus.emit("signal", (p, i))
+
+        tasks = [asyncio.create_task(publish(p, n)) for p, (n, _) in enumerate(publishers)]
+        for step in range(14):
+            for (_, cancel_at), task in zip(publishers, tasks, strict=True):
+                if cancel_at == step:
+                    task.cancel()
+            if unsubscribe_at == step:
+                offs[1]()
+            await asyncio.sleep(0)
+        results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), HANG_GUARD)
+        assert overlaps == [0, 0]
+        for p, ((n, _), result) in enumerate(zip(publishers, results, strict=True)):
+            if not isinstance(result, asyncio.CancelledError):
+                assert [i for q, i in seen[0] if q == p] == list(range(n))  # nothing lost
+            for j in range(2):
+                mine = [i for q, i in seen[j] if q == p]
+                assert mine == sorted(set(mine))  # in order, never twice
+        for sub in subs:
+            assert not sub.busy and not any(not w.done() for w in sub.waiters or ())
+
+    asyncio.run(scenario())

@@ -25,7 +25,10 @@ listener queued behind another pair's event must not be cut off). It is a wall-c
 real I/O is a wall-clock hang whatever the engine clock says); with a simulated engine clock (e.g.
 `VirtualClock`) a live delivery is also cut after the same time on the engine clock, so a listener
 that sleeps on the clock behaves as it would in production. A sync listener cannot be interrupted
-(it blocks the event loop), nor can a call that swallows its cancellation.
+(it blocks the event loop), nor can a call that swallows its cancellation. On a `VirtualClock`, a
+delivery waiting for its turn counts as waiting on the clock (`VirtualClock.wait_on`): the delivery
+ahead of it may be sleeping on the clock, and holding time still for the waiter would freeze every
+pair for good.
 """
 
 from __future__ import annotations
