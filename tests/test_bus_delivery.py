@@ -525,16 +525,13 @@ async def test_hung_live_listener_is_cut_off_on_the_engine_clock_and_pairs_go_on
 
 @pytest.fixture
 def silent_server() -> Iterator[tuple[str, int]]:
-    """A TCP server on 127.0.0.1 that accepts connections and never sends a byte."""
+    """A TCP server on 127.0.0.1 that never accepts nor sends: connections complete in its backlog."""
     server = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-    server.settimeout(None)
     try:
-        yield server.getsockname()[:2]
+        host, port = server.getsockname()[:2]
+        yield host, port
     finally:
         server.close()
-        for conn in accepted:
-            conn.close()
 
 
 async def test_listener_hung_on_real_io_is_cut_off_by_the_wall_clock_timer(
@@ -657,3 +654,27 @@ def test_property_turns_survive_cancelled_publishers_and_unsubscribes(
             assert not sub.busy and not any(not w.done() for w in sub.waiters or ())
 
     asyncio.run(scenario())
+
+
+async def test_engine_clock_deadline_on_a_clock_without_timer() -> None:
+    """The CLI's ScaledClock (1000x) has only now/sleep: a watchdog task sleeps on it, so a listener
+    sleeping an hour of engine time is cut after 10 s of engine time (10 ms), not 10 s of wall time."""
+    from backtest_kit.cli.app import ScaledClock
+
+    engine = bk.Engine(clock=ScaledClock(1000), config={"CC_LISTENER_TIMEOUT_SECONDS": 10})
+    clock = engine.clock
+    errors: list[BaseException] = []
+    engine.bus.subscribe("error", errors.append)
+    finished: list[bool] = []
+
+    async def naps_an_hour(event: Any) -> None:
+        await clock.sleep(3600)
+        finished.append(True)
+
+    engine.bus.subscribe("signal", naps_an_hour)
+    with run_mode(backtest=False):
+        await asyncio.wait_for(engine.bus.emit("signal", 1), HANG_GUARD)
+    assert finished == []
+    [error] = errors
+    assert isinstance(error, bk.ListenerTimeoutError) and error.timeout == 10
+    assert asyncio.all_tasks() == {asyncio.current_task()}  # the watchdog is gone
