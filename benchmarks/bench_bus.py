@@ -10,6 +10,8 @@ Cases:
 - 1 sync listener   (the synchronous fast path: `publish` returns None);
 - 1 async listener  (each event awaited, per-listener lock held, in order);
 - 10 listeners      (5 sync + 5 async, interleaved);
+- 1 async listener inside a live run (the per-delivery `CC_LISTENER_TIMEOUT_SECONDS` timer armed on
+  every call; outside runs and in backtests it is off by default and costs nothing);
 - subscribe / unsubscribe churn: `--churn N` listeners (default 10,000) subscribed one by one, then
   unsubscribed one by one (in order, then again in reverse order); each step must stay O(1), so the
   totals grow linearly with N (the snapshot-per-change bus took 3.7 s for 10,000).
@@ -62,6 +64,18 @@ async def _run(listeners: list[Callable[[Any], Any]], counters: list[list[int]],
     for c in counters:
         assert c[0] == n, f"lost events: {c[0]} of {n}"
     return elapsed
+
+
+async def _run_live_timeout(n: int) -> float:
+    """The async case as a live run publishes it: each call under the default live timeout."""
+    from backtest_kit.engine.bus import enter_run, leave_run
+
+    token = enter_run(False)
+    try:
+        fns, counters = case("async")
+        return await _run(fns, counters, n)
+    finally:
+        leave_run(token)
 
 
 async def _run_emit(n: int) -> float:
@@ -138,9 +152,15 @@ def main() -> None:
     count = size(run_emit)
     rows.insert(2, ("1 async listener (await bus.emit)", run_emit(count), count))
 
+    def run_live(count: int) -> float:
+        return asyncio.run(_run_live_timeout(count))
+
+    count = size(run_live)
+    rows.append(("1 async listener (live, timeout armed)", run_live(count), count))
+
     print(f"event bus throughput (python {sys.version.split()[0]}, awaited in-order delivery)")
     for label, secs, count in rows:
-        print(f"  {label:<36} {count / secs:>12,.0f} events/s   ({count:,} in {secs:.3f} s)")
+        print(f"  {label:<40} {count / secs:>12,.0f} events/s   ({count:,} in {secs:.3f} s)")
     async_rate = rows[1][2] / rows[1][1]
     emit_rate = rows[2][2] / rows[2][1]
     print(f"  async vs {TARGET:,}/s target: publish {async_rate / TARGET:.2f}x, emit {emit_rate / TARGET:.2f}x")
