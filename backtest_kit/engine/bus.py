@@ -98,7 +98,14 @@ def _is_async_callable(fn: Callable[..., Any]) -> bool:
 
 
 def _name(sub: Subscription) -> str:
-    return getattr(sub.callback, "__qualname__", None) or repr(sub.callback)
+    """The listener's qualified name for logs and errors; never its repr (an object's repr may show
+    a token or a URL with credentials)."""
+    callback = sub.callback
+    for target in (callback, getattr(callback, "func", None)):  # functools.partial: its function
+        name = getattr(target, "__qualname__", None)
+        if isinstance(name, str):
+            return name
+    return f"{type(callback).__qualname__} instance"
 
 
 class Subscription:
