@@ -703,3 +703,17 @@ async def test_listener_names_never_use_the_repr() -> None:
     assert isinstance(errors[0], bk.ListenerTimeoutError) and errors[0].listener.endswith("Webhook instance")
     assert log.mentions("s3cret") == 0 and not any("s3cret" in str(e) for e in errors)
     assert log.mentions("broken") == 1  # the partial is named by its function
+
+
+async def test_a_foreground_runs_timeout_does_not_leak_into_its_consumer(tmp_path: Path) -> None:
+    """Between two items of `Backtest.run`, the consumer's own deliveries are not the run's."""
+    engine = make_engine(tmp_path, CC_BACKTEST_LISTENER_TIMEOUT_SECONDS=0.001)
+    h = setup(engine, flat_candles(T0 - 60 * M, 4 * 60, 100.0), once(long(110, 90, 5)), minutes=30)
+    slow: list[Any] = []
+    engine.bus.subscribe("validation", _slow_listener(0.02, slow))
+    items = 0
+    async for _ in engine.backtest.run(h.symbol, strategy_name=h.strategy, exchange_name=h.exchange,
+                                       frame_name=h.frame):
+        items += 1
+        await engine.bus.emit("validation", ValueError("from the consumer"))
+    assert items >= 1 and len(slow) == items and h.errors == []

@@ -151,17 +151,28 @@ class RunnerBase(Generic[R]):
         """Wrap a run body so the record's status follows the foreground iteration."""
 
         async def foreground() -> AsyncGenerator[R, None]:
-            mode = enter_run(self.backtest)  # the run's per-delivery listener timeout
             try:
-                async for item in body:
+                while True:
+                    # the run's per-delivery listener timeout, for the run's own steps only: the
+                    # consumer's code between items (maybe another run) keeps its own
+                    mode = enter_run(self.backtest)
+                    try:
+                        item = await anext(body)
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        leave_run(mode)
                     yield item
             except BaseException as exc:
                 record.error = repr(exc) if not isinstance(exc, GeneratorExit | asyncio.CancelledError) else None
                 raise
             finally:
                 record.status = "done"
-                await _aclose(body)
-                leave_run(mode)
+                mode = enter_run(self.backtest)
+                try:
+                    await _aclose(body)
+                finally:
+                    leave_run(mode)
 
         return foreground()
 
