@@ -4,27 +4,51 @@ Delivery contract (page 00):
 - a publisher awaits delivery to every listener of the channel, in subscription order, before it
   continues, so each listener sees one run's events in emission order and a run's `done` after all
   of its earlier events;
-- an async listener is never called again before its previous call returned (a per-listener lock
-  serialises publishers from concurrent pair tasks);
+- an async listener is never called again before its previous call returned (a per-listener FIFO
+  turn serialises publishers from concurrent pair tasks);
 - a listener or filter that raises is reported on the `error` channel and to the logger, and never
   skips other listeners or stops the publisher; a raising error/exit listener is only logged, so an
-  error can never loop.
+  error can never loop;
+- unsubscribing takes effect at once: a listener removed while an event is being delivered (by an
+  earlier listener, or while it waits for its turn) does not receive that event;
+- a call that outlives the run's per-delivery timeout (`CC_LISTENER_TIMEOUT_SECONDS` for live runs,
+  `CC_BACKTEST_LISTENER_TIMEOUT_SECONDS` for backtests, 0 = off) is cancelled and reported as a
+  `ListenerTimeoutError` naming the listener and channel; delivery goes on with the next listener.
 
 The hot path is synchronous: when every listener of a channel is a plain function, `publish` calls
-them and returns None without creating a coroutine; only async listeners cost an await.
+them and returns None without creating a coroutine; only async listeners cost an await. Subscribing
+and unsubscribing are O(1): the per-channel snapshot that `publish` iterates is rebuilt lazily, once,
+by the first publish after a change.
+
+Timeouts and clocks. The timeout bounds a listener's own call, not its wait for its turn (a healthy
+listener queued behind another pair's event must not be cut off). It is a wall-clock timer (a hang on
+real I/O is a wall-clock hang whatever the engine clock says); with a simulated engine clock (e.g.
+`VirtualClock`) a live delivery is also cut after the same time on the engine clock, so a listener
+that sleeps on the clock behaves as it would in production. A sync listener cannot be interrupted
+(it blocks the event loop), nor can a call that swallows its cancellation. On a `VirtualClock`, a
+delivery waiting for its turn counts as waiting on the clock (`VirtualClock.wait_on`): the delivery
+ahead of it may be sleeping on the clock, and holding time still for the waiter would freeze every
+pair for good.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from pyee import EventEmitter
 
+from .clock import Clock, SystemClock
+from .errors import ListenerTimeoutError
 from .logger import EngineLogger
+
+if TYPE_CHECKING:
+    from .config import Config
 
 E = TypeVar("E")
 
@@ -44,10 +68,28 @@ CHANNELS: Final = (
     "risk",
 )
 _QUIET_CHANNELS: Final = frozenset({"error", "exit"})
+_LIVE_KEY: Final = "CC_LISTENER_TIMEOUT_SECONDS"
+_BACKTEST_KEY: Final = "CC_BACKTEST_LISTENER_TIMEOUT_SECONDS"
 
 Listener = Callable[[Any], Any]
 Filter = Callable[[Any], Any]
 Unsubscribe = Callable[[], None]
+Limit = tuple[float, str, bool]  # (seconds, config key, also on the engine clock)
+
+# True inside a backtest run, False inside a live run, None elsewhere (no timeout: nothing to freeze).
+# Set by the runners for the task (or foreground iteration) of a run; background deliveries inherit it.
+_RUN_MODE: contextvars.ContextVar[bool | None] = contextvars.ContextVar("backtest_kit_run_mode", default=None)
+
+
+def enter_run(backtest: bool) -> contextvars.Token[bool | None]:
+    """Deliveries from the current context belong to a backtest (True) or a live run (False)."""
+    return _RUN_MODE.set(backtest)
+
+
+def leave_run(token: contextvars.Token[bool | None]) -> None:
+    # an async generator may be finalised in another context; that context never had the mode set
+    with contextlib.suppress(ValueError):
+        _RUN_MODE.reset(token)
 
 
 def _is_async_callable(fn: Callable[..., Any]) -> bool:
@@ -55,10 +97,25 @@ def _is_async_callable(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or (call is not None and inspect.iscoroutinefunction(call))
 
 
-class Subscription:
-    """One listener on one channel. Callable, so raw pyee `emit` still reaches it."""
+def _name(sub: Subscription) -> str:
+    """The listener's qualified name for logs and errors; never its repr (an object's repr may show
+    a token or a URL with credentials)."""
+    callback = sub.callback
+    for target in (callback, getattr(callback, "func", None)):  # functools.partial: its function
+        name = getattr(target, "__qualname__", None)
+        if isinstance(name, str):
+            return name
+    return f"{type(callback).__qualname__} instance"
 
-    __slots__ = ("_lock", "active", "bus", "callback", "channel", "filter", "is_async", "once")
+
+class Subscription:
+    """One listener on one channel. Callable, so raw pyee `emit` still reaches it.
+
+    `busy` and `waiters` are the listener's FIFO turn: the delivery that holds the turn hands it
+    straight to the oldest waiter, so deliveries run one at a time in arrival order.
+    """
+
+    __slots__ = ("active", "bus", "busy", "callback", "channel", "filter", "is_async", "once", "waiters")
 
     def __init__(
         self, bus: EventBus, channel: str, callback: Listener, filter: Filter | None, once: bool
@@ -70,7 +127,8 @@ class Subscription:
         self.once = once
         self.active = True
         self.is_async = once or filter is not None or _is_async_callable(callback)
-        self._lock: asyncio.Lock | None = None
+        self.busy = False
+        self.waiters: deque[asyncio.Future[None]] | None = None
 
     def __call__(self, event: Any) -> None:
         """Entry point for raw pyee emits: deliver in the background, tracked by `drain()`."""
@@ -81,28 +139,39 @@ class Subscription:
             self.active = False
             self.bus._remove(self)
 
-    @property
-    def lock(self) -> asyncio.Lock:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        return self._lock
-
 
 class EventBus:
-    """Channels of the engine; see the module docstring for the delivery contract."""
+    """Channels of the engine; see the module docstring for the delivery contract.
 
-    def __init__(self, logger: EngineLogger | None = None) -> None:
+    `clock` and `config` come from the engine: the config holds the per-delivery timeouts, and the
+    clock tells whether a delivery must also be bounded on simulated time and lets a delivery waiting
+    for its turn count as waiting on a `VirtualClock` (a bus without them never times out).
+    """
+
+    def __init__(
+        self,
+        logger: EngineLogger | None = None,
+        *,
+        clock: Clock | None = None,
+        config: Callable[[], Config] | None = None,
+    ) -> None:
         self.emitter = EventEmitter()
         self.logger = logger or EngineLogger()
-        self._snapshots: dict[str, tuple[Subscription, ...]] = {c: () for c in CHANNELS}
+        self._subs: dict[str, dict[Subscription, None]] = {c: {} for c in CHANNELS}
+        self._snapshots: dict[str, tuple[Subscription, ...] | None] = {c: () for c in CHANNELS}
         self._background: set[asyncio.Task[None]] = set()
+        self._config = config
+        self._clock = clock
+        self._simulated = clock is not None and not isinstance(clock, SystemClock)
+        self._wait_on: Callable[[asyncio.Future[None]], Awaitable[None]] | None = getattr(clock, "wait_on", None)
 
     # ---------------------------------------------------------------- subscription
     def subscribe(
         self, channel: str, callback: Listener, *, filter: Filter | None = None, once: bool = False
     ) -> Unsubscribe:
-        """Add a listener; returns an idempotent unsubscribe function."""
-        if channel not in self._snapshots:
+        """Add a listener (O(1)); returns an idempotent unsubscribe function (O(1))."""
+        subs = self._subs.get(channel)
+        if subs is None:
             raise ValueError(f"channel: unknown channel {channel!r}; known: {', '.join(CHANNELS)}")
         if not callable(callback):
             from .errors import SchemaError
@@ -110,32 +179,38 @@ class EventBus:
             raise SchemaError(f"callback: expected a callable for channel {channel!r}, got {callback!r}")
         sub = Subscription(self, channel, callback, filter, once)
         self.emitter.add_listener(channel, sub)
-        self._refresh(channel)
+        subs[sub] = None
+        self._snapshots[channel] = None
         return sub.unsubscribe
 
     def listener_count(self, channel: str) -> int:
-        return len(self._snapshots[channel])
+        return len(self._subs[channel])
 
     def has_listeners(self, channel: str) -> bool:
-        return bool(self._snapshots[channel])
+        return bool(self._subs[channel])
 
     def _remove(self, sub: Subscription) -> None:
         with contextlib.suppress(KeyError):
             self.emitter.remove_listener(sub.channel, sub)
-        self._refresh(sub.channel)
+        self._subs[sub.channel].pop(sub, None)
+        self._snapshots[sub.channel] = None
 
-    def _refresh(self, channel: str) -> None:
-        self._snapshots[channel] = tuple(
-            s for s in self.emitter.listeners(channel) if isinstance(s, Subscription)
-        )
+    def _snapshot(self, channel: str) -> tuple[Subscription, ...]:
+        """The listeners an event published now goes to; later changes make a new tuple."""
+        subs = self._snapshots[channel] = tuple(self._subs[channel])
+        return subs
 
     # ---------------------------------------------------------------- publishing
     def publish(self, channel: str, event: Any) -> Awaitable[None] | None:
         """Deliver `event`; returns None when done synchronously, else an awaitable to await."""
         subs = self._snapshots[channel]
+        if subs is None:
+            subs = self._snapshot(channel)
         for index, sub in enumerate(subs):
             if sub.is_async:
                 return self._deliver_from(subs, index, event)
+            if not sub.active:  # unsubscribed by an earlier listener of this very event
+                continue
             try:
                 result = sub.callback(event)
             except Exception as exc:
@@ -174,7 +249,8 @@ class EventBus:
 
     async def _deliver_from(self, subs: tuple[Subscription, ...], start: int, event: Any) -> None:
         for sub in subs[start:]:
-            await self._deliver_one(sub, event)
+            if sub.active:
+                await self._deliver_one(sub, event)
 
     async def _continue_after(
         self, first: Awaitable[None], subs: tuple[Subscription, ...], start: int, event: Any
@@ -191,50 +267,173 @@ class EventBus:
         event: Any,
     ) -> None:
         # a plain function that returned an awaitable (e.g. `lambda e: coro(e)`) is an async
-        # listener too: run it under its lock so it never overlaps with its previous call
+        # listener too: run it in its turn so it never overlaps with its previous call
         sub.is_async = True
+        if sub.busy:
+            await self._wait_turn(sub, result)
+        else:
+            sub.busy = True
+        failure: Exception | None = None
         try:
-            async with sub.lock:
-                await result
+            if sub.active:
+                limit = self._limit()
+                await (result if limit is None else self._bounded(sub, result, limit))
+            elif inspect.iscoroutine(result):
+                result.close()  # unsubscribed while it waited: its body never runs
         except Exception as exc:
-            failure = self._report(sub, exc, event)
-            if failure is not None:
-                await failure
+            failure = exc
+        finally:
+            self._pass_turn(sub)
+        if failure is not None:
+            await self._report_async(sub, failure, event)
         await self._deliver_from(subs, start, event)
 
     async def _deliver_one(self, sub: Subscription, event: Any) -> None:
-        if sub.filter is not None:
-            if not sub.active:
-                return
-            try:
-                matched = sub.filter(event)
-                if inspect.isawaitable(matched):
-                    matched = await matched
-            except Exception as exc:
-                # a raising filter counts as "no match"
-                failure = self._report(sub, exc, event)
-                if failure is not None:
-                    await failure
-                return
-            if not matched or not sub.active:
-                return
+        if sub.filter is not None and not await self._matches(sub, sub.filter, event):
+            return
+        claimed = False
         if sub.once:
             if not sub.active:
                 return
             sub.unsubscribe()  # before the callback: fires at most once even if it raises
-        async with sub.lock:
-            try:
+            claimed = True
+        if sub.busy:
+            await self._wait_turn(sub)
+        else:
+            sub.busy = True
+        failure: Exception | None = None
+        try:
+            if sub.active or claimed:  # an unsubscribe while it waited for its turn wins
                 result = sub.callback(event)
                 if inspect.isawaitable(result):
-                    await result
-            except Exception as exc:
-                failure = self._report(sub, exc, event)
-                if failure is not None:
-                    await failure
+                    limit = self._limit()
+                    await (result if limit is None else self._bounded(sub, result, limit))
+        except Exception as exc:
+            failure = exc
+        finally:
+            self._pass_turn(sub)
+        if failure is not None:
+            await self._report_async(sub, failure, event)
+
+    async def _matches(self, sub: Subscription, filter: Filter, event: Any) -> bool:
+        if not sub.active:
+            return False
+        try:
+            matched = filter(event)
+            if inspect.isawaitable(matched):
+                limit = self._limit()
+                matched = await (matched if limit is None else self._bounded(sub, matched, limit))
+        except Exception as exc:
+            # a raising filter counts as "no match"
+            await self._report_async(sub, exc, event)
+            return False
+        return bool(matched) and sub.active
+
+    # ---------------------------------------------------------------- turns and timeouts
+    async def _wait_turn(self, sub: Subscription, pending: Awaitable[Any] | None = None) -> None:
+        """Wait until the delivery holding `sub`'s turn hands it over; `_pass_turn` must follow.
+
+        On a `VirtualClock` the wait counts as waiting on the clock (`VirtualClock.wait_on`): the
+        holder may be sleeping on the clock, and time must go on for it to finish.
+        """
+        waiters = sub.waiters
+        if waiters is None:
+            waiters = sub.waiters = deque()
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(turn)
+        try:
+            await (turn if self._wait_on is None else self._wait_on(turn))
+        except BaseException:
+            if turn.done() and not turn.cancelled():
+                self._pass_turn(sub)  # handed the turn just as we were cancelled: hand it on
+            else:
+                turn.cancel()  # `_pass_turn` skips it
+            if inspect.iscoroutine(pending):
+                pending.close()
+            raise
+
+    @staticmethod
+    def _pass_turn(sub: Subscription) -> None:
+        waiters = sub.waiters
+        while waiters:
+            turn = waiters.popleft()
+            if not turn.done():
+                turn.set_result(None)  # `busy` stays True: the turn goes straight to the waiter
+                return
+        sub.busy = False
+
+    def _limit(self) -> Limit | None:
+        """The per-delivery timeout of the run publishing now, or None when it is off."""
+        backtest = _RUN_MODE.get()
+        get_config = self._config
+        if backtest is None or get_config is None:
+            return None
+        config = get_config()
+        seconds = config.CC_BACKTEST_LISTENER_TIMEOUT_SECONDS if backtest else config.CC_LISTENER_TIMEOUT_SECONDS
+        if seconds <= 0:
+            return None
+        return seconds, _BACKTEST_KEY if backtest else _LIVE_KEY, self._simulated and not backtest
+
+    async def _bounded(self, sub: Subscription, awaitable: Awaitable[Any], limit: Limit) -> Any:
+        """Await a listener's (or filter's) awaitable under the current run's per-delivery timeout."""
+        seconds, key, on_clock = limit
+        deadline = asyncio.timeout(seconds)
+        try:
+            async with deadline:
+                stop_watch = self._watch_clock(deadline, seconds) if on_clock else None
+                try:
+                    return await awaitable
+                finally:
+                    if stop_watch is not None:
+                        stop_watch()
+        except TimeoutError:
+            if deadline.expired():
+                raise ListenerTimeoutError(_name(sub), sub.channel, seconds, key) from None
+            raise  # the listener's own TimeoutError
+
+    def _watch_clock(self, deadline: asyncio.Timeout, seconds: float) -> Callable[[], None]:
+        """Expire `deadline` after `seconds` of engine-clock time as well; returns the stop function.
+
+        A `VirtualClock` offers `timer`, registered at once and owned by no one. Another clock gets a
+        watchdog task in an empty context: on a virtual clock it must not sleep on behalf of the
+        delivering pair, or the pair would look idle while its listener works.
+        """
+        clock = self._clock
+        assert clock is not None
+        loop = asyncio.get_running_loop()
+        watching = [True]
+
+        def expire() -> None:
+            if watching[0] and not deadline.expired():
+                deadline.reschedule(loop.time())
+
+        def stop(handle: asyncio.Future[Any]) -> Callable[[], None]:
+            def cancel() -> None:
+                watching[0] = False
+                handle.cancel()
+
+            return cancel
+
+        timer = getattr(clock, "timer", None)
+        if timer is not None:
+            fut: asyncio.Future[None] = timer(seconds)
+            fut.add_done_callback(lambda f: None if f.cancelled() else expire())
+            return stop(fut)
+
+        async def watchdog() -> None:
+            await clock.sleep(seconds)
+            expire()
+
+        return stop(loop.create_task(watchdog(), context=contextvars.Context()))
+
+    async def _report_async(self, sub: Subscription, exc: Exception, event: Any) -> None:
+        failure = self._report(sub, exc, event)
+        if failure is not None:
+            await failure
 
     def _report(self, sub: Subscription, exc: Exception, event: Any) -> Awaitable[None] | None:
-        name = getattr(sub.callback, "__qualname__", repr(sub.callback))
-        self.logger.warn(f"listener {name} on channel {sub.channel!r} raised", repr(exc))
+        what = "timed out" if isinstance(exc, ListenerTimeoutError) else "raised"
+        self.logger.warn(f"listener {_name(sub)} on channel {sub.channel!r} {what}", repr(exc))
         if sub.channel in _QUIET_CHANNELS:
             return None
         return self.publish("error", exc)

@@ -15,7 +15,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -65,7 +67,7 @@ class VirtualClock:
         self._seq = itertools.count()
         self._owner: ContextVar[object | None] = ContextVar(f"virtual_clock_{id(self)}", default=None)
         self._attached: dict[object, int] = {}
-        self._owner_sleeps: dict[object, set[asyncio.Future[None]]] = {}
+        self._owner_sleeps: dict[object, set[asyncio.Future[Any]]] = {}
         self._check_pending = False
 
     def now(self) -> datetime:
@@ -127,6 +129,38 @@ class VirtualClock:
                 fut.cancel()
             if owned is not None:
                 owned.discard(fut)
+            self._schedule_check()
+
+    def timer(self, seconds: float) -> asyncio.Future[None]:
+        """A future resolved once `seconds` of clock time have passed; cancel it to drop the timer.
+
+        Registered at once (a task calling `sleep` registers only when it first runs, and time may
+        jump past its deadline before that) and owned by no one: it never makes anyone look idle.
+        """
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (self._now_ms + max(1, round(seconds * 1000)), next(self._seq), fut))
+        self._schedule_check()
+        return fut
+
+    async def wait_on(self, fut: asyncio.Future[T]) -> T:
+        """Await `fut`, which another task resolves, without holding time still.
+
+        An attached task waiting for another one (the event bus: a listener still busy with another
+        pair's event) cannot go on before that one does. Counted as working, it would freeze time
+        while the other task sleeps on the clock: a deadlock. So the wait counts as a sleep, and stops
+        counting the moment `fut` is resolved, before this task even runs again, so time never jumps
+        past a task that was just handed its turn.
+        """
+        owner = self._owner.get()
+        if owner not in self._attached:
+            return await fut
+        owned = self._owner_sleeps.setdefault(owner, set())
+        owned.add(fut)
+        self._schedule_check()
+        try:
+            return await fut
+        finally:
+            owned.discard(fut)
             self._schedule_check()
 
     def _schedule_check(self) -> None:

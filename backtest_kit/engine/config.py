@@ -37,6 +37,9 @@ class Config(Struct, frozen=True):
     CC_TICK_TTL_MS: int = 60_001
     MAX_EVENTS: int = 25
     CC_LIVE_MAX_CANDLE_AGE_MS: int = 120_000  # live: fail a tick whose newest closed 1m candle is older; 0 = off
+    # per-delivery listener timeouts (seconds, 0 = off): a hung live listener must not freeze every pair
+    CC_LISTENER_TIMEOUT_SECONDS: float = 30
+    CC_BACKTEST_LISTENER_TIMEOUT_SECONDS: float = 0
 
 
 DEFAULT_CONFIG = Config()
@@ -64,6 +67,8 @@ _RULES: dict[str, tuple[str, float | None, bool]] = {
     "CC_TICK_TTL_MS": (_INT, 1, True),
     "MAX_EVENTS": (_INT, 1, True),
     "CC_LIVE_MAX_CANDLE_AGE_MS": (_INT, 0, True),
+    "CC_LISTENER_TIMEOUT_SECONDS": (_NUM, 0, True),
+    "CC_BACKTEST_LISTENER_TIMEOUT_SECONDS": (_NUM, 0, True),
 }
 
 

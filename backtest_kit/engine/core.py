@@ -66,7 +66,7 @@ class Engine(ListenMixin):
         self.dump_dir = Path(dump_dir)
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.logger = EngineLogger(logger)
-        self.bus = EventBus(self.logger)
+        self.bus = EventBus(self.logger, clock=self.clock, config=self._get_config)
         self.registry = Registry()
         if isinstance(config, Config):
             self.config = config

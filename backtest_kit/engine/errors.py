@@ -62,3 +62,20 @@ class PersistError(BacktestKitError, OSError):
 
 class RunStateError(BacktestKitError, RuntimeError):
     """A run was started in a state that forbids it (for example twice at once for one pair)."""
+
+
+class ListenerTimeoutError(BacktestKitError, TimeoutError):
+    """A listener took longer than the per-delivery timeout; its call was cancelled, delivery went on.
+
+    Carries `listener` (its name), `channel` and `timeout` (seconds) so a handler on `listen_error`
+    can tell which listener is stuck without parsing the message.
+    """
+
+    def __init__(self, listener: str, channel: str, timeout: float, key: str) -> None:
+        super().__init__(
+            f"listener {listener} on channel {channel!r} took longer than {key}={timeout:g} s and was "
+            "cancelled; the other listeners and the run went on"
+        )
+        self.listener = listener
+        self.channel = channel
+        self.timeout = timeout

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from .bus import enter_run, leave_run
 from .errors import RunStateError
 from .models import DoneEvent, InstanceInfo, InstanceStatus, TickResult
 
@@ -153,14 +154,27 @@ class RunnerBase(Generic[R]):
 
         async def foreground() -> AsyncGenerator[R, None]:
             try:
-                async for item in body:
+                while True:
+                    # the run's per-delivery listener timeout, for the run's own steps only: the
+                    # consumer's code between items (maybe another run) keeps its own
+                    mode = enter_run(self.backtest)
+                    try:
+                        item = await anext(body)
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        leave_run(mode)
                     yield item
             except BaseException as exc:
                 record.error = repr(exc) if not isinstance(exc, GeneratorExit | asyncio.CancelledError) else None
                 raise
             finally:
                 record.status = "done"
-                await _aclose(body)
+                mode = enter_run(self.backtest)
+                try:
+                    await _aclose(body)
+                finally:
+                    leave_run(mode)
                 self._ended(record)
 
         return foreground()
@@ -171,6 +185,7 @@ class RunnerBase(Generic[R]):
             raise RunStateError(f"{self.mode}.background needs a running asyncio event loop")
 
         async def consume() -> None:
+            enter_run(self.backtest)  # the run's per-delivery listener timeout, done and exit included
             try:
                 async for _ in body:
                     pass
