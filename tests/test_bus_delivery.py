@@ -16,6 +16,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -658,9 +659,22 @@ def test_property_turns_survive_cancelled_publishers_and_unsubscribes(
 
 
 async def test_engine_clock_deadline_on_a_clock_without_timer() -> None:
-    """The CLI's ScaledClock (1000x) has only now/sleep: a watchdog task sleeps on it, so a listener
-    sleeping an hour of engine time is cut after 10 s of engine time (10 ms), not 10 s of wall time."""
-    from backtest_kit.cli.app import ScaledClock
+    """A user's clock with only now/sleep (here 1000x real time): a watchdog task sleeps on it, so a
+    listener sleeping an hour of engine time is cut after 10 s of engine time (10 ms), not 10 s of wall time."""
+
+    class ScaledClock:
+        """A `bk.Clock` that runs `factor` times faster than the wall clock (no `timer` method)."""
+
+        def __init__(self, factor: float) -> None:
+            self.factor = factor
+            self.origin = datetime.now(UTC)
+            self.started = time.monotonic()
+
+        def now(self) -> datetime:
+            return self.origin + timedelta(seconds=(time.monotonic() - self.started) * self.factor)
+
+        async def sleep(self, seconds: float) -> None:
+            await asyncio.sleep(max(0.0, seconds) / self.factor)
 
     engine = bk.Engine(clock=ScaledClock(1000), config={"CC_LISTENER_TIMEOUT_SECONDS": 10})
     clock = engine.clock

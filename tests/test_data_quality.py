@@ -258,6 +258,13 @@ async def drive(engine: bk.Engine, clock: bk.VirtualClock, seen: list[Any], tick
         await handle.wait()
 
 
+class StalledFeed(bk.ReplayExchange):
+    """A live feed that stops sending candles: unlike a replay, it never says its data has ended."""
+
+    def data_end_ms(self, symbol: str) -> int | None:
+        return None
+
+
 @pytest.mark.parametrize("limit", [180_000, 600_000])
 @pytest.mark.parametrize("kind", ["sync", "async"])
 async def test_live_tick_on_a_stalled_feed_is_a_clear_error(tmp_path: Any, kind: str, limit: int) -> None:
@@ -270,7 +277,7 @@ async def test_live_tick_on_a_stalled_feed_is_a_clear_error(tmp_path: Any, kind:
     """
     memory = bk.MemoryCandles({SYMBOL: flat_candles(T0 - 60 * M, 70, 100.0)})
     clock = bk.VirtualClock(dt(T0))
-    source: Any = bk.ReplayExchange(memory, clock)
+    source: Any = StalledFeed(memory, clock)
     if kind == "async":
         replay = source
 
@@ -309,13 +316,13 @@ async def test_stale_check_off_and_three_minutes_stale_by_default(tmp_path: Any)
     memory = bk.MemoryCandles({SYMBOL: flat_candles(T0 - 60 * M, 60, 100.0)})  # last closes at T0
     start = T0 + 3 * M
     clock = bk.VirtualClock(dt(start))
-    engine, seen = live_engine(tmp_path / "a", bk.ReplayExchange(memory, clock), clock)
+    engine, seen = live_engine(tmp_path / "a", StalledFeed(memory, clock), clock)
     assert engine.config.CC_LIVE_MAX_CANDLE_AGE_MS == bk.get_default_config().CC_LIVE_MAX_CANDLE_AGE_MS == 120_000
     await drive(engine, clock, seen, 1)
     assert isinstance(seen[0][1], bk.StaleDataError) and seen[0][1].age_ms == 3 * M
 
     clock = bk.VirtualClock(dt(start))
-    engine, seen = live_engine(tmp_path / "b", bk.ReplayExchange(memory, clock), clock, CC_LIVE_MAX_CANDLE_AGE_MS=0)
+    engine, seen = live_engine(tmp_path / "b", StalledFeed(memory, clock), clock, CC_LIVE_MAX_CANDLE_AGE_MS=0)
     await drive(engine, clock, seen, 3)
     assert [w for _, w in seen] == ["idle", "idle", "idle"]
 
