@@ -82,7 +82,7 @@ def test_downward_rule_is_unchanged(base: float, k: float, n: int) -> None:
 
 def test_upward_spike_error_names_candle_field_reference_and_ceiling() -> None:
     with pytest.raises(bk.CandleError) as info:
-        validate_candles(spiked(42_000.0, 10, 7, 2000.0), SYMBOL, M, Config())
+        validate_candles(spiked(42_000.0, 10, 7, 2000.0), SYMBOL, M, Config(CC_GET_CANDLES_PRICE_ANOMALY_THRESHOLD_FACTOR=1000))
     text = str(info.value)
     assert f"{SYMBOL} candle #7" in text and "anomalously high price open=84000000.0" in text
     assert "reference 42000.0" in text and "ceiling 42000000.0" in text
@@ -91,10 +91,10 @@ def test_upward_spike_error_names_candle_field_reference_and_ceiling() -> None:
 async def test_spike_fakes_no_take_profit_in_a_backtest() -> None:
     """The issue's case: one candle with high/close x100 closed a long at its take profit (+2.6 %).
 
-    With the factor at 50 the x100 print is now above the ceiling: the fast-forward's answer is
+    At the default factor (20) the x100 print is now above the ceiling: the fast-forward's answer is
     rejected (reported on listen_error) and the position runs to its expiry on the real prices.
     """
-    engine = make_engine(CC_GET_CANDLES_PRICE_ANOMALY_THRESHOLD_FACTOR=50)
+    engine = make_engine()
     good = flat_candles(T0 - 60 * M, 60 + 200, 100.0, spread=0.1)
     spike_at = T0 + 10 * M
     data = [candle(c.timestamp, c.open, c.high * 100, c.low, c.close * 100) if c.timestamp == spike_at else c
@@ -198,20 +198,19 @@ def test_anomaly_factor_is_validated() -> None:
 
 async def test_csv_spike_is_dropped_reported_and_fakes_no_take_profit(tmp_path: Any) -> None:
     """The issue's case on a CSV, which had no anomaly filter at all: a high/close print far above the
-    rest closed a long at its take profit. Here x2000, above the default factor (x100 needs a factor
-    below 100, see the exchange test above)."""
+    rest closed a long at its take profit: the issue's x100, above the default factor (20)."""
     data = flat_candles(T0 - 60 * M, 60 + 200, 100.0, spread=0.1)
     spike = 70  # T0 + 10 minutes
     c = data[spike]
-    data[spike] = candle(c.timestamp, c.open, c.high * 2000, c.low, c.close * 2000)
+    data[spike] = candle(c.timestamp, c.open, c.high * 100, c.low, c.close * 100)
     path = write_csv(tmp_path / "BTCUSDT.csv", data)
     with pytest.warns(bk.CandleDataWarning) as record:
         source = bk.CsvCandles(path)
     [dropped] = source.dropped[SYMBOL]
     assert (dropped.index, dropped.timestamp, dropped.field) == (spike, T0 + 10 * M, "high")
-    assert dropped.value == pytest.approx(200_200.0)
+    assert dropped.value == pytest.approx(10_010.0)
     texts = quality_warnings(record)
-    assert any(f"line {spike + 2} of BTCUSDT.csv" in t and "high 200200" in t and "1000x" in t for t in texts)
+    assert any(f"line {spike + 2} of BTCUSDT.csv" in t and "high 10010" in t and "20x" in t for t in texts)
     assert any("1 gap(s)" in t for t in texts)  # the dropped candle leaves a one-minute hole
 
     engine = make_engine()

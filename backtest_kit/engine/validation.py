@@ -83,7 +83,7 @@ def signal_problems(row: SignalRow, current_price: float, config: Config) -> lis
                 f"CC_MAX_STOPLOSS_DISTANCE_PERCENT allows <= {max_sl}%"
             )
     if prices_ok:
-        problems += _implausible_prices(row, config)
+        problems += _implausible_prices(row)
     minutes = row.minute_estimated_time
     if isinstance(minutes, bool) or not isinstance(minutes, int):
         problems.append(f"minute_estimated_time must be a whole number, got {minutes!r}")
@@ -102,21 +102,25 @@ def signal_problems(row: SignalRow, current_price: float, config: Config) -> lis
     return problems
 
 
-def _implausible_prices(row: SignalRow, config: Config) -> list[str]:
-    """Take profit / stop loss further from price_open than the candle anomaly factor allows.
+# No market moves a price a thousand-fold within one position's life: beyond this a take profit or
+# stop loss is a typo or a corrupted snapshot (1e300), not a strategy. Kept apart from the candle
+# anomaly factor, which is deliberately tight (a x100 print is bad data, a far stop loss is not).
+PRICE_SANITY_FACTOR = 1000.0
+
+
+def _implausible_prices(row: SignalRow) -> list[str]:
+    """Take profit / stop loss more than `PRICE_SANITY_FACTOR` times away from price_open.
 
     Nothing else bounds a long's take profit, so a typo (or a corrupted snapshot) like 1e300 would
-    otherwise pass; the factor already says which price jumps this engine treats as impossible.
+    otherwise pass.
     """
-    factor = config.CC_GET_CANDLES_PRICE_ANOMALY_THRESHOLD_FACTOR
     op = row.price_open
     problems: list[str] = []
     for name in ("price_take_profit", "price_stop_loss"):
         value = getattr(row, name)
-        if max(value / op, op / value) > factor:
+        if max(value / op, op / value) > PRICE_SANITY_FACTOR:
             problems.append(
-                f"{name} {value!r} is more than CC_GET_CANDLES_PRICE_ANOMALY_THRESHOLD_FACTOR {factor:g} "
-                f"times away from price_open {op!r}"
+                f"{name} {value!r} is more than {PRICE_SANITY_FACTOR:g} times away from price_open {op!r}"
             )
     return problems
 
