@@ -82,7 +82,8 @@ def test_downward_rule_is_unchanged(base: float, k: float, n: int) -> None:
 
 def test_upward_spike_error_names_candle_field_reference_and_ceiling() -> None:
     with pytest.raises(bk.CandleError) as info:
-        validate_candles(spiked(42_000.0, 10, 7, 2000.0), SYMBOL, M, Config(CC_GET_CANDLES_PRICE_ANOMALY_THRESHOLD_FACTOR=1000))
+        config = Config(CC_GET_CANDLES_PRICE_ANOMALY_THRESHOLD_FACTOR=1000)
+        validate_candles(spiked(42_000.0, 10, 7, 2000.0), SYMBOL, M, config)
     text = str(info.value)
     assert f"{SYMBOL} candle #7" in text and "anomalously high price open=84000000.0" in text
     assert "reference 42000.0" in text and "ceiling 42000000.0" in text

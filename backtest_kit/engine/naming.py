@@ -17,6 +17,10 @@ Every name without ``%`` or the separator in the first position keeps the seed's
 (`FilePersist` percent-encodes ``/``, ``:`` and ``%``), which is injective as well.
 
 `legacy_pair_key` is the pre-escaping key, used only to find state written by older versions.
+
+Report files (`pair_file_stem`) are named ``<symbol>_<strategy>``: each name is percent-encoded (every
+byte outside ``[A-Za-z0-9.-]`` and, in the symbol, ``_``), so the first ``_`` is the join and no two
+pairs share a report; ``BTCUSDT_sma-cross`` stays readable and ``BTC/USDT`` becomes ``BTC%2FUSDT``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ from __future__ import annotations
 import hashlib
 import re
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 _KEY_ESCAPES = {"%": "%25", "-": "%2D", ":": "%3A"}
 _KEY_UNESCAPE = re.compile(r"%(25|2D|3A)")
 _KEY_UNESCAPES = {"25": "%", "2D": "-", "3A": ":"}
@@ -32,13 +35,26 @@ SIGNAL_SEPARATOR = "-"
 POSITION_SEPARATOR = ":"
 
 
-def safe_file_name(name: str, max_length: int = 120) -> str:
-    """A file name that cannot leave its directory; a hash suffix keeps altered names distinct."""
-    cleaned = _UNSAFE.sub("_", name).lstrip(".") or "_"
-    if cleaned == name and len(cleaned) <= max_length:
-        return cleaned
-    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
-    return f"{cleaned[: max_length - 11]}-{digest}"
+_STEM_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-")
+_MAX_STEM = 200  # bytes; file systems allow 255 for a whole name
+
+
+def _encode_name(name: str, keep_underscore: bool) -> str:
+    safe = _STEM_SAFE | {ord("_")} if keep_underscore else _STEM_SAFE
+    encoded = "".join(chr(b) if b in safe else f"%{b:02X}" for b in name.encode("utf-8", "surrogatepass"))
+    return "%2E" + encoded[1:] if encoded.startswith(".") else encoded or "%00"
+
+
+def pair_file_stem(symbol: str, strategy_name: str) -> str:
+    """The injective file stem ``<symbol>_<strategy>`` of a per-pair report (see the module docstring).
+
+    A stem too long for a file name keeps a readable prefix and ends in a sha256 of both names.
+    """
+    stem = f"{_encode_name(symbol, False)}_{_encode_name(strategy_name, True)}"
+    if len(stem) <= _MAX_STEM:
+        return stem
+    digest = hashlib.sha256(f"{symbol}\0{strategy_name}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{stem[: _MAX_STEM - 66]}~{digest}"
 
 
 def pair_key(first: str, second: str, separator: str = SIGNAL_SEPARATOR) -> str:

@@ -372,8 +372,8 @@ async def save_pair_report(
     engine: Any, kind: str, symbol: str, strategy_name: str, path: str | Path | None, text: str
 ) -> Path | None:
     """A per-pair report at `<path or dump_dir/kind>/<symbol>_<strategy>.md` (names sanitized)."""
-    from .naming import safe_file_name
+    from .naming import pair_file_stem
 
     base = Path(path) if path is not None else Path(engine.dump_dir) / kind
-    target = base / f"{safe_file_name(symbol)}_{safe_file_name(strategy_name)}.md"
+    target = base / f"{pair_file_stem(symbol, strategy_name)}.md"
     return await save_report(target, text, engine.logger, kind)

@@ -225,10 +225,10 @@ class RunnerBase(Generic[R]):
         The symbol is part of the name so that two symbols of one strategy never overwrite each
         other's report (names sanitized, so no symbol can leave the directory).
         """
-        from .naming import safe_file_name
+        from .naming import pair_file_stem
 
         base = Path(path) if path is not None else Path(self.engine.dump_dir) / self.mode
-        return base / f"{safe_file_name(symbol)}_{safe_file_name(strategy_name)}.md"
+        return base / f"{pair_file_stem(symbol, strategy_name)}.md"
 
     async def _write(self, target: Path, text: str) -> Path | None:
         from .report import save_report
