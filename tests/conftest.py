@@ -19,20 +19,6 @@ MISSING_DATA = re.compile(r"not found|no such file|missing data", re.IGNORECASE)
 """Skip reasons that mean "the data is not there" (turned into failures)."""
 
 
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """The project's shared real-candle folder: `$BK_SHARED_DATA`, else `../shared/data` beside the repository.
-
-    Only for tests not yet moved to the bundled sample or `tests/data/`; without the folder such a test
-    fails (it does not skip), so CI notices.
-    """
-    default = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-    path = Path(os.environ.get("BK_SHARED_DATA") or default)
-    if not path.is_dir():
-        pytest.skip(f"real candle data not found at {path}")
-    return path
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
