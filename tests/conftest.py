@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Generator
-from pathlib import Path
 
 import pytest
 
@@ -44,7 +43,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture
 def kill_trials(request: pytest.FixtureRequest) -> int:
     """How many times the kill -9 harness kills its child: `--trials`, else BK_KILLTEST_TRIALS, else 30."""
-    import os
 
     value = request.config.getoption("--trials")
     return int(value if value is not None else os.environ.get("BK_KILLTEST_TRIALS", "30"))
