@@ -51,9 +51,7 @@ def github_slug(heading: str) -> str:
     text = text.strip().lower()
     kept = []
     for ch in text:
-        if ch in " -_" or ch.isalnum():
-            kept.append(ch)
-        elif unicodedata.category(ch).startswith(("L", "N", "M")):
+        if ch in " -_" or ch.isalnum() or unicodedata.category(ch).startswith(("L", "N", "M")):
             kept.append(ch)
     return "".join(kept).replace(" ", "-")
 
