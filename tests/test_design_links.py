@@ -150,6 +150,12 @@ def test_no_bare_citations(directory: str) -> None:
     assert not found, "cite the design as a link into docs/design:\n" + "\n".join(found)
 
 
+def test_no_bare_citations_in_user_docs() -> None:
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    found = [hit for path in pages for hit in bare_citations(path)]
+    assert not found, "cite the design as a link into docs/design:\n" + "\n".join(found)
+
+
 def test_bare_citation_pattern() -> None:
     for text in ("03 §1.8", "page 01 §5", "decision 11", "decisions 1–3", "PD-7", "page 04",
                  "hardening item 2", "Hardening #7"):
