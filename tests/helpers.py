@@ -1,8 +1,9 @@
 """Synthetic candles and a small harness for end-to-end backtests on a fresh `bk.Engine`.
 
 Candle helpers build absolute candle arrays (timestamps are open times in ms, 1 minute apart).
-`REFERENCE_CONFIG` is the reference test-suite baseline of page 01 §1 (distance rules off, huge
-lifetime, one candle attempt), with `CC_GET_CANDLES_RETRY_DELAY_MS = 0` so no test sleeps.
+`REFERENCE_CONFIG` is the reference test-suite baseline of
+[lifecycle §1](../docs/design/lifecycle.md#1-configuration-used-by-the-lifecycle) (distance rules off,
+huge lifetime, one candle attempt), with `CC_GET_CANDLES_RETRY_DELAY_MS = 0` so no test sleeps.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def recorder(log: list[tuple[str, tuple[Any, ...]]]) -> bk.StrategyCallbacks:
 
 
 def expected_pnl(position: str, o: float, c: float, slip: float = 0.1, fee: float = 0.1) -> float:
-    """Page 01 §8, written out independently of the engine."""
+    """[Lifecycle §8](../docs/design/lifecycle.md#8-pnl), written out independently of the engine."""
     s = slip / 100
     if position == "long":
         oa, ca = o * (1 + s), c * (1 - s)

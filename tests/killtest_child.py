@@ -30,9 +30,10 @@ Rules that make an interrupted run comparable, trade for trade, with an uninterr
   journal line is written before the delete, so it is always there in that case). This stands in for
   the unpersisted throttle memory; it never changes an uninterrupted run.
 * **Deterministic ids.** Market entries carry ``id=<side>-<symbol>-<tick ms>``. Limit entries get a
-  random uuid4 by design (page 01 §2.3), so this child replaces the strategy module's ``uuid4`` with a
-  uuid5 of the symbol and tick time of the `get_signal` call that produced the signal (the row is
-  built right after that call returns, with no await in between).
+  random uuid4 by design ([lifecycle §2.3](../docs/design/lifecycle.md#23-signal-row)), so this child
+  replaces the strategy module's ``uuid4`` with a uuid5 of the symbol and tick time of the `get_signal`
+  call that produced the signal (the row is built right after that call returns, with no await in
+  between).
 
 With several symbols the strategy churns instead: every flat pair asks for a 5-minute market long on
 every idle tick, so the profile's slots are always contended and a close (risk write, then the signal

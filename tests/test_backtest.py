@@ -1,34 +1,48 @@
-"""End-to-end backtests through `engine.backtest.run` over `bk.MemoryCandles` (page 01 §16).
+"""End-to-end backtests through `engine.backtest.run` over `bk.MemoryCandles`
+([lifecycle §16](../docs/design/lifecycle.md#16-acceptance-criteria)).
 
-Unless a test says otherwise: a fresh `Engine` with the reference test-suite configuration of page 01
-§1 (`helpers.REFERENCE_CONFIG`, retry delay 0), symbol BTCUSDT, 1-minute frames from
-T0 = 2024-01-01T00:00Z, absolute 1-minute candles with volume 100 that start ten minutes before T0.
+Unless a test says otherwise: a fresh `Engine` with the reference test-suite configuration of
+[lifecycle §1](../docs/design/lifecycle.md#1-configuration-used-by-the-lifecycle)
+(`helpers.REFERENCE_CONFIG`, retry delay 0), symbol BTCUSDT, 1-minute frames from T0 =
+2024-01-01T00:00Z, absolute 1-minute candles with volume 100 that start ten minutes before T0.
 
-How this port resolves the fast-forward (page 04 decisions 1–3, 8, 9): a position opened at tick
-`when` (price = VWAP of the 5 one-minute candles *closed* by `when`, i.e. the candle opening at
+How this port resolves the fast-forward
+([decisions 1–3](../docs/design/decisions.md#decision-1-no-look-ahead),
+[8](../docs/design/decisions.md#decision-8-backtestrun-yields-every-finished-trade),
+[9](../docs/design/decisions.md#decision-9-frames-resume-strictly-after-a-close)): a position opened at
+tick `when` (price = VWAP of the 5 one-minute candles *closed* by `when`, i.e. the candle opening at
 `when` is excluded) is checked on every 1m candle with `ts >= when`: expiry first (candle `ts >=
-pending_at + m·60 000` → `time_expired` at the VWAP of the 5 candles before that candle,
-close_timestamp = that candle's ts), then TP on high/low (TP wins over SL on the same candle), then
-SL; close_timestamp = candle ts. A scheduled (limit) signal is checked per candle from `when`:
-timeout (`ts − scheduled_at >= CC_SCHEDULE_AWAIT_MINUTES`) → cancelled; SL touched → cancelled
-(beats activation); `price_open` touched → activated with `pending_at` = that candle's ts, and the
-same candle is checked for TP. The backtest resumes at the first frame strictly after
-`close_timestamp`, and `Backtest.run` yields every finished trade, including closes that the tick
-path found (decision 8).
+pending_at + m·60 000` → `time_expired` at the VWAP of the 5 candles before that candle, close_timestamp
+= that candle's ts), then TP on high/low (TP wins over SL on the same candle), then SL; close_timestamp
+= candle ts. A scheduled (limit) signal is checked per candle from `when`: timeout (`ts − scheduled_at
+>= CC_SCHEDULE_AWAIT_MINUTES`) → cancelled; SL touched → cancelled (beats activation); `price_open`
+touched → activated with `pending_at` = that candle's ts, and the same candle is checked for TP. The
+backtest resumes at the first frame strictly after `close_timestamp`, and `Backtest.run` yields every
+finished trade, including closes that the tick path found
+([decision 8](../docs/design/decisions.md#decision-8-backtestrun-yields-every-finished-trade)).
 
 Acceptance rules adapted to the decisions (each test's docstring says which and how):
-* rule 33 (decision 3, PD-5 + decision 9, PD-4): an immediate m = 5 entry expires at T0 + 5 min (ref.
-  T0 + 4) and the next tick is T0 + 6 (ref. T0 + 5);
-* rule 34 (decision 2, PD-3): activation at minute 3 closes by TP at minute 4 (ref. minute 8), next tick
-  minute 5 (ref. 9);
+* rule 33 ([decision 3](../docs/design/decisions.md#decision-3-one-expiry-rule),
+  [PD-5](../docs/design/lifecycle.md#pd-5-expiry-asymmetry) +
+  [decision 9](../docs/design/decisions.md#decision-9-frames-resume-strictly-after-a-close),
+  [PD-4](../docs/design/lifecycle.md#pd-4-resume-after-a-fast-forward)): an immediate m = 5 entry
+  expires at T0 + 5 min (ref. T0 + 4) and the next tick is T0 + 6 (ref. T0 + 5);
+* rule 34 ([decision 2](../docs/design/decisions.md#decision-2-no-blind-spot-after-activation),
+  [PD-3](../docs/design/lifecycle.md#pd-3-blind-spot-after-activation)): activation at minute 3 closes
+  by TP at minute 4 (ref. minute 8), next tick minute 5 (ref. 9);
 * rules 37 and 40 (and 36, 41, 42, 44–48) are live-mode rules and out of scope for this file;
-* rule 39 (decision 9, PD-4): 15-minute frames, close at 00:04 → next tick 00:15 (ref. 00:30);
-* rule 53 (page 00 delivery contract): a raising listener is reported but the tick is not failed, so
-  the results are identical to a run without it;
-* rule 59 (decision 8, PD-9): the close of a signal monitored by the tick path *is* yielded;
-* rule 60 (decisions 1 and 2): no blind spot, #1 closes by TP on minute 8 (ref. time_expired at 67);
-  the pre-T0 candles are raised to the minute 0–6 level because the tick VWAP no longer includes the
-  candle opening at T0 (ref. "VWAP 42 100" → port 42 500);
+* rule 39 ([decision 9](../docs/design/decisions.md#decision-9-frames-resume-strictly-after-a-close),
+  [PD-4](../docs/design/lifecycle.md#pd-4-resume-after-a-fast-forward)): 15-minute frames, close at
+  00:04 → next tick 00:15 (ref. 00:30);
+* rule 53 ([delivery contract](../docs/design/public-api.md#delivery-contract)): a raising listener is
+  reported but the tick is not failed, so the results are identical to a run without it;
+* rule 59 ([decision 8](../docs/design/decisions.md#decision-8-backtestrun-yields-every-finished-trade),
+  [PD-9](../docs/design/lifecycle.md#pd-9-closes-produced-by-backtest-ticks)): the close of a signal
+  monitored by the tick path *is* yielded;
+* rule 60 ([decisions 1](../docs/design/decisions.md#decision-1-no-look-ahead) and
+  [2](../docs/design/decisions.md#decision-2-no-blind-spot-after-activation)): no blind spot, #1 closes
+  by TP on minute 8 (ref. time_expired at 67); the pre-T0 candles are raised to the minute 0–6 level
+  because the tick VWAP no longer includes the candle opening at T0 (ref. "VWAP 42 100" → port 42 500);
 * "VWAP at when" numbers: every expected entry price is the VWAP of the candles before `when`.
 """
 
@@ -101,7 +115,8 @@ async def test_immediate_long_take_profit() -> None:
     assert isinstance(r, bk.ClosedResult)
     assert (r.close_reason, minute(r), r.current_price) == ("take_profit", 3, 105)
     assert r.pnl.pnl_percentage == pytest.approx(expected_pnl("long", 100, 105))
-    # decision 16: the PnL carries the adjusted prices, the row and the result keep the raw ones
+    # [decision 16](../docs/design/decisions.md#decision-16-pnl-prices-are-the-adjusted-ones): the PnL
+    # carries the adjusted prices, the row and the result keep the raw ones
     assert (r.pnl.price_open, r.pnl.price_close) == pytest.approx((100 * 1.001, 105 * 0.999))
     assert r.signal.price_open == pytest.approx(100)
     opened = h.by_action("opened")[0]
@@ -125,8 +140,11 @@ async def test_immediate_long_stop_loss() -> None:
 
 async def test_immediate_long_time_expired_rule_33_adapted() -> None:
     """Rule 33 adapted. Flat candles (h 101, l 99, c 100), m = 5, opened at T0: closed `time_expired`
-    at 100 with PnL −0.399800 at T0 + 5 min (decision 3: pending_at + m; reference T0 + 4) and the
-    next get_signal is at T0 + 6 min (decision 9: first frame strictly after; reference T0 + 5)."""
+    at 100 with PnL −0.399800 at T0 + 5 min
+    ([decision 3](../docs/design/decisions.md#decision-3-one-expiry-rule): pending_at + m; reference
+    T0 + 4) and the next get_signal is at T0 + 6 min
+    ([decision 9](../docs/design/decisions.md#decision-9-frames-resume-strictly-after-a-close): first
+    frame strictly after; reference T0 + 5)."""
     engine = make_engine()
     h = setup(engine, concat(pre(100), flat_candles(T0, 60, 100)), once(long(110, 90, 5)), minutes=10)
     (r,) = await h.run()
@@ -228,10 +246,12 @@ def rule_34_candles(activation: bk.Candle | None = None, after: list[bk.Candle] 
 
 
 async def test_scheduled_long_activates_then_tp_rule_34_adapted() -> None:
-    """Rule 34 adapted (decision 2). Scheduled long price_open 95, TP 110, SL 90, m 30; VWAP at T0 = 100
-    (candles before T0). on_open with pending_at = T0 + 3 min (the activation candle); closed
-    take_profit at 110 with close_timestamp T0 + 4 min (reference: minute 8, because of the blind
-    spot), PnL 15.358126; next tick T0 + 5 min (reference: T0 + 9)."""
+    """Rule 34 adapted
+    ([decision 2](../docs/design/decisions.md#decision-2-no-blind-spot-after-activation)). Scheduled
+    long price_open 95, TP 110, SL 90, m 30; VWAP at T0 = 100 (candles before T0). on_open with
+    pending_at = T0 + 3 min (the activation candle); closed take_profit at 110 with close_timestamp T0 +
+    4 min (reference: minute 8, because of the blind spot), PnL 15.358126; next tick T0 + 5 min
+    (reference: T0 + 9)."""
     engine = make_engine()
     log: list[tuple[str, tuple[Any, ...]]] = []
     h = setup(engine, rule_34_candles(), once(long(110, 90, 30, price_open=95)), callbacks=recorder(log))
@@ -256,7 +276,8 @@ async def test_activation_candle_is_checked_for_tp_decision_2() -> None:
 
 
 async def test_no_blind_spot_sl_right_after_activation_decision_2() -> None:
-    """Reference PD-3 ignores the 4 candles after activation; here the SL on minute 4 closes at once."""
+    """Reference [PD-3](../docs/design/lifecycle.md#pd-3-blind-spot-after-activation) ignores the 4
+    candles after activation; here the SL on minute 4 closes at once."""
     engine = make_engine()
     after = [candle(T0 + 4 * M, 96, 96, 89, 90), *flat_candles(T0 + 5 * M, 80, 100)]
     h = setup(engine, rule_34_candles(after=after), once(long(110, 90, 30, price_open=95)))
@@ -429,11 +450,13 @@ def rule_60_candles() -> list[bk.Candle]:
 
 
 async def test_no_blind_spot_rule_60_adapted() -> None:
-    """Rule 60 adapted (decisions 1, 2). Two scheduled longs price_open 42 000, TP 43 000, SL 41 000, m 60.
-    #1 scheduled at T0 (VWAP 42 500 of the candles before T0; ref. 42 100), activated on minute 7 and
-    closed take_profit on minute 8 (ref.: time_expired at 67, the TP on minutes 8–9 fell in the blind
-    spot), PnL 1.976395. #2 scheduled on minute 9 (VWAP 42 500), activated on minute 80, closed
-    take_profit on minute 105, PnL 1.976395 (as in the reference)."""
+    """Rule 60 adapted ([decisions 1](../docs/design/decisions.md#decision-1-no-look-ahead),
+    [2](../docs/design/decisions.md#decision-2-no-blind-spot-after-activation)). Two scheduled longs
+    price_open 42 000, TP 43 000, SL 41 000, m 60. #1 scheduled at T0 (VWAP 42 500 of the candles before
+    T0; ref. 42 100), activated on minute 7 and closed take_profit on minute 8 (ref.: time_expired at
+    67, the TP on minutes 8–9 fell in the blind spot), PnL 1.976395. #2 scheduled on minute 9 (VWAP 42
+    500), activated on minute 80, closed take_profit on minute 105, PnL 1.976395 (as in the
+    reference)."""
     engine = make_engine()
     sig = long(43_000, 41_000, 60, price_open=42_000)
     log: list[tuple[str, tuple[Any, ...]]] = []
@@ -450,16 +473,19 @@ async def test_no_blind_spot_rule_60_adapted() -> None:
 
 
 async def test_tick_path_close_is_yielded_rule_59_adapted() -> None:
-    """Rule 59 adapted (decision 8). The engine clock stands at T0 + 20 min, so the fast-forward only
-    gets candles closed by then and cannot decide; the position is then monitored tick by tick with
-    the VWAP and its close (found on the tick at T0 + 28, when the VWAP first reaches TP 105) is
-    yielded by Backtest.run (reference: published but not yielded)."""
+    """Rule 59 adapted
+    ([decision 8](../docs/design/decisions.md#decision-8-backtestrun-yields-every-finished-trade)). The
+    engine clock stands at T0 + 20 min, so the fast-forward only gets candles closed by then and cannot
+    decide; the position is then monitored tick by tick with the VWAP and its close (found on the tick
+    at T0 + 28, when the VWAP first reaches TP 105) is yielded by Backtest.run (reference: published but
+    not yielded)."""
     engine = make_engine(clock=bk.VirtualClock(dt(T0 + 20 * M)))
     candles = concat(pre(100), flat_candles(T0, 25, 100), flat_candles(T0 + 25 * M, 60, 110))
     log: list[tuple[str, tuple[Any, ...]]] = []
     h = setup(engine, candles, once(long(105, 90, 60)), minutes=40, callbacks=recorder(log))
     results = await h.run()
-    # decision 10: on_active fires on every active tick of the tick path
+    # [decision 10](../docs/design/decisions.md#decision-10-on_active-fires-on-every-active-tick):
+    # on_active fires on every active tick of the tick path
     assert len([n for n, _ in log if n == "on_active"]) == len(h.by_action("active")) > 0
     assert len(results) == 1
     r = results[0]
@@ -471,8 +497,10 @@ async def test_tick_path_close_is_yielded_rule_59_adapted() -> None:
 
 
 async def test_activation_on_the_last_available_candle_keeps_the_activated_row_decision_9() -> None:
-    """Decision 9 / PD-10: when the data ends on the activation candle, the row that later closes is the
-    activated one (is_scheduled False, pending_at = the activation candle), expiring at pending_at + m."""
+    """[Decision 9](../docs/design/decisions.md#decision-9-frames-resume-strictly-after-a-close) /
+    [PD-10](../docs/design/lifecycle.md#pd-10-activation-on-the-last-candle): when the data ends on the
+    activation candle, the row that later closes is the activated one (is_scheduled False, pending_at =
+    the activation candle), expiring at pending_at + m."""
     engine = make_engine()
     candles = concat(pre(100), flat_candles(T0, 5, 100), [candle(T0 + 5 * M, 100, 100, 94, 96)])
     h = setup(engine, candles, once(long(110, 90, 10, price_open=95)), minutes=30)
@@ -541,8 +569,11 @@ async def test_at_most_one_position_with_an_always_signal_strategy_rule_25() -> 
 
 
 async def test_15_minute_frames_resume_at_the_next_frame_rule_39_adapted() -> None:
-    """Rule 39 adapted (decision 9, PD-4): opened at 00:00 and closed at 00:04 → next tick 00:15
-    (reference: 00:30, because it also skipped the first frame after the close)."""
+    """Rule 39 adapted
+    ([decision 9](../docs/design/decisions.md#decision-9-frames-resume-strictly-after-a-close),
+    [PD-4](../docs/design/lifecycle.md#pd-4-resume-after-a-fast-forward)): opened at 00:00 and closed at
+    00:04 → next tick 00:15 (reference: 00:30, because it also skipped the first frame after the
+    close)."""
     engine = make_engine()
     h = setup(engine, concat(pre(100), flat_candles(T0, 200, 100)), always(long(110, 90, 4)),
               minutes=60, frame_interval="15m")
@@ -618,8 +649,10 @@ async def test_get_signal_raising_is_reported_and_the_run_completes() -> None:
 
 
 async def test_get_signal_timeout_cancels_the_call_decision_9() -> None:
-    """PD-8 / decision 9: the wall-clock asyncio timeout (0.05 s here, the only real wait of this file)
-    raises SignalTimeoutError on listen_error and cancels the user's coroutine."""
+    """[PD-8](../docs/design/lifecycle.md#pd-8-get_signal-timeout) /
+    [decision 9](../docs/design/decisions.md#decision-9-frames-resume-strictly-after-a-close): the
+    wall-clock asyncio timeout (0.05 s here, the only real wait of this file) raises SignalTimeoutError
+    on listen_error and cancels the user's coroutine."""
     engine = make_engine(CC_MAX_SIGNAL_GENERATION_SECONDS=0.05)
     never = asyncio.Event()
     cancelled: list[bool] = []
@@ -682,8 +715,9 @@ async def test_strategy_returning_none_yields_nothing_rule_55() -> None:
 
 
 async def test_raising_listener_does_not_change_the_results_rule_53_adapted() -> None:
-    """Rule 53 adapted (page 00 delivery contract): the error reaches listen_error, but the tick is not
-    failed, so the run's results equal those of a run without the raising listener."""
+    """Rule 53 adapted ([delivery contract](../docs/design/public-api.md#delivery-contract)): the error
+    reaches listen_error, but the tick is not failed, so the run's results equal those of a run without
+    the raising listener."""
 
     async def run(raising: bool) -> tuple[list[Any], list[BaseException]]:
         engine = make_engine()
@@ -743,7 +777,8 @@ async def test_progress_is_non_decreasing_and_ends_at_one_rule_57() -> None:
 
 
 async def test_callback_order_scheduled_activates_and_closes_rules_50_51() -> None:
-    """Rule 51: on_schedule → on_write(row) → on_open → on_close → on_write(None). Decision 10's
+    """Rule 51: on_schedule → on_write(row) → on_open → on_close → on_write(None).
+    [Decision 10](../docs/design/decisions.md#decision-10-on_active-fires-on-every-active-tick)'s
     on_active fires on active *ticks*; a fast-forward has none, so it does not appear here."""
     engine = make_engine()
     log: list[tuple[str, tuple[Any, ...]]] = []
@@ -929,9 +964,10 @@ async def _one_tick(candles: list[bk.Candle], when: int, mode: int) -> tuple[lis
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=look_ahead_case())
 def test_no_look_ahead_decision_1(case: tuple[list[bk.Candle], list[bk.Candle], int, int]) -> None:
-    """HYPOTHESIS (a), decision 1: changing any candle with ts + 60 000 > when (not yet closed at the
-    tick) changes neither what get_signal sees (get_candles of 1m/5m/15m/1h, get_average_price) nor
-    the tick's decision (action, price, the signal row except its random id, the error raised)."""
+    """HYPOTHESIS (a), [decision 1](../docs/design/decisions.md#decision-1-no-look-ahead): changing any
+    candle with ts + 60 000 > when (not yet closed at the tick) changes neither what get_signal sees
+    (get_candles of 1m/5m/15m/1h, get_average_price) nor the tick's decision (action, price, the signal
+    row except its random id, the error raised)."""
     original, mutated, when, mode = case
     seen_a, decision_a = asyncio.run(_one_tick(original, when, mode))
     seen_b, decision_b = asyncio.run(_one_tick(mutated, when, mode))

@@ -1,4 +1,6 @@
-"""The event bus and the `listen_*` API: ordered, awaited, isolated delivery (page 00, 02 §1)."""
+"""The event bus and the `listen_*` API: ordered, awaited, isolated delivery
+([public API](../docs/design/public-api.md#delivery-contract),
+[events §1](../docs/design/events-and-api.md#1-the-event-bus))."""
 
 from __future__ import annotations
 
@@ -15,7 +17,9 @@ from backtest_kit.engine.bus import CHANNELS, EventBus
 from backtest_kit.engine.logger import EngineLogger
 from backtest_kit.listeners.subscriptions import ListenMixin
 
-# listen function -> channel it subscribes to (page 00 plus the port's aliases, 02 §1.5)
+# listen function -> channel it subscribes to
+# ([public API](../docs/design/public-api.md#events-and-listeners) plus the port's aliases,
+# [events §1.5](../docs/design/events-and-api.md#15-listen-functions))
 PLAIN: dict[str, str] = {
     "listen_signal": "signal",
     "listen_signal_live": "signal_live",

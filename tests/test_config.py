@@ -1,4 +1,5 @@
-"""Configuration: defaults, type and range checks, unknown keys, atomic updates (02 §5.1 + port rules)."""
+"""Configuration: defaults, type and range checks, unknown keys, atomic updates
+([events §5.1](../docs/design/events-and-api.md#51-configuration))."""
 
 from __future__ import annotations
 

@@ -1,7 +1,10 @@
 """Helpers usable inside `get_signal`: context errors, `execution_context`, candles, mode, date, formatting.
 
-Decision 1 (no look-ahead): at time `when` the helpers only see candles with `ts + step <= when`.
-Decision 5 / PD-6: `limit = 1` is allowed, `limit < 1` and unknown intervals are clear errors.
+[Decision 1](../docs/design/decisions.md#decision-1-no-look-ahead) (no look-ahead): at time `when` the
+helpers only see candles with `ts + step <= when`.
+[Decision 5](../docs/design/decisions.md#decision-5-bad-values-are-rejected-never-coerced) /
+[PD-6](../docs/design/lifecycle.md#pd-6-candle-request-with-limit-1): `limit = 1` is allowed,
+`limit < 1` and unknown intervals are clear errors.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Data quality (Hardening #7, #8): the anomaly filter is symmetric, gaps and stale live data are reported.
+"""Data quality
+([hardening #7](../docs/design/decisions.md#hardening-7-symmetric-candle-anomaly-filter-default-factor-20),
+[#8](../docs/design/decisions.md#hardening-8-stale-live-data-fails-the-tick)): the anomaly filter is
+symmetric, gaps and stale live data are reported.
 
 - The exchange client rejects a price above reference x factor exactly as it rejects one below
   reference / factor (same factor, same "reject the answer" behaviour, error naming the candle).
@@ -74,7 +77,8 @@ def test_filter_is_symmetric_in_log_space(base: float, log_k: float, factor: flo
 @settings(max_examples=200, deadline=None)
 @given(base=st.floats(1e-3, 1e6), k=st.floats(1e-9, 1.0), n=st.integers(5, 40))
 def test_downward_rule_is_unchanged(base: float, k: float, n: int) -> None:
-    """Page 01 §11.3: below reference / factor is rejected, anything at or above it passes."""
+    """[Lifecycle §11.3](../docs/design/lifecycle.md#113-retries-and-the-anomaly-filter) (the reference,
+    one-sided): below reference / factor is rejected, anything at or above it passes."""
     candles = spiked(base, n, n // 2, k)
     rejected = verdict(candles, 1000.0)
     assert (rejected == "low") == (base * k < base / 1000.0)

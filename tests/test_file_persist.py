@@ -1,4 +1,6 @@
-"""FilePersist: atomic, private, name-safe file storage of live state (decisions 4 and 14)."""
+"""FilePersist: atomic, private, name-safe file storage of live state
+([decisions 4](../docs/design/decisions.md#decision-4-restored-state-is-validated) and
+[14](../docs/design/decisions.md#decision-14-persistence-layout-follows-the-seed))."""
 
 from __future__ import annotations
 
@@ -56,7 +58,8 @@ async def test_round_trip_overwrite_delete(tmp_path: Path) -> None:
     store = FilePersist(tmp_path)
     assert await store.read("signals", "BTCUSDT-rsi") is None
     await store.write("signals", "BTCUSDT-rsi", b'{"a":1}')
-    assert (tmp_path / "signals" / "BTCUSDT-rsi.json").read_bytes() == b'{"a":1}'  # decision 14 layout
+    # the layout of [decision 14](../docs/design/decisions.md#decision-14-persistence-layout-follows-the-seed)
+    assert (tmp_path / "signals" / "BTCUSDT-rsi.json").read_bytes() == b'{"a":1}'
     assert await store.read("signals", "BTCUSDT-rsi") == b'{"a":1}'
     await store.write("signals", "BTCUSDT-rsi", b'{"a":2}')
     assert await store.read("signals", "BTCUSDT-rsi") == b'{"a":2}'

@@ -1,19 +1,23 @@
 """Pure signal maths of `backtest_kit.engine.lifecycle` (no engine, no event loop).
 
-How this port resolves the fast-forward (decisions 1–3 of page 04, which win over page 01 §9):
+How this port resolves the fast-forward
+([decisions 1–3](../docs/design/decisions.md#decision-1-no-look-ahead), which win over
+[lifecycle §9](../docs/design/lifecycle.md#9-backtest)):
 
 * A position opened at tick `when` (entry price = VWAP of the N = 5 one-minute candles *closed* by
   `when`) is checked on every 1m candle with `ts >= when`, in this order per candle: expiry first
   (candle `ts >= pending_at + m·60 000` → `time_expired` at the VWAP of the 5 candles *before* that
   candle, `close_timestamp` = that candle's ts), then take profit on the high/low (TP wins over SL on
   the same candle), then stop loss; `close_timestamp` = the candle's ts. There is no VWAP buffer that
-  skips candles and no blind spot after an activation (decision 2).
+  skips candles and no blind spot after an activation
+  ([decision 2](../docs/design/decisions.md#decision-2-no-blind-spot-after-activation)).
 * A scheduled (limit) signal is checked per candle from `when`: timeout (`ts − scheduled_at >=
   CC_SCHEDULE_AWAIT_MINUTES`) → cancelled; SL touched → cancelled (beats activation on the same
   candle); `price_open` touched (equality included) → activated with `pending_at` = that candle's ts,
   and that same candle is then checked for TP.
 * The tick path compares the tick VWAP with TP/SL (`close_on_price`, `scheduled_on_price`), expiry
-  at `now − pending_at >= m` minutes (one expiry rule in both modes, decision 3).
+  at `now − pending_at >= m` minutes (one expiry rule in both modes,
+  [decision 3](../docs/design/decisions.md#decision-3-one-expiry-rule)).
 """
 
 from __future__ import annotations
@@ -61,7 +65,9 @@ def pnl(position: str, o: float, c: float) -> bk.PnL:
 def test_pnl_worked_examples_of_page_01_section_8(
     position: str, o: float, c: float, o_adj: float, c_adj: float, expected: float
 ) -> None:
-    """The four verified examples; decision 16: pnl.price_open/price_close are the adjusted prices."""
+    """The four verified examples;
+    [decision 16](../docs/design/decisions.md#decision-16-pnl-prices-are-the-adjusted-ones):
+    pnl.price_open/price_close are the adjusted prices."""
     result = pnl(position, o, c)
     assert round(result.pnl_percentage, 6) == expected
     assert result.price_open == pytest.approx(o_adj, abs=1e-6)
@@ -182,7 +188,8 @@ def test_scan_pending_checks_the_candle_opening_at_when_and_tp_beats_sl() -> Non
 
 
 def test_scan_pending_expires_at_pending_at_plus_m_with_vwap_of_closed_candles() -> None:
-    """Decision 3: m = 5 opened at T0 expires on the candle opening at T0 + 5 min (not T0 + 4)."""
+    """[Decision 3](../docs/design/decisions.md#decision-3-one-expiry-rule): m = 5 opened at T0 expires
+    on the candle opening at T0 + 5 min (not T0 + 4)."""
     r = row("long", 100, 110, 90, minutes=5, pending_at=T0)
     cs = [candle(T0 + i * M, 100, 101, 99, 100) for i in range(-5, 10)]
     cs[5 + 5] = candle(T0 + 5 * M, 200, 200, 100, 100)  # the expiry candle itself must not be priced

@@ -632,7 +632,8 @@ def _deep_size(root: object) -> int:
 
 
 def test_live_stats_memory_is_flat_over_a_million_events() -> None:
-    """Decision 12: a bounded deque of MAX_EVENTS rows plus O(1) running aggregates.
+    """[Decision 12](../docs/design/decisions.md#decision-12-bounded-live-table-exact-statistics): a
+    bounded deque of MAX_EVENTS rows plus O(1) running aggregates.
 
     A million tick results go through the live store. Its reachable size is the same after 100 000
     and after 1 000 000 events, and of everything allocated during the last 200 000 events (traced

@@ -2,7 +2,8 @@
 
 The rule (why and when the two modes give the same trades):
 
-1. Entries. At a tick at `t` both modes see the same closed candles (decision 1) and open a market
+1. Entries. At a tick at `t` both modes see the same closed candles
+   ([decision 1](../docs/design/decisions.md#decision-1-no-look-ahead)) and open a market
    signal at the same price (the VWAP of the last 5 closed 1m candles), provided both are flat at `t`
    and their previous `get_signal` calls were at the same minutes.
 2. Expiry. A backtest closes at the first candle opening at or after `pending_at + m` minutes, at

@@ -1,4 +1,5 @@
-"""Report file names built from user names are injective and cannot leave their folder (hardening 18)."""
+"""Report file names built from user names are injective and cannot leave their folder
+([hardening 18](../docs/design/decisions.md#hardening-18-report-files-named-by-symbol-and-strategy))."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""Partial profit / loss levels (page 03 §3, rules 54–65 of §8; page 01 §7.3 live example).
+"""Partial profit / loss levels
+([risk-sizing §3](../docs/design/risk-sizing-portfolio.md#3-partial-profit-and-loss-levels),
+[rules 54–65](../docs/design/risk-sizing-portfolio.md#8-acceptance-rules);
+[lifecycle §7.3](../docs/design/lifecycle.md#73-progress-percentages) live example).
 
 Port notes: a backtest tracks levels when something consumes them (a partial listener subscribed
 before the run, `on_partial_*` callbacks, or `Partial.track_backtests = True`), so the tests that
@@ -263,7 +266,7 @@ async def test_replay_equals_per_candle_progress(seed: int, count: int, n: int, 
     assert await _fast(row, candles, start, end_ts, count) == await _slow(row, candles, start, end_ts, count)
 
 
-# ------------------------------------------------------------------------------- live (page 01 §7.3)
+# ----------------------------------------- live ([lifecycle §7.3](../docs/design/lifecycle.md#73-progress-percentages))
 SEGMENTS = (94.0, 95.0, 98.0, 100.6, 103.2, 105.5)
 TTL = 5 * 60_000
 

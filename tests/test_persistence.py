@@ -287,7 +287,9 @@ async def test_restart_restores_pending_and_expires_from_the_original_time(tmp_p
     first_tick = second.events[0]
     assert first_tick[0] == restart_at and first_tick[1].action == "active"
     assert first_tick[1].signal == opened  # same id, pending_at, prices
-    assert ("on_active", "keep-me", restart_at) in second.callbacks  # decision 10: first tick after restore
+    # on_active on the first tick after the restore:
+    # [decision 10](../docs/design/decisions.md#decision-10-on_active-fires-on-every-active-tick)
+    assert ("on_active", "keep-me", restart_at) in second.callbacks
     closed = second.of("closed")[0]
     assert closed.signal.id == "keep-me" and closed.signal.pending_at == opened.pending_at == T0
     assert closed.close_reason == "time_expired"
@@ -368,8 +370,9 @@ async def test_corrupt_pending_file_is_reported_moved_aside_and_not_restored(tmp
     moved = [p for p in signals.iterdir() if p.name.startswith(f"{KEY}.json.corrupt-")]
     assert len(moved) == 1 and moved[0].read_bytes() == content  # nothing deleted, bytes intact
     assert str(moved[0]) in message
-    # nothing restored, and nothing opened on the tick that set it aside (hardening item 6): the next
-    # tick generated, the new signal lived and closed normally
+    # nothing restored, and nothing opened on the tick that set it aside
+    # ([hardening item 6](../docs/design/decisions.md#hardening-6-a-tick-that-set-a-snapshot-aside-opens-nothing)):
+    # the next tick generated, the new signal lived and closed normally
     assert w.actions()[:2] == ["idle", "opened"] and w.of("opened")[0].signal.id == "fresh"
     assert w.calls[0] > T0  # get_signal was not even asked on the quarantine tick
     assert not w.pending_file.exists()

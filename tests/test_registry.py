@@ -1,5 +1,7 @@
 """Registration: keyword-only add_*, full validation before the name is taken, list_* order,
-engine isolation, and name checks when a run starts (02 §5.3–5.4, 03)."""
+engine isolation, and name checks when a run starts
+([events §5.3–5.4](../docs/design/events-and-api.md#5-configuration-and-registration),
+[risk-sizing](../docs/design/risk-sizing-portfolio.md#1-risk-profiles))."""
 
 from __future__ import annotations
 

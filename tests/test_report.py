@@ -1,4 +1,5 @@
-"""Markdown reports: the 02 §4.10 layout, the §4.0 formatting rules, and the dump file helper."""
+"""Markdown reports: the [events §4.10](../docs/design/events-and-api.md#410-worked-example) layout, the
+[§4.0](../docs/design/events-and-api.md#40-common-rules) formatting rules, and the dump file helper."""
 
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ def _short(o: float, c: float) -> float:
 
 
 def example_trades(backtest: bool = True) -> list[ClosedResult]:
-    """The three trades of 02 §4.10, oldest first, PnL from page 01 §8 with 0.1 % fee / slippage."""
+    """The three trades of [events §4.10](../docs/design/events-and-api.md#410-worked-example), oldest
+    first, PnL from [lifecycle §8](../docs/design/lifecycle.md#8-pnl) with 0.1 % fee / slippage."""
     a = signal("a1d4", ms("2025-12-01T10:00:00"), price_open=96400, tp=97850, sl=95000)
     b = signal("b2e9", ms("2025-12-01T12:00:00"), price_open=97000, tp=98500, sl=96000)
     c = signal("c3f1", ms("2025-12-02T00:00:00"), position="short", price_open=98000, tp=95900, sl=99500)

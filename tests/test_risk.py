@@ -1,4 +1,6 @@
-"""Risk profiles (page 03 §1, rules 1–39 of §8, decision 15).
+"""Risk profiles ([risk-sizing §1](../docs/design/risk-sizing-portfolio.md#1-risk-profiles),
+[rules 1–39](../docs/design/risk-sizing-portfolio.md#8-acceptance-rules),
+[decision 15](../docs/design/decisions.md#decision-15-one-shared-locked-risk-profile-with-a-built-in-limit)).
 
 Adaptations of the reference rules to the port, each noted where it is tested:
 
@@ -6,7 +8,8 @@ Adaptations of the reference rules to the port, each noted where it is tested:
   `try_open` = atomic evaluate-and-add, `release`), the port's equivalent of the reference's direct
   service calls;
 - rules 13–17 (persistence adapter with key `positions`) become the port's layout: entity `risk`,
-  key = risk name, live mode only (rule 18, decision 15);
+  key = risk name, live mode only (rule 18,
+  [decision 15](../docs/design/decisions.md#decision-15-one-shared-locked-risk-profile-with-a-built-in-limit));
 - rule 35: the port checks a limit signal at creation with the validated row, which already has an
   id; the report prints `N/A` for a rejected signal without id (a hand-made event);
 - rule 38 holds by construction: a market signal is checked with its row, whose `price_open` is the
@@ -235,7 +238,9 @@ async def test_rule11_removing_an_unknown_key_is_a_noop(engine: bk.Engine) -> No
 
 
 async def test_backtest_and_live_states_are_separate(engine: bk.Engine) -> None:
-    """Decision 11 / 03 §1.2 port decision: a backtest never counts live positions."""
+    """[Decision 11](../docs/design/decisions.md#decision-11-instances-are-keyed-by-mode-symbol-and-strategy)
+    / [risk-sizing §1.2](../docs/design/risk-sizing-portfolio.md#12-one-shared-state-per-profile): a
+    backtest never counts live positions."""
     engine.use_persist(MemoryPersist())
     engine.add_risk(risk_name="rk", max_concurrent_positions=1)
     live = gate(engine, "rk", "BTCUSDT", "s1", backtest=False)
@@ -577,7 +582,8 @@ async def test_rule35_limit_signal_checked_at_creation(engine: bk.Engine) -> Non
 
 
 async def test_activation_rejected_in_backtest_discards_silently(engine: bk.Engine) -> None:
-    """03 §1.6 port decision: a rejection at activation drops the limit signal, no cancel, no error."""
+    """[Risk-sizing §1.6](../docs/design/risk-sizing-portfolio.md#16-outcomes): a rejection at
+    activation drops the limit signal, no cancel, no error."""
     market = {"BTCUSDT": flat_candles(T0 - 10 * M, 12, 100.0) + flat_candles(T0 + 2 * M, 100, 89.0)}
     engine.add_exchange(exchange_name="mem", get_candles=bk.MemoryCandles(market))
     sent = []

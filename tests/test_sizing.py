@@ -1,4 +1,6 @@
-"""Position sizing (page 03 §2, rules 40–53 of §8): formulas, limits, errors, the custom form."""
+"""Position sizing ([risk-sizing §2](../docs/design/risk-sizing-portfolio.md#2-position-sizing),
+[rules 40–53](../docs/design/risk-sizing-portfolio.md#8-acceptance-rules)): formulas, limits, errors,
+the custom form."""
 
 from __future__ import annotations
 

@@ -132,11 +132,11 @@ def assert_same(a: Statistics, b: Statistics) -> None:
             assert x == pytest.approx(y, rel=1e-9, abs=1e-9), f
 
 
-# --- the worked example of 02 §4.10 -------------------------------------------------------------
+# --- the worked example of [events §4.10](../docs/design/events-and-api.md#410-worked-example)
 
 
 def long_pnl(o: float, c: float) -> float:
-    """Page 01 §8 with the default 0.1 % slippage and 0.1 % fee."""
+    """[Lifecycle §8](../docs/design/lifecycle.md#8-pnl) with the default 0.1 % slippage and 0.1 % fee."""
     o2, c2 = o * 1.001, c * 0.999
     return (c2 - o2) / o2 * 100 - 0.2
 

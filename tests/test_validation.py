@@ -1,9 +1,13 @@
-"""Signal validation (page 01 §5) and decision 5 of page 04 (bad values rejected, never coerced).
+"""Signal validation ([lifecycle §5](../docs/design/lifecycle.md#5-signal-validation)) and
+[decision 5](../docs/design/decisions.md#decision-5-bad-values-are-rejected-never-coerced) (bad values
+rejected, never coerced).
 
-The rule tables V/L/S/T of §5.2 are exercised on `signal_problems` directly; the §5.3 boundaries use
-the default configuration; the decision-5 inputs (strings, booleans, NaN, infinities, an explicit
-`price_open=None`) go end to end through a backtest tick so the message a user sees is checked.
-Python has no "missing" `_isScheduled` (V5): `is_scheduled` is a required bool of `SignalRow`.
+The rule tables V/L/S/T of [§5.2](../docs/design/lifecycle.md#52-rules) are exercised on
+`signal_problems` directly; the
+[§5.3](../docs/design/lifecycle.md#53-boundaries-with-the-default-configuration) boundaries use the
+default configuration; the decision-5 inputs (strings, booleans, NaN, infinities, an explicit
+`price_open=None`) go end to end through a backtest tick so the message a user sees is checked. Python
+has no "missing" `_isScheduled` (V5): `is_scheduled` is a required bool of `SignalRow`.
 """
 
 from __future__ import annotations
@@ -194,7 +198,7 @@ def test_several_failures_are_collected_into_one_error() -> None:
     assert message.count("\n  - ") >= 3
 
 
-# ---------------------------------------------------------------------------------------------- decision 5 end to end
+# ---------------- [decision 5](../docs/design/decisions.md#decision-5-bad-values-are-rejected-never-coerced) end to end
 
 
 async def one_tick(dto: Any, tmp_config: dict[str, Any] | None = None) -> tuple[list[BaseException], Any]:

@@ -648,7 +648,8 @@ def _check_one_minute(ts: list[int], label: str) -> None:
 def _anomalies(
     ts: list[int], o: list[float], h: list[float], lo: list[float], c: list[float], factor: float
 ) -> list[DroppedCandle]:
-    """Candles with a price below reference / factor or above reference x factor (Hardening #7).
+    """Candles with a price below reference / factor or above reference x factor
+    ([hardening #7](../../docs/design/decisions.md#hardening-7-symmetric-candle-anomaly-filter-default-factor-20)).
 
     The exchange client's rule (median of the OHLC prices, the mean below `_MEDIAN_MIN` candles),
     applied per block of `_BLOCK` candles rather than to the whole file, whose median over months

@@ -1,9 +1,10 @@
 """Crash-safe file storage for live state: one JSON file per key, written atomically.
 
-Layout (decision 14): ``<base_dir>/<entity>/<key>.json``; e.g. the pending signal of BTCUSDT under
-strategy ``rsi`` is ``<base_dir>/signals/BTCUSDT-rsi.json``. The engine hands us bytes it has already
-serialized; this module only decides where they go and makes sure a crash at any instant leaves either
-the old or the new document, never a torn one.
+Layout ([decision 14](../../docs/design/decisions.md#decision-14-persistence-layout-follows-the-seed)):
+``<base_dir>/<entity>/<key>.json``; e.g. the pending signal of BTCUSDT under strategy ``rsi`` is
+``<base_dir>/signals/BTCUSDT-rsi.json``. The engine hands us bytes it has already serialized; this
+module only decides where they go and makes sure a crash at any instant leaves either the old or the new
+document, never a torn one.
 
 Why each piece exists:
 
@@ -11,8 +12,9 @@ Why each piece exists:
   same file system, so the rename is atomic), is flushed and ``fsync``-ed, then ``os.replace``-d onto
   the target; the directory is ``fsync``-ed afterwards so the rename itself survives a power loss.
 * **Orphan sweep.** A temp file can only outlive its write if the process died mid-write, so the first
-  use of each entity directory deletes every ``.tmp-*`` file in it (decision 4). This assumes one
-  process owns a ``base_dir`` at a time (a second process's in-flight temp file would be swept too),
+  use of each entity directory deletes every ``.tmp-*`` file in it
+  ([decision 4](../../docs/design/decisions.md#decision-4-restored-state-is-validated)). This assumes
+  one process owns a ``base_dir`` at a time (a second process's in-flight temp file would be swept too),
   which the directory lock below enforces for engines.
 * **Private files.** Snapshots reveal positions and strategy names, so files are created ``0o600`` and
   the directories this class creates ``0o700``, set explicitly (``chmod``) rather than trusting umask.
@@ -39,8 +41,10 @@ Naming scheme (entity and key are arbitrary text: ``/``, ``\\``, NUL, ``..``, em
    way to name it. ``delete`` leaves the sidecar (a concurrent re-write could otherwise lose it); the
    start-up sweep removes sidecars whose data file is gone.
 
-One engine per directory (hardening item 3): `acquire_lock` takes an exclusive ``flock`` on
-``<base_dir>/.lock`` (non-blocking) and writes ``pid=<pid> host=<host>`` into it; a second holder,
+One engine per directory
+([hardening item 3](../../docs/design/decisions.md#hardening-3-one-engine-per-persist-directory)):
+`acquire_lock` takes an exclusive ``flock`` on ``<base_dir>/.lock`` (non-blocking) and writes
+``pid=<pid> host=<host>`` into it; a second holder,
 in this process or another, gets a `PersistError` naming the first one's pid and host and changes
 nothing. A directory where the lock file cannot be made, or without ``flock`` support, runs unlocked
 (its operations report their own errors). The engine holds the lock while it has live runs;

@@ -153,7 +153,9 @@ class BacktestRunner(RunnerBase[FinishedResult]):
                     i = max(i, (filled.pending_at - start) // step)
             elif action == "closed" or action == "cancelled":
                 schedule.add(result)
-                yield result  # type: ignore[misc]  # a close found on the tick path (decision 8)
+                # a close found on the tick path
+                # ([decision 8](../../docs/design/decisions.md#decision-8-backtestrun-yields-every-finished-trade))
+                yield result  # type: ignore[misc]
             if timed:
                 last_perf = await self._perf("backtest_timeframe", frame_started, last_perf, record)
             i += 1

@@ -1,6 +1,6 @@
 """The event bus: one pyee emitter, one channel per event kind, awaited in-order delivery.
 
-Delivery contract (page 00):
+Delivery contract ([public API](../../docs/design/public-api.md#delivery-contract)):
 - a publisher awaits delivery to every listener of the channel, in subscription order, before it
   continues, so each listener sees one run's events in emission order and a run's `done` after all
   of its earlier events;

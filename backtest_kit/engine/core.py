@@ -87,13 +87,16 @@ class Engine(ListenMixin):
         self._env = RunEnv(config=self._get_config, logger=self.logger, report_error=self.report_error)
         self._persist: PersistBackend | None = None
         self._persist_by_entity: dict[str, PersistBackend] = {}
-        self._persist_holds = 0  # live runs holding the persist directory lock (hardening item 3)
+        # live runs holding the persist directory lock
+        # ([hardening item 3](../../docs/design/decisions.md#hardening-3-one-engine-per-persist-directory))
+        self._persist_holds = 0
         self._persist_locked: list[Any] = []
 
     # ------------------------------------------------------------------ facade aliases
     # The module-level API spells the facades `bk.Backtest`, `bk.Live`, ...; these read-only aliases
-    # make every one of them an `Engine` attribute too (README, page 00): `engine.Live.run(...)` is
-    # `engine.live.run(...)`, the same object.
+    # make every one of them an `Engine` attribute too (README,
+    # [public API](../../docs/design/public-api.md#engine-and-the-module-level-api)):
+    # `engine.Live.run(...)` is `engine.live.run(...)`, the same object.
     @property
     def Backtest(self) -> BacktestRunner:
         return self.backtest
@@ -182,13 +185,16 @@ class Engine(ListenMixin):
         method: str | None = None, note: str | None = None,
         callbacks: Mapping[str, Callable[..., Any]] | None = None, **params: float,
     ) -> SizingSchema:
-        """`get_quantity=fn` (or `method="custom"`) or a built-in `method` with its parameters (03 §2)."""
+        """`get_quantity=fn` (or `method="custom"`) or a built-in `method` with its parameters
+        ([risk-sizing §2](../../docs/design/risk-sizing-portfolio.md#2-position-sizing))."""
         import dataclasses
 
         from .errors import SchemaError
         from .sizing import check_sizing_schema
 
-        if method == "custom":  # the explicit name of the get_quantity form (03 §2.4)
+        # the explicit name of the get_quantity form
+        # ([risk-sizing §2.4](../../docs/design/risk-sizing-portfolio.md#24-the-get_quantity-form))
+        if method == "custom":
             method = None
         schema = make_sizing(sizing_name, get_quantity, method, params, note)
         if callbacks is not None:
@@ -215,7 +221,8 @@ class Engine(ListenMixin):
 
     # ------------------------------------------------------------------ runtime services
     def check_strategy(self, strategy_name: str, source: str) -> StrategySchema:
-        """The strategy's schema, after checking it and its risk profile exist (page 02 §2.4)."""
+        """The strategy's schema, after checking it and its risk profile exist
+        ([events §2.4](../../docs/design/events-and-api.md#24-name-validation))."""
         schema = self.registry.strategies.get(strategy_name, source)
         if schema.risk_name is not None:
             self.registry.risks.get(schema.risk_name, source)

@@ -1,7 +1,8 @@
 """Exchange client: candles without look-ahead, retries, validation and the average price.
 
-A tick at time `when` may only see candles that have closed by `when` (decision 1): the candle
-that opens at `when` lies in the future. Every backward read here enforces `ts + step <= when`.
+A tick at time `when` may only see candles that have closed by `when`
+([decision 1](../../docs/design/decisions.md#decision-1-no-look-ahead)): the candle that opens at `when`
+lies in the future. Every backward read here enforces `ts + step <= when`.
 """
 
 from __future__ import annotations
@@ -85,7 +86,9 @@ def validate_candles(candles: Sequence[Candle], symbol: str, step: int, config: 
         reference = sum(prices) / len(prices)
     factor = config.CC_GET_CANDLES_PRICE_ANOMALY_THRESHOLD_FACTOR
     threshold = reference / factor
-    ceiling = reference * factor  # symmetric: a x100 print is as wrong as a /100 one (Hardening #7)
+    # symmetric: a x100 print is as wrong as a /100 one
+    # ([hardening #7](../../docs/design/decisions.md#hardening-7-symmetric-candle-anomaly-filter-default-factor-20))
+    ceiling = reference * factor
     previous: int | None = None
     for i, c in enumerate(candles):
         where = f"{symbol} candle #{i} (timestamp {c.timestamp})"
@@ -281,7 +284,8 @@ class ExchangeClient:
         return vwap(candles)
 
     async def live_price(self, symbol: str, when_ms: int) -> float:
-        """`average_price` plus live mode's freshness check (Hardening #8).
+        """`average_price` plus live mode's freshness check
+        ([hardening #8](../../docs/design/decisions.md#hardening-8-stale-live-data-fails-the-tick)).
 
         A feed that stopped still answers with its last candles, and their average would be traded
         on as if it were the price now; past `CC_LIVE_MAX_CANDLE_AGE_MS` the tick fails instead.

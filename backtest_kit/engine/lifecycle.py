@@ -15,11 +15,13 @@ from .models import Candle, CloseReason, PnL, SignalRow
 
 
 def pnl_of(row: SignalRow, close_price: float, slippage_percent: float, fee_percent: float) -> PnL:
-    """Net PnL in percent after slippage on both sides and `2 × fee` points (page 01 §8).
+    """Net PnL in percent after slippage on both sides and `2 × fee` points
+    ([lifecycle §8](../../docs/design/lifecycle.md#8-pnl)).
 
     long:  o' = o(1+s), c' = c(1−s), pnl = (c' − o') / o' × 100 − 2f
     short: o' = o(1−s), c' = c(1+s), pnl = (o' − c') / o' × 100 − 2f
-    The returned prices are the adjusted o' and c' (decision 16).
+    The returned prices are the adjusted o' and c'
+    ([decision 16](../../docs/design/decisions.md#decision-16-pnl-prices-are-the-adjusted-ones)).
     """
     s = slippage_percent / 100
     o = row.price_open
@@ -46,7 +48,9 @@ def progress_of(row: SignalRow, price: float) -> tuple[float, float]:
 
 
 def expires_at(row: SignalRow) -> int:
-    """One expiry rule for every position (decision 3): pending_at + minute_estimated_time."""
+    """One expiry rule for every position
+    ([decision 3](../../docs/design/decisions.md#decision-3-one-expiry-rule)): pending_at +
+    minute_estimated_time."""
     return row.pending_at + row.minute_estimated_time * MINUTE_MS
 
 

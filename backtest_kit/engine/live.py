@@ -1,9 +1,11 @@
 """Live mode: one asyncio task per (symbol, strategy) on the caller's loop, ticking every TICK_TTL.
 
-The loop never ends on its own. A stop (decision 6) ends new signals at once, drops a waiting limit
-signal as `cancelled`, keeps monitoring an open position to its close, then ends; `done_live` fires
-exactly once for a background run. The inter-tick sleep runs on the engine clock and is woken by a
-stop, so a stopped idle run ends promptly, and a `VirtualClock` makes days of ticks take milliseconds.
+The loop never ends on its own. A stop
+([decision 6](../../docs/design/decisions.md#decision-6-stop-keeps-open-positions-monitored)) ends new
+signals at once, drops a waiting limit signal as `cancelled`, keeps monitoring an open position to its
+close, then ends; `done_live` fires exactly once for a background run. The inter-tick sleep runs on the
+engine clock and is woken by a stop, so a stopped idle run ends promptly, and a `VirtualClock` makes
+days of ticks take milliseconds.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """Turning user-given names (symbols, strategy names) into safe file names and unique state keys.
 
-State keys (decision 14, hardening item 2). Persisted state is keyed by a *pair* of user names:
+State keys
+([decision 14](../../docs/design/decisions.md#decision-14-persistence-layout-follows-the-seed),
+[hardening item 2](../../docs/design/decisions.md#hardening-2-injective-state-keys)).
+Persisted state is keyed by a *pair* of user names:
 ``<symbol>-<strategy>`` for signals, schedules and partial levels, ``<strategy>:<symbol>`` for a
 position in a risk registry. Joining raw names is not injective (``("BTC-PERP", "x")`` and
 ``("BTC", "PERP-x")`` both give ``BTC-PERP-x``), so the *first* name is escaped before the join:

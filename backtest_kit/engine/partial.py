@@ -1,4 +1,6 @@
-"""Partial profit / loss milestones (page 03 §3): levels 10 … 100 % of the way to TP / SL.
+"""Partial profit / loss milestones
+([risk-sizing §3](../../docs/design/risk-sizing-portfolio.md#3-partial-profit-and-loss-levels)): levels
+10 … 100 % of the way to TP / SL.
 
 The state machine reports the progress of an open position on every evaluation (live ticks, and each
 candle of a backtest fast-forward). `LevelTracker.progress` emits, per signal id and side, each level
@@ -11,12 +13,14 @@ Because levels are emitted in ascending order, the emitted set of a side is alwa
 tracker keeps only `top` per side, so an evaluation that reaches no new level costs one dict lookup
 and two comparisons.
 
-Persistence (03 §3.4 port decision): live mode only, one document per pair (entity `partial`, key
-`<symbol>-<strategy>` escaped as in `naming.pair_key`, `{signal_id: {"profit_levels": [...],
-"loss_levels": [...]}}`), read once when the tracker is first used, written after every evaluation
-that reached a new level (before the events are published, so a crash can lose a notification but
-never repeat one), and updated when the signal closes. A restarted live process therefore does not
-re-emit levels it emitted before. Backtests never read or write it.
+Persistence
+([risk-sizing §3.4](../../docs/design/risk-sizing-portfolio.md#34-state-lifetime-and-persistence)): live
+mode only, one document per pair (entity `partial`, key `<symbol>-<strategy>` escaped as in
+`naming.pair_key`, `{signal_id: {"profit_levels": [...], "loss_levels": [...]}}`), read once when the
+tracker is first used, written after every evaluation that reached a new level (before the events are
+published, so a crash can lose a notification but never repeat one), and updated when the signal closes.
+A restarted live process therefore does not re-emit levels it emitted before. Backtests never read or
+write it.
 """
 
 from __future__ import annotations
@@ -271,7 +275,8 @@ def _prefix_top(levels: list[int]) -> int:
 
 
 class PartialEntry(Struct, frozen=True, kw_only=True):
-    """One row of the partial report store (03 §3.5)."""
+    """One row of the partial report store
+    ([risk-sizing §3.5](../../docs/design/risk-sizing-portfolio.md#35-the-partial-facade-and-report))."""
 
     timestamp: int
     action: Literal["profit", "loss"]
@@ -391,7 +396,8 @@ class PartialFacade:
 
 
 def partial_report(symbol: str, strategy_name: str, data: PartialStatistics) -> str:
-    """`# Partial Profit/Loss Report: <symbol>:<strategy>` (02 §4.6)."""
+    """`# Partial Profit/Loss Report: <symbol>:<strategy>`
+    ([events §4.6](../../docs/design/events-and-api.md#46-partial-report))."""
     from .report import format_price, format_timestamp
 
     title = f"# Partial Profit/Loss Report: {symbol}:{strategy_name}"

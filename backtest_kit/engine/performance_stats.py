@@ -1,4 +1,7 @@
-"""Performance metrics (03 §5.3, 02 §4.4): timing of the engine's steps, per metric type.
+"""Performance metrics
+([risk-sizing §5.3](../../docs/design/risk-sizing-portfolio.md#53-performance-metrics),
+[events §4.4](../../docs/design/events-and-api.md#44-performance-report)): timing of the engine's steps,
+per metric type.
 
 The runners build `PerformanceEvent`s (`backtest_timeframe`, `backtest_signal`, `backtest_total`,
 `live_tick`) only while someone listens on the `performance` channel, so collection is opt-in:
@@ -15,7 +18,9 @@ Memory is bounded however long a live process runs:
 - `events` keeps the most recent `MAX_SAMPLES` events of the pair, newest first.
 
 Wait time = `timestamp − previous_timestamp` of the events that have a previous timestamp (the
-previous timing event of the same run, of any type, 03 §5.3); 0 when there is none.
+previous timing event of the same run, of any type,
+[risk-sizing §5.3](../../docs/design/risk-sizing-portfolio.md#53-performance-metrics)); 0 when there is
+none.
 """
 
 from __future__ import annotations
@@ -197,7 +202,7 @@ class PerformanceStats:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Report (02 §4.4)
+# Report ([events §4.4](../../docs/design/events-and-api.md#44-performance-report))
 # ---------------------------------------------------------------------------------------------------------
 
 

@@ -54,7 +54,8 @@ async def read_snapshot(
     what: str,
     report_error: Callable[[BaseException], Awaitable[None]],
 ) -> T | None:
-    """Read and parse one stored document; never raises (decision 4).
+    """Read and parse one stored document; never raises
+    ([decision 4](../../docs/design/decisions.md#decision-4-restored-state-is-validated)).
 
     A failed read is reported; a document `parse` rejects (it raises ValueError, msgspec's errors
     or TypeError) is reported as a PersistError naming `what`, set aside when the backend can, and

@@ -11,9 +11,10 @@ The chart has two panels sharing the time axis:
   marked green (win) or red (loss);
 - bottom: the drawdown, cumulative − running peak (≤ 0), filled; its minimum is −`max_drawdown`.
 
-Live statistics keep only the recent trades as rows (decision 12); their chart starts at the
-cumulative PnL before the first shown trade and its drawdown is measured within the shown window,
-which the title says.
+Live statistics keep only the recent trades as rows
+([decision 12](../../docs/design/decisions.md#decision-12-bounded-live-table-exact-statistics)); their
+chart starts at the cumulative PnL before the first shown trade and its drawdown is measured within the
+shown window, which the title says.
 """
 
 from __future__ import annotations

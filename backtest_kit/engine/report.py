@@ -1,7 +1,10 @@
-"""Markdown reports of the run statistics (02 §4.0–4.2) and the file helper behind `dump`.
+"""Markdown reports of the run statistics
+([events §4.0–4.2](../../docs/design/events-and-api.md#4-markdown-reports)) and the file helper behind
+`dump`.
 
 Pure text building: the facades fetch a `Statistics` snapshot, call `backtest_report` /
-`live_report`, and `dump` hands the text to `write_report`. Formatting rules (02 §4.0):
+`live_report`, and `dump` hands the text to `write_report`. Formatting rules
+([events §4.0](../../docs/design/events-and-api.md#40-common-rules)):
 
 - a report is lines joined with "\\n", no trailing newline; line 1 is the title, line 2 empty;
 - prices: 8 decimals + " USD"; signed percents: "+" only when the value is > 0, 2 decimals, "%",
@@ -145,7 +148,8 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list
 
 
 def _line(label: str, value: str | None, suffix: str = "") -> str:
-    """`**Label:** value suffix`; a missing value prints `N/A` with no suffix (02 §4.1)."""
+    """`**Label:** value suffix`; a missing value prints `N/A` with no suffix
+    ([events §4.1](../../docs/design/events-and-api.md#41-backtest-report))."""
     if value is None:
         return f"**{label}:** {NA}"
     return f"**{label}:** {value}{suffix}"
@@ -158,7 +162,8 @@ def _fmt(fn: Callable[[float], str], x: float | None) -> str | None:
 def _summary(stats: Statistics) -> list[str]:
     """The summary lines shared by both reports, after the two count lines.
 
-    Reference lines first (02 §4.1), then the PORT max drawdown line, then the port's extra figures.
+    Reference lines first ([events §4.1](../../docs/design/events-and-api.md#41-backtest-report)), then
+    the PORT max drawdown line, then the port's extra figures.
     """
     hib = " (higher is better)"
     lib = " (lower is better)"
@@ -222,7 +227,8 @@ def _close_reasons(counts: dict[str, int]) -> str | None:
 def backtest_report(
     strategy_name: str, stats: Statistics, *, show_note: bool = False, quantities: Mapping[str, str] | None = None
 ) -> str:
-    """Backtest report (02 §4.1): one row per closed trade, newest first, then the summary.
+    """Backtest report ([events §4.1](../../docs/design/events-and-api.md#41-backtest-report)): one row
+    per closed trade, newest first, then the summary.
 
     `quantities` (signal id -> text formatted by the exchange's `format_quantity`) adds a Quantity
     column after Position when any trade was sized (`add_sizing(get_quantity=...)`).
@@ -302,10 +308,12 @@ def _live_cells(e: LiveEvent, show_note: bool, quantities: Mapping[str, str] | N
 def live_report(
     strategy_name: str, stats: Statistics, *, show_note: bool = False, quantities: Mapping[str, str] | None = None
 ) -> str:
-    """Live report (02 §4.2): the recent events newest first, then the summary over every closed trade.
+    """Live report ([events §4.2](../../docs/design/events-and-api.md#42-live-report)): the recent
+    events newest first, then the summary over every closed trade.
 
     `**Closed signals:**` counts every closed trade of the run (the statistics are running aggregates,
-    decision 12), which can exceed the number of CLOSED rows left in the bounded table.
+    [decision 12](../../docs/design/decisions.md#decision-12-bounded-live-table-exact-statistics)),
+    which can exceed the number of CLOSED rows left in the bounded table.
     """
     title = f"# Live Trading Report: {strategy_name}"
     if not stats.events and stats.total_trades == 0:

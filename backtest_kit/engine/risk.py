@@ -1,6 +1,9 @@
-"""Risk profiles (page 03 §1): shared position registries, validations, rejection events and reports.
+"""Risk profiles ([risk-sizing §1](../../docs/design/risk-sizing-portfolio.md#1-risk-profiles)): shared
+position registries, validations, rejection events and reports.
 
-One `RiskState` per (risk_name, mode) for the life of the engine (03 §1.2 port decision, decision 11):
+One `RiskState` per (risk_name, mode) for the life of the engine
+([risk-sizing §1.2](../../docs/design/risk-sizing-portfolio.md#12-one-shared-state-per-profile),
+[decision 11](../../docs/design/decisions.md#decision-11-instances-are-keyed-by-mode-symbol-and-strategy)):
 every strategy and symbol naming the profile in that mode shares it, and a backtest never sees live
 positions. Each strategy instance gets a `RiskGate` bound to its pair; the state machine calls
 
@@ -10,7 +13,9 @@ positions. Each strategy instance gets a `RiskGate` bound to its pair; the state
   of N can never be exceeded however many pairs open in the same tick,
 - `release(row)` when the position closes.
 
-Validation semantics (03 §1.5, plus one port extension):
+Validation semantics
+([risk-sizing §1.5](../../docs/design/risk-sizing-portfolio.md#15-evaluating-the-validations), plus one
+port extension):
 
 - `max_concurrent_positions=N` runs first and rejects when `active_position_count >= N`, with the
   comment `max_concurrent_positions=N reached`;
@@ -26,12 +31,15 @@ Rejections publish a `RiskEvent` on the `risk` channel (after the lock is releas
 Callbacks may be sync or async; an exception inside one is reported through `listen_error` and never
 changes the decision.
 
-Persistence (03 §1.8 port decision): in live mode only, the registry is written through the engine's
-persistence backend (entity `risk`, key = risk name) after every add and remove, and read once when the
-live state is first used. That first use also counts every stored pending signal of a strategy naming
-the profile (hardening item 1), so positions whose own pair has not ticked yet still hold their slots.
-A document that fails validation is reported on the error channel, moved aside when the backend can
-quarantine, and the registry is rebuilt from the stored signals.
+Persistence
+([risk-sizing §1.8](../../docs/design/risk-sizing-portfolio.md#18-persistence-of-the-registry)): in live
+mode only, the registry is written through the engine's persistence backend (entity `risk`, key = risk
+name) after every add and remove, and read once when the live state is first used. That first use also
+counts every stored pending signal of a strategy naming the profile
+([hardening item 1](../../docs/design/decisions.md#hardening-1-a-live-risk-profile-counts-stored-positions-first)),
+so positions whose own pair has not ticked yet still hold their slots. A document that fails validation
+is reported on the error channel, moved aside when the backend can quarantine, and the registry is
+rebuilt from the stored signals.
 """
 
 from __future__ import annotations
@@ -78,7 +86,9 @@ NA: Final = "N/A"
 
 
 class ActivePosition(Struct, frozen=True, kw_only=True):
-    """One open position of a profile (03 §1.3 port decision: the real row, exchange and open time)."""
+    """One open position of a profile
+    ([risk-sizing §1.3](../../docs/design/risk-sizing-portfolio.md#13-the-active-position-registry): the
+    real row, exchange and open time)."""
 
     signal: SignalRow
     symbol: str
@@ -88,12 +98,14 @@ class ActivePosition(Struct, frozen=True, kw_only=True):
 
 
 class RiskCheckArgs(Struct, frozen=True, kw_only=True):
-    """What a validation (and `on_allowed` / `on_rejected`) receives (03 §1.4).
+    """What a validation (and `on_allowed` / `on_rejected`) receives
+    ([risk-sizing §1.4](../../docs/design/risk-sizing-portfolio.md#14-when-the-check-runs)).
 
     `pending_signal` is always a `SignalRow`: at the creation checkpoint of a market signal its
-    `price_open` is already the current price, never `None` (03 §1.4 port decision).
-    `active_position_count` and `active_positions` do not include the checking pair's own new
-    position. Fields can be read as attributes (`args.symbol`) or as keys (`args["symbol"]`).
+    `price_open` is already the current price, never `None`
+    ([risk-sizing §1.4](../../docs/design/risk-sizing-portfolio.md#14-when-the-check-runs)).
+    `active_position_count` and `active_positions` do not include the checking pair's own new position.
+    Fields can be read as attributes (`args.symbol`) or as keys (`args["symbol"]`).
     """
 
     symbol: str
@@ -117,7 +129,9 @@ class RiskCheckArgs(Struct, frozen=True, kw_only=True):
 
 
 class RiskStatistics(Struct, frozen=True, kw_only=True):
-    """`Risk.get_data` (03 §1.7): rejections of one (symbol, strategy), newest first."""
+    """`Risk.get_data`
+    ([risk-sizing §1.7](../../docs/design/risk-sizing-portfolio.md#17-risk-events-listeners-and-the-rejection-report)):
+    rejections of one (symbol, strategy), newest first."""
 
     event_list: list[RiskEvent]
     total_rejections: int
@@ -183,11 +197,12 @@ class RiskState:
     async def ensure_loaded(self) -> None:
         """Load the live registry once; must be called with the lock held.
 
-        The registry is rebuilt from the stored signals as well as read (hardening item 1): a crash
-        between the risk write and the signal delete, or a quarantined risk document, must not let
-        other pairs open past the limit before every stored position's own pair has ticked. When
-        the stored signals cannot be listed, nothing is assumed: the error propagates (the open that
-        asked fails and is retried on a later tick).
+        The registry is rebuilt from the stored signals as well as read
+        ([hardening 1](../../docs/design/decisions.md#hardening-1-a-live-risk-profile-counts-stored-positions-first)):
+        a crash between the risk write and the signal delete, or a quarantined risk document, must not
+        let other pairs open past the limit before every stored position's own pair has ticked. When the
+        stored signals cannot be listed, nothing is assumed: the error propagates (the open that asked
+        fails and is retried on a later tick).
         """
         if self.loaded:
             return
@@ -539,7 +554,7 @@ class RiskFacade:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Report (02 §4.7)
+# Report ([events §4.7](../../docs/design/events-and-api.md#47-risk-rejection-report))
 # ---------------------------------------------------------------------------------------------------------
 
 

@@ -1,8 +1,11 @@
 """What the Backtest and Live facades share: run instances, background tasks, cancel, list, reports.
 
-One `RunRecord` per (symbol, strategy) of a mode (decision 11: modes never share state). Background
-runs hand back a `CancelHandle`: callable from anywhere (a signal handler, a timer, another thread,
-any number of times), it performs the graceful stop of decision 6 and never raises.
+One `RunRecord` per (symbol, strategy) of a mode
+([decision 11](../../docs/design/decisions.md#decision-11-instances-are-keyed-by-mode-symbol-and-strategy):
+modes never share state). Background runs hand back a `CancelHandle`: callable from anywhere (a signal
+handler, a timer, another thread, any number of times), it performs the graceful stop of
+[decision 6](../../docs/design/decisions.md#decision-6-stop-keeps-open-positions-monitored) and never
+raises.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Schedule statistics (03 §5.2, 02 §4.3): how limit (scheduled) signals behave.
+"""Schedule statistics
+([risk-sizing §5.2](../../docs/design/risk-sizing-portfolio.md#52-schedule-statistics),
+[events §4.3](../../docs/design/events-and-api.md#43-schedule-report)): how limit (scheduled) signals
+behave.
 
 One `ScheduleStats` store per (symbol, strategy), fed with the tick results of both modes by the
 runners and cleared when a backtest or live run of the pair starts. Three kinds of events:
@@ -227,7 +230,7 @@ class ScheduleStats:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Report (02 §4.3)
+# Report ([events §4.3](../../docs/design/events-and-api.md#43-schedule-report))
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -255,7 +258,8 @@ def _rate(x: float | None, suffix: str) -> str:
 
 
 def schedule_report(strategy_name: str, stats: ScheduleStatistics, *, show_note: bool = False) -> str:
-    """Scheduled-signals report (02 §4.3): the event table newest first, then the summary lines."""
+    """Scheduled-signals report ([events §4.3](../../docs/design/events-and-api.md#43-schedule-report)):
+    the event table newest first, then the summary lines."""
     from .report import format_price, format_timestamp
 
     title = f"# Scheduled Signals Report: {strategy_name}"

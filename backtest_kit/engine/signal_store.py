@@ -1,9 +1,10 @@
 """`PersistedSignalStore`: the live instance's pending and scheduled signal, kept in a `PersistBackend`.
 
-Layout (decision 14): entity ``"signals"`` holds the pending row and entity ``"schedules"`` the waiting
-limit row, both under the key ``"<symbol>-<strategy>"`` with each name escaped so that no two pairs
-share a key (`naming.pair_key`: ``BTC-PERP`` / ``x`` is ``BTC%2DPERP-x``; plain names are unchanged);
-with the default `FilePersist` that is ``<persist_dir>/signals/<symbol>-<strategy>.json`` and
+Layout ([decision 14](../../docs/design/decisions.md#decision-14-persistence-layout-follows-the-seed)):
+entity ``"signals"`` holds the pending row and entity ``"schedules"`` the waiting limit row, both under
+the key ``"<symbol>-<strategy>"`` with each name escaped so that no two pairs share a key
+(`naming.pair_key`: ``BTC-PERP`` / ``x`` is ``BTC%2DPERP-x``; plain names are unchanged); with the
+default `FilePersist` that is ``<persist_dir>/signals/<symbol>-<strategy>.json`` and
 ``<persist_dir>/schedules/<symbol>-<strategy>.json``. A row is msgspec JSON of `SignalRow`; "no row" is
 the absence of the key. A pair whose key changed with the escaping (a name holding ``-``, ``:`` or
 ``%``) also looks under the old plain-join key when nothing is stored under the new one, and takes the
@@ -31,7 +32,8 @@ after the epoch, ``is_scheduled`` matching the entity, symbol / strategy / excha
 instance). An invalid snapshot is reported through the error channel with the entity, key, location
 and reason, moved aside by a `QuarantineBackend` (``<file>.corrupt-<timestamp>``; a backend without
 quarantine leaves it untouched), and not restored. A backend *read* failure raises `PersistError`, so
-the instance's first tick fails and the restore is retried on the next tick (page 01 PD-7).
+the instance's first tick fails and the restore is retried on the next tick
+([lifecycle PD-7](../../docs/design/lifecycle.md#pd-7-restored-data)).
 """
 
 from __future__ import annotations
@@ -279,7 +281,9 @@ class PersistedSignalStore:
         return row
 
     def _check(self, row: SignalRow) -> None:
-        """Restored rows pass the checks new signals pass (decision 4, hardening item 5)."""
+        """Restored rows pass the checks new signals pass
+        ([decision 4](../../docs/design/decisions.md#decision-4-restored-state-is-validated),
+        [hardening item 5](../../docs/design/decisions.md#hardening-5-restored-rows-pass-the-checks-of-new-signals))."""
         if self._check_row is None:
             return
         problems = self._check_row(row)

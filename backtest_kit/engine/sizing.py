@@ -1,6 +1,7 @@
-"""Position sizing (page 03 §2): the built-in calculators, the custom `get_quantity` form, limits.
+"""Position sizing ([risk-sizing §2](../../docs/design/risk-sizing-portfolio.md#2-position-sizing)): the
+built-in calculators, the custom `get_quantity` form, limits.
 
-Two registration forms (03 §2.4 port decision):
+Two registration forms ([risk-sizing §2.4](../../docs/design/risk-sizing-portfolio.md#24-the-get_quantity-form)):
 
 - `add_sizing(sizing_name=..., get_quantity=fn)` (or `method="custom"`): when a strategy naming the
   sizing opens a position, the engine calls `fn(symbol, signal_row, current_price)` (sync or async,
@@ -12,9 +13,10 @@ Two registration forms (03 §2.4 port decision):
   calculators reachable through `bk.PositionSize`; they need an account balance, so the engine does
   not size positions with them automatically.
 
-Formulas (03 §2.2), then the limits in this order: `max_position_percentage` (a cap on the position
-value as a percent of the balance), `min_position_size`, `max_position_size` (applied last: it wins
-over the minimum). No rounding happens here; use `bk.format_quantity` for exchange precision.
+Formulas ([risk-sizing §2.2](../../docs/design/risk-sizing-portfolio.md#22-calculation)), then the
+limits in this order: `max_position_percentage` (a cap on the position value as a percent of the
+balance), `min_position_size`, `max_position_size` (applied last: it wins over the minimum). No rounding
+happens here; use `bk.format_quantity` for exchange precision.
 """
 
 from __future__ import annotations
@@ -67,7 +69,8 @@ DEFAULT_KELLY_MULTIPLIER: Final = 0.25
 
 
 class Constant:
-    """Milestones for scaling out, in percent of the way from entry to the target (03 §2.5)."""
+    """Milestones for scaling out, in percent of the way from entry to the target
+    ([risk-sizing §2.5](../../docs/design/risk-sizing-portfolio.md#25-level-constants))."""
 
     TP_LEVEL1: Final = 30
     TP_LEVEL2: Final = 60
@@ -77,7 +80,9 @@ class Constant:
 
 
 def check_sizing_schema(schema: SizingSchema) -> None:
-    """Method-specific checks (03 §2.1): known parameter names, required `risk_percentage`, callbacks."""
+    """Method-specific checks
+    ([risk-sizing §2.1](../../docs/design/risk-sizing-portfolio.md#21-schema)): known parameter names,
+    required `risk_percentage`, callbacks."""
     method = schema.method or "custom"
     allowed = METHOD_PARAMS[method]
     for key in schema.params:
@@ -166,7 +171,8 @@ def apply_limits(
     max_position_percentage: float | None = None, min_position_size: float | None = None,
     max_position_size: float | None = None,
 ) -> float:
-    """Percentage cap, then the minimum, then the maximum (the maximum wins a conflict), 03 §2.2."""
+    """Percentage cap, then the minimum, then the maximum (the maximum wins a conflict),
+    [risk-sizing §2.2](../../docs/design/risk-sizing-portfolio.md#22-calculation)."""
     if max_position_percentage is not None and account_balance is not None and price_open:
         quantity = min(quantity, account_balance * max_position_percentage / 100 / price_open)
     if min_position_size is not None:
@@ -198,7 +204,8 @@ async def _on_calculate(engine: Engine, schema: SizingSchema, quantity: float, p
 
 
 class PositionSize:
-    """`bk.PositionSize`: the built-in calculators of registered sizings (03 §2.3)."""
+    """`bk.PositionSize`: the built-in calculators of registered sizings
+    ([risk-sizing §2.3](../../docs/design/risk-sizing-portfolio.md#23-the-positionsize-helper))."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine

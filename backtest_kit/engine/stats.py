@@ -1,15 +1,18 @@
 """Run statistics: running aggregates over closed trades and the backtest / live stores.
 
 Why running aggregates: a live process runs for months, so its statistics cannot be recomputed
-from a list of every trade (decision 12). `TradeAggregate` folds each closed trade into O(1) state
-(counts, sums, Welford variance, equity peak and drawdown); `statistics_from_aggregate` turns that
-state into a `Statistics` snapshot. `statistics_from_trades` is the plain batch recomputation over a
-list of trades, written independently so tests can check that the two agree.
+from a list of every trade
+([decision 12](../../docs/design/decisions.md#decision-12-bounded-live-table-exact-statistics)).
+`TradeAggregate` folds each closed trade into O(1) state (counts, sums, Welford variance, equity peak
+and drawdown); `statistics_from_aggregate` turns that state into a `Statistics` snapshot.
+`statistics_from_trades` is the plain batch recomputation over a list of trades, written independently
+so tests can check that the two agree.
 
 Stores:
 
 - `BacktestStats` keeps every closed trade (backtests are finite and walker comparisons must be
-  exact, 02 §3.4 port decision 4) plus an aggregate, so `data()` needs no pass over the trades.
+  exact, [events §3.4](../../docs/design/events-and-api.md#34-bounded-stores)) plus an aggregate, so
+  `data()` needs no pass over the trades.
 - `LiveStats` keeps a bounded deque of the most recent `LiveEvent` rows for the report table plus an
   aggregate over *every* closed trade, so the figures stay exact with bounded memory.
 
@@ -69,7 +72,8 @@ def round_minutes(ms: int) -> int:
 
 
 def _finite(x: float) -> float | None:
-    """NaN and ±inf never escape into a `Statistics` object: they become `None` (02 §3.1)."""
+    """NaN and ±inf never escape into a `Statistics` object: they become `None`
+    ([events §3.1](../../docs/design/events-and-api.md#31-backtest-statistics))."""
     return x if math.isfinite(x) else None
 
 
@@ -79,7 +83,7 @@ def _finite(x: float) -> float | None:
 
 
 class LiveEvent(Struct, frozen=True, kw_only=True, gc=False):
-    """One row of the live recent-events table (02 §3.2, port decision 5).
+    """One row of the live recent-events table ([events §3.2](../../docs/design/events-and-api.md#32-live-statistics)).
 
     Frozen so a `Statistics.events` list handed to a user is a stable snapshot: the store replaces a
     row instead of mutating it. Fields the event does not know are `None`.
@@ -112,8 +116,8 @@ class Statistics(Struct, frozen=True, kw_only=True):
 
     Trades are taken oldest first (the order they closed). Percent values are on a 0–100 scale except
     `win_rate`, a fraction. With n = 0 the counts are 0, `close_reasons` is empty and every derived
-    figure below is `None` (02 §3.4 port decision 3). With n > 0 a figure that comes out NaN or ±inf
-    is `None`, never NaN.
+    figure below is `None` ([events §3.4](../../docs/design/events-and-api.md#34-bounded-stores)). With
+    n > 0 a figure that comes out NaN or ±inf is `None`, never NaN.
 
     - `total_trades` = n (closed trades; cancelled signals are not trades)
     - `winning_trades` = #{p > 0}; `losing_trades` = #{p < 0} (a zero PnL is neither)
@@ -173,7 +177,8 @@ class Statistics(Struct, frozen=True, kw_only=True):
     open_positions: int = 0
     unrealized_pnl: float | None = None
 
-    # Read-only aliases with the reference's names (02 §3.4 port decision 1).
+    # Read-only aliases with the reference's names
+    # ([events §3.4](../../docs/design/events-and-api.md#34-bounded-stores)).
     @property
     def total_closed(self) -> int:
         """Reference `totalClosed` / `totalSignals`: the number of closed trades."""
@@ -247,7 +252,7 @@ def _derived(
 
     Sharing this step is safe for the equivalence tests: what they check is that the two ways of
     obtaining the sums (running vs. batch) agree; the formulas themselves are checked by the unit
-    tests against the worked example of 02 §4.10.
+    tests against the worked example of [events §4.10](../../docs/design/events-and-api.md#410-worked-example).
     """
     avg = total / n
     win_rate = wins / n
@@ -569,7 +574,8 @@ def _signal_event(
 
 
 class BacktestStats:
-    """Backtest store of one pair: every closed trade (unbounded, 02 §3.4 PD 4) plus an aggregate.
+    """Backtest store of one pair: every closed trade (unbounded,
+    [events §3.4](../../docs/design/events-and-api.md#34-bounded-stores)) plus an aggregate.
 
     Trades are appended oldest first (O(1)); `data()` reverses them into the newest-first order the
     reports and the reference use.

@@ -131,7 +131,9 @@ class StrategyInstance:
             context.leave(token)
 
     async def _price(self, now_ms: int) -> float:
-        if not self.backtest:  # live: refuse a price from a stalled feed (Hardening #8)
+        # live: refuse a price from a stalled feed
+        # ([hardening #8](../../docs/design/decisions.md#hardening-8-stale-live-data-fails-the-tick))
+        if not self.backtest:
             return await self.exchange.live_price(self.symbol, now_ms)
         price = self.exchange.average_price_now(self.symbol, now_ms)
         if price is None:
@@ -161,7 +163,8 @@ class StrategyInstance:
         """Read the stored state once; a load that raises leaves `restored` False (retried next tick).
 
         True when a stored snapshot was set aside as invalid: the tick then opens nothing, so a
-        position nobody understood is never replaced in the same instant (hardening item 6).
+        position nobody understood is never replaced in the same instant
+        ([hardening item 6](../../docs/design/decisions.md#hardening-6-a-tick-that-set-a-snapshot-aside-opens-nothing)).
         """
         assert self.store is not None
         rejected_before = getattr(self.store, "rejected", 0)
@@ -176,7 +179,9 @@ class StrategyInstance:
                 await self.store.save_scheduled(None)  # crash between activation's two writes
             else:
                 self.scheduled = scheduled
-                if self.callbacks.on_schedule is not None:  # page 01 rule 45 (on_active: decision 10)
+                # [lifecycle rule 45](../../docs/design/lifecycle.md#16-acceptance-criteria) (on_active:
+                # [decision 10](../../docs/design/decisions.md#decision-10-on_active-fires-on-every-active-tick))
+                if self.callbacks.on_schedule is not None:
                     try:
                         price = await self._price(now_ms)
                     except Exception as exc:
@@ -291,7 +296,8 @@ class StrategyInstance:
             context.leave(token)
 
     async def _generate(self, price: float, now_ms: int) -> TickResult | None:
-        """Ask for a signal; any failure is reported and the tick ends idle (page 01 §4.2)."""
+        """Ask for a signal; any failure is reported and the tick ends idle
+        ([lifecycle §4.2](../../docs/design/lifecycle.md#42-generation))."""
         try:
             raw = await self._call_get_signal(now_ms)
             if not raw or self.stopped:
@@ -309,8 +315,9 @@ class StrategyInstance:
     def _build_row(self, dto: SignalDto, price: float, now_ms: int) -> SignalRow:
         limit = not isinstance(dto.price_open, msgspec.UnsetType)
         if limit:
-            # Decision 5: never coerce. A SignalDto built in Python is not type-checked by msgspec,
-            # so "100" or True must reach validation as is (float() would accept them).
+            # [Decision 5](../../docs/design/decisions.md#decision-5-bad-values-are-rejected-never-coerced):
+            # never coerce. A SignalDto built in Python is not type-checked by msgspec, so "100" or True
+            # must reach validation as is (float() would accept them).
             raw: Any = dto.price_open
             if raw is None:
                 raise SignalValidationError(

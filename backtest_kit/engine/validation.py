@@ -1,4 +1,5 @@
-"""Signal validation (page 01 §5): every failing rule is collected into one error message."""
+"""Signal validation ([lifecycle §5](../../docs/design/lifecycle.md#5-signal-validation)): every failing
+rule is collected into one error message."""
 
 from __future__ import annotations
 
