@@ -33,16 +33,13 @@ from typing import Any
 from ..adapters import CsvCandles, MemoryCandles, ReplayExchange, bundled_sample_path
 from ..adapters.candles import resolve_sample_name
 from ..engine.core import Engine
+from ..engine.errors import CliError
 from ..engine.registry import ExchangeSchema, FrameSchema, StrategySchema
 from .outcome import SignalCalls
 
 DEFAULT_STRATEGY = "backtest_kit.demo:register"
 CLI_FRAME = "cli-frame"
 REPLAY_EXCHANGE = "replay"
-
-
-class CliError(Exception):
-    """A failure the user can fix (bad path, unknown name, missing option): message, exit code 1."""
 
 
 class CliEngine(Engine):
