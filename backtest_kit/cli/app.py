@@ -49,6 +49,27 @@ from .loader import CliEngine, CliError, Target, build_target, load_strategy, ut
 from .outcome import Interrupt, RunLog, until_done, write_line
 from .render import LiveStatus, Progress, make_progress, print_summary, summary_rows
 
+__all__ = [
+    "PROG",
+    "PacedClock",
+    "apply_config",
+    "build_parser",
+    "cmd_backtest",
+    "cmd_live",
+    "cmd_report",
+    "config_item",
+    "dump_reports",
+    "emit_json",
+    "main",
+    "parse_value",
+    "positive_int",
+    "print_files",
+    "speed",
+    "stdout_to_stderr",
+    "strategy_spec",
+    "when",
+]
+
 PROG = "backtest-kit"
 MINUTE_MS = 60_000
 

@@ -37,6 +37,20 @@ from ..engine.errors import CliError
 from ..engine.registry import ExchangeSchema, FrameSchema, StrategySchema
 from .outcome import SignalCalls
 
+__all__ = [
+    "CLI_FRAME",
+    "DEFAULT_STRATEGY",
+    "REPLAY_EXCHANGE",
+    "CliEngine",
+    "CliError",
+    "StrategyRef",
+    "Target",
+    "build_target",
+    "candle_store",
+    "load_strategy",
+    "utc",
+]
+
 DEFAULT_STRATEGY = "backtest_kit.demo:register"
 CLI_FRAME = "cli-frame"
 REPLAY_EXCHANGE = "replay"

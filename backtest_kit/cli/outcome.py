@@ -23,6 +23,8 @@ from typing import Any, TextIO
 
 from ..engine.errors import SignalValidationError
 
+__all__ = ["Interrupt", "RunLog", "SignalCalls", "error_origin", "until_done", "write_line"]
+
 _MAX_ERRORS_KEPT = 20
 _PACKAGE = Path(__file__).resolve().parents[1]  # backtest_kit/
 _LIBRARY_DIRS = tuple(str(_PACKAGE / d) for d in ("engine", "adapters", "listeners", "cli"))

@@ -19,6 +19,20 @@ from typing import Any, Protocol, TextIO
 from ..engine.models import ActiveResult, ProgressEvent, SignalRow, TickResult
 from ..engine.stats import Statistics
 
+__all__ = [
+    "LiveStatus",
+    "NullProgress",
+    "PlainProgress",
+    "Progress",
+    "RichProgress",
+    "format_seconds",
+    "format_span",
+    "make_progress",
+    "print_summary",
+    "rich_available",
+    "summary_rows",
+]
+
 _REFRESH_SECONDS = 0.1
 
 

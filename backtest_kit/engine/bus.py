@@ -50,6 +50,19 @@ from .logger import EngineLogger
 if TYPE_CHECKING:
     from .config import Config
 
+__all__ = [
+    "CHANNELS",
+    "EventBus",
+    "Filter",
+    "Limit",
+    "Listener",
+    "Subscription",
+    "Unsubscribe",
+    "as_listener",
+    "enter_run",
+    "leave_run",
+]
+
 E = TypeVar("E")
 
 CHANNELS: Final = (

@@ -47,6 +47,8 @@ from .signal_store import PersistedSignalStore
 from .sizing import PositionSize
 from .strategy import RunEnv, StrategyInstance
 
+__all__ = ["PERSIST_ENTITIES", "Engine"]
+
 PERSIST_ENTITIES = (ENTITY_SIGNALS, ENTITY_SCHEDULES, ENTITY_RISK, ENTITY_PARTIAL)
 
 

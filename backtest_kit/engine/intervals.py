@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Final
 
+__all__ = ["CANDLE_INTERVALS", "FRAME_INTERVALS", "MINUTE_MS", "SIGNAL_INTERVALS", "interval_ms"]
+
 MINUTE_MS: Final = 60_000
 
 CANDLE_INTERVALS: Final[dict[str, int]] = {

@@ -12,6 +12,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from .redact import redact
 
+__all__ = ["EngineLogger", "LoggerLike"]
+
 
 @runtime_checkable
 class LoggerLike(Protocol):

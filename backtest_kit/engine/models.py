@@ -13,6 +13,31 @@ from typing import Any, ClassVar, Literal, TypeAlias
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
+__all__ = [
+    "ActiveResult",
+    "CancelledResult",
+    "Candle",
+    "CloseReason",
+    "ClosedResult",
+    "DoneEvent",
+    "FinishedResult",
+    "IdleResult",
+    "InstanceInfo",
+    "InstanceStatus",
+    "OpenedResult",
+    "PartialEvent",
+    "PerformanceEvent",
+    "PnL",
+    "Position",
+    "ProgressEvent",
+    "RiskEvent",
+    "ScheduledResult",
+    "SignalDto",
+    "SignalRow",
+    "TickResult",
+    "decode_signal_dto",
+]
+
 Position: TypeAlias = Literal["long", "short"]
 CloseReason: TypeAlias = Literal["take_profit", "stop_loss", "time_expired"]
 InstanceStatus: TypeAlias = Literal["idle", "running", "done"]

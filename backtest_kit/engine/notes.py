@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+__all__ = ["normalize_note"]
+
 _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"```.*?```", re.S), ""),
     (re.compile(r"`([^`]*)`"), r"\1"),

@@ -10,6 +10,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol, TypeVar, runtime_checkable
 
+__all__ = [
+    "ENTITY_PARTIAL",
+    "ENTITY_RISK",
+    "ENTITY_SCHEDULES",
+    "ENTITY_SIGNALS",
+    "PersistBackend",
+    "QuarantineBackend",
+    "read_snapshot",
+    "set_aside",
+]
+
 T = TypeVar("T")
 
 ENTITY_SIGNALS: Final = "signals"

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from .core import Engine
     from .strategy import StrategyInstance
 
+__all__ = ["CancelHandle", "RunRecord", "RunnerBase"]
+
 R = TypeVar("R", bound=TickResult)
 
 

@@ -55,6 +55,8 @@ from .notes import normalize_note
 from .registry import StrategySchema
 from .validation import validate_signal
 
+__all__ = ["RunEnv", "StrategyInstance"]
+
 _replace = msgspec.structs.replace
 
 
