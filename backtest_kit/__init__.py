@@ -21,6 +21,7 @@ from typing import Any
 
 from .adapters import CsvCandles, FilePersist, MemoryCandles, ReplayExchange, bundled_sample_path, replay_clock
 from .adapters.candles import CandleDataWarning, CandleGaps, DroppedCandle
+from .adapters.ccxt_exchange import add_ccxt_exchange as _add_ccxt_exchange
 from .engine.bus import CHANNELS, EventBus
 from .engine.clock import Clock, SystemClock, VirtualClock
 from .engine.config import DEFAULT_CONFIG, Config
@@ -274,11 +275,9 @@ __all__ = [
 def add_ccxt_exchange(exchange_name: str, exchange_id: str = "binance", **kwargs: Any) -> Any:
     """Register a ccxt exchange on the default engine (see `backtest_kit.adapters.ccxt`).
 
-    Imported lazily: ccxt takes about a second to import and backtests over files never need it.
+    ccxt itself (about a second to import) is imported only when the exchange is first used.
     """
-    from .adapters.ccxt_exchange import add_ccxt_exchange as _add
-
-    return _add(exchange_name, exchange_id, **kwargs)
+    return _add_ccxt_exchange(exchange_name, exchange_id, **kwargs)
 
 
 def _resolve_own_annotations(cls: type) -> None:

@@ -36,6 +36,7 @@ from typing import Any, TextIO
 
 import msgspec
 
+from .. import __version__
 from ..adapters.replay import ReplayExchange
 from ..engine.backtest import BacktestRunner
 from ..engine.clock import VirtualClock
@@ -149,8 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one trading strategy in backtest or live mode and read its reports.",
         epilog="Run `backtest-kit COMMAND --help` for the options of a command.",
     )
-    from .. import __version__
-
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

@@ -30,6 +30,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import backtest_kit
+
 from ..adapters import CsvCandles, MemoryCandles, ReplayExchange, bundled_sample_path
 from ..adapters.candles import resolve_sample_name
 from ..engine.core import Engine
@@ -182,8 +184,6 @@ def load_strategy(spec: str | None) -> StrategyRef:
     get_signal = getattr(module, "get_signal", None)
     if callable(get_signal):
         return StrategyRef(label, default_name, get_signal=get_signal)
-    import backtest_kit
-
     if backtest_kit.default_engine.list_strategies():
         return StrategyRef(label, default_name, imported=backtest_kit.default_engine)
     raise CliError(

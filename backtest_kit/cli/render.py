@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
 
 from ..engine.models import ActiveResult, ProgressEvent, SignalRow, TickResult
+from ..engine.report import format_timestamp
 from ..engine.stats import Statistics
 
 __all__ = [
@@ -216,8 +217,6 @@ def make_progress(label: str, *, enabled: bool, stream: TextIO = sys.stderr) -> 
 
 
 def _iso_minute(ms: int) -> str:
-    from ..engine.report import format_timestamp
-
     return format_timestamp(ms)[:16].replace("T", " ") + "Z"
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol, TypeVar, runtime_checkable
 
+from .errors import PersistError
+
 __all__ = [
     "ENTITY_PARTIAL",
     "ENTITY_RISK",
@@ -71,8 +73,6 @@ async def read_snapshot(
     or TypeError) is reported as a PersistError naming `what`, set aside when the backend can, and
     not restored. None means "nothing usable stored".
     """
-    from .errors import PersistError
-
     try:
         data = await backend.read(entity, key)
     except Exception as exc:
