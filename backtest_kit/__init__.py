@@ -3,15 +3,26 @@
     import backtest_kit as bk
 
 The module-level functions and the `Backtest` / `Live` facades act on `bk.default_engine`; build
-your own `bk.Engine()` for isolation (tests, several worlds in one process).
+your own `bk.Engine()` for isolation (tests, several worlds in one process); `backtest_kit.testing`
+builds one with the reference test configuration.
+
+`__all__` below is the public surface ([public API](../docs/design/public-api.md)). The classes and functions
+it re-exports report
+`__module__ == "backtest_kit"` (as httpx does), so reprs, tracebacks and pickles name the stable
+`backtest_kit.X` rather than the internal module, which may move.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
+import sys
+from collections.abc import Iterable
 from typing import Any
 
 from .adapters import CsvCandles, FilePersist, MemoryCandles, ReplayExchange, bundled_sample_path, replay_clock
 from .adapters.candles import CandleDataWarning, CandleGaps, DroppedCandle
+from .adapters.ccxt_exchange import add_ccxt_exchange as _add_ccxt_exchange
 from .engine.bus import CHANNELS, EventBus
 from .engine.clock import Clock, SystemClock, VirtualClock
 from .engine.config import DEFAULT_CONFIG, Config
@@ -36,6 +47,7 @@ from .engine.errors import (
     SchemaError,
     SignalTimeoutError,
     SignalValidationError,
+    SizingError,
     StaleDataError,
     UnknownNameError,
 )
@@ -67,7 +79,7 @@ from .engine.risk import ActivePosition, RiskCheckArgs, RiskStatistics
 from .engine.runner import CancelHandle
 from .engine.schedule_stats import ScheduleEvent, ScheduleStatistics
 from .engine.signals import install_signal_handlers
-from .engine.sizing import Constant, SizingError
+from .engine.sizing import Constant
 from .engine.stats import Statistics
 from .listeners.notifiers import (
     ConsoleNotifier,
@@ -264,8 +276,50 @@ __all__ = [
 def add_ccxt_exchange(exchange_name: str, exchange_id: str = "binance", **kwargs: Any) -> Any:
     """Register a ccxt exchange on the default engine (see `backtest_kit.adapters.ccxt`).
 
-    Imported lazily: ccxt takes about a second to import and backtests over files never need it.
+    ccxt itself (about a second to import) is imported only when the exchange is first used.
     """
-    from .adapters.ccxt_exchange import add_ccxt_exchange as _add
+    return _add_ccxt_exchange(exchange_name, exchange_id, **kwargs)
 
-    return _add(exchange_name, exchange_id, **kwargs)
+
+def _resolve_own_annotations(cls: type) -> None:
+    """Replace `cls`'s own string annotations by the objects they name, evaluated in its home module.
+
+    `from __future__ import annotations` leaves annotations as strings that `typing.get_type_hints`
+    and msgspec (when it first encodes or decodes a Struct) evaluate in `sys.modules[cls.__module__]`.
+    Once `__module__` says "backtest_kit" that would be the wrong namespace (no `Literal`, no
+    `Position` there), so they are evaluated now, while the home module is still known. A name only
+    imported under TYPE_CHECKING stays a string: it was unresolvable at run time before, too.
+    """
+    own = inspect.get_annotations(cls)
+    if not own:
+        return
+    module_globals = vars(sys.modules[cls.__module__])
+    resolved: dict[str, Any] = {}
+    for key, value in own.items():
+        if isinstance(value, str):
+            with contextlib.suppress(Exception):
+                # the order typing.get_type_hints and msgspec use: the module's names win over the class's
+                value = eval(value, dict(vars(cls)), module_globals)
+        resolved[key] = value
+    cls.__annotations__ = resolved
+
+
+def _adopt(namespace: dict[str, Any], names: Iterable[str]) -> None:
+    """Set `__module__ = "backtest_kit"` on the classes and functions re-exported under their own name.
+
+    Only those: pickle finds an object again by `__module__` + `__qualname__`, which `backtest_kit.X`
+    then satisfies. Bound methods of `default_engine` (`bk.listen_signal`) and instances (`bk.Backtest`)
+    keep their class's module.
+    """
+    for name in names:
+        obj = namespace[name]
+        if not (inspect.isclass(obj) or inspect.isfunction(obj)) or obj.__name__ != name:
+            continue
+        if not obj.__module__.startswith(__name__ + "."):
+            continue
+        if inspect.isclass(obj):
+            _resolve_own_annotations(obj)
+        obj.__module__ = __name__
+
+
+_adopt(globals(), __all__)

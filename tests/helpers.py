@@ -1,9 +1,8 @@
 """Synthetic candles and a small harness for end-to-end backtests on a fresh `bk.Engine`.
 
 Candle helpers build absolute candle arrays (timestamps are open times in ms, 1 minute apart).
-`REFERENCE_CONFIG` is the reference test-suite baseline of
-[lifecycle §1](../docs/design/lifecycle.md#1-configuration-used-by-the-lifecycle) (distance rules off,
-huge lifetime, one candle attempt), with `CC_GET_CANDLES_RETRY_DELAY_MS = 0` so no test sleeps.
+`REFERENCE_CONFIG`, `make_engine` and `MemoryPersist` come from the public `backtest_kit.testing`
+(re-exported here so the suite tests with exactly what users get).
 """
 
 from __future__ import annotations
@@ -15,21 +14,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import backtest_kit as bk
+from backtest_kit.testing import REFERENCE_CONFIG, MemoryPersist, make_engine  # noqa: F401 (re-exported)
 
 M = 60_000
 T0_DT = datetime(2024, 1, 1, tzinfo=UTC)
 T0 = int(T0_DT.timestamp() * 1000)
-
-REFERENCE_CONFIG: dict[str, Any] = {
-    "CC_PERCENT_SLIPPAGE": 0.1,
-    "CC_PERCENT_FEE": 0.1,
-    "CC_MIN_TAKEPROFIT_DISTANCE_PERCENT": 0,
-    "CC_MIN_STOPLOSS_DISTANCE_PERCENT": 0,
-    "CC_MAX_STOPLOSS_DISTANCE_PERCENT": 100,
-    "CC_MAX_SIGNAL_LIFETIME_MINUTES": 999_999,
-    "CC_GET_CANDLES_RETRY_COUNT": 1,
-    "CC_GET_CANDLES_RETRY_DELAY_MS": 0,
-}
 
 
 def ms(dt: datetime) -> int:
@@ -72,18 +61,6 @@ def concat(*parts: Iterable[bk.Candle]) -> list[bk.Candle]:
     for a, b in itertools.pairwise(out):
         assert b.timestamp - a.timestamp == M, (a.timestamp, b.timestamp)
     return out
-
-
-def make_engine(tmp_path: Any = None, clock: Any = None, **config: Any) -> bk.Engine:
-    """A fresh engine with the reference test-suite configuration (plus `config` overrides)."""
-    kwargs: dict[str, Any] = {}
-    if tmp_path is not None:
-        kwargs = {"persist_dir": tmp_path / "data", "dump_dir": tmp_path / "dump"}
-    if clock is not None:
-        kwargs["clock"] = clock
-    engine = bk.Engine(**kwargs)
-    engine.set_config({**REFERENCE_CONFIG, **config}, unsafe=True)
-    return engine
 
 
 @dataclass
@@ -214,41 +191,3 @@ def row(position: str = "long", price_open: float = 100.0, tp: float = 110.0, sl
         scheduled_at=pending_at if scheduled_at is None else scheduled_at, pending_at=pending_at,
         is_scheduled=is_scheduled, **extra,
     )
-
-
-class MemoryPersist:
-    """A `PersistBackend` + `QuarantineBackend` in memory that records every operation."""
-
-    def __init__(self, *, record: bool = True) -> None:
-        self.data: dict[tuple[str, str], bytes] = {}
-        self.log: list[tuple[str, str, str]] = []
-        self._record = record  # off for memory-flatness tests: the log grows with every operation
-
-    def _note(self, op: str, entity: str, key: str) -> None:
-        if self._record:
-            self.log.append((op, entity, key))
-
-    async def read(self, entity: str, key: str) -> bytes | None:
-        self._note("read", entity, key)
-        return self.data.get((entity, key))
-
-    async def write(self, entity: str, key: str, data: bytes) -> None:
-        self._note("write", entity, key)
-        self.data[(entity, key)] = bytes(data)
-
-    async def delete(self, entity: str, key: str) -> None:
-        self._note("delete", entity, key)
-        self.data.pop((entity, key), None)
-
-    async def keys(self, entity: str) -> list[str]:
-        return [k for e, k in self.data if e == entity]
-
-    async def quarantine(self, entity: str, key: str) -> str | None:
-        data = self.data.pop((entity, key), None)
-        if data is None:
-            return None
-        self.data[(entity, key + ".corrupt")] = data
-        return f"{entity}/{key}.corrupt"
-
-    def ops(self, entity: str) -> list[tuple[str, str]]:
-        return [(op, k) for op, e, k in self.log if e == entity]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -306,3 +307,19 @@ async def test_many_attached_tasks_interleave_in_virtual_time_order() -> None:
     assert times == sorted(times)
     for period in (7, 3, 5):
         assert [t for t, p in log if p == period] == [period * 1000 * k for k in range(1, 6)]
+
+
+@pytest.mark.parametrize("seconds", [-3600, -0.001, float("nan"), float("inf"), float("-inf")])
+def test_advance_refuses_to_move_time_backwards_or_by_a_non_finite_amount(seconds: float) -> None:
+    clock = bk.VirtualClock(T0)
+    with pytest.raises(ValueError, match=r"forward only.*got " + re.escape(repr(seconds))):
+        clock.advance(seconds)
+    assert clock.now() == T0  # unchanged
+
+
+def test_advance_by_zero_or_more_moves_time_forward() -> None:
+    clock = bk.VirtualClock(T0)
+    clock.advance(0)
+    assert clock.now() == T0
+    clock.advance(3600)
+    assert clock.now() == at(3600)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeAlias
 
 from ..engine.config import DEFAULT_CONFIG
-from ..engine.errors import CandleError
+from ..engine.errors import CandleError, UnknownSymbolError
 from ..engine.intervals import CANDLE_INTERVALS, MINUTE_MS
 from ..engine.models import Candle
 
@@ -106,15 +106,6 @@ _Prefix: TypeAlias = tuple[
     list[int], int, int, list[float], list[float], list[float], list[float], list[float], list[float]
 ]
 _Where: TypeAlias = Callable[[int], str]
-
-
-class UnknownSymbolError(CandleError, KeyError):
-    """A symbol the source holds no candles for; a KeyError too, since it is a failed lookup."""
-
-    retryable = False  # asking again cannot make the symbol appear
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
 
 
 def bundled_sample_path() -> Path:

@@ -48,12 +48,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..engine.errors import BacktestKitError, CandleError, ExchangeError, SchemaError
+from ..engine.errors import (
+    BacktestKitError,
+    CandleError,
+    CcxtExchangeError,
+    ExchangeRateLimitError,
+    ExchangeResponseError,
+    ExchangeTimeoutError,
+    ExchangeUnavailableError,
+    SchemaError,
+    UnknownSymbolError,
+)
 from ..engine.exchange import step_ms
 from ..engine.intervals import CANDLE_INTERVALS
 from ..engine.models import Candle
 from ..engine.redact import install_log_redaction, redact, register_secret
-from .candles import UnknownSymbolError
 
 if TYPE_CHECKING:
     from ..engine.core import Engine
@@ -94,39 +103,6 @@ _SECRET_KEYS = ("apiKey", "secret", "password", "uid", "privateKey", "walletAddr
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 _monotonic = time.monotonic  # a module attribute so tests can move time
-
-
-# ---------------------------------------------------------------------- errors
-class CcxtExchangeError(ExchangeError):
-    """A ccxt call failed; `retryable` says whether trying again later may help."""
-
-    retryable = False
-
-    def __init__(self, message: str, *, exchange_name: str = "", exchange_id: str = "", kind: str = "") -> None:
-        super().__init__(message)
-        self.exchange_name = exchange_name
-        self.exchange_id = exchange_id
-        self.kind = kind  # the ccxt error class name, e.g. "RequestTimeout"
-
-
-class ExchangeUnavailableError(CcxtExchangeError):
-    """The exchange could not be reached or answered 5xx (ccxt `NetworkError`, `ExchangeNotAvailable`)."""
-
-    retryable = True
-
-
-class ExchangeRateLimitError(ExchangeUnavailableError):
-    """HTTP 429 / 418: too many requests (ccxt `RateLimitExceeded`, `DDoSProtection`)."""
-
-
-class ExchangeTimeoutError(ExchangeUnavailableError):
-    """The request took longer than the client's `timeout` (ccxt `RequestTimeout`)."""
-
-
-class ExchangeResponseError(CcxtExchangeError):
-    """A 2xx answer that is not what was asked: not JSON, malformed candles, or no candles at all."""
-
-    retryable = True
 
 
 # ---------------------------------------------------------------------- secrets and .env

@@ -23,6 +23,8 @@ from ..engine.intervals import MINUTE_MS
 from ..engine.models import Candle
 from .candles import MemoryCandles
 
+__all__ = ["ReplayExchange", "replay_clock"]
+
 
 class ReplayExchange:
     """A `get_candles` source (and `SyncCandleSource`) that never reveals a candle still forming.

@@ -36,6 +36,7 @@ from typing import Any, TextIO
 
 import msgspec
 
+from .. import __version__
 from ..adapters.replay import ReplayExchange
 from ..engine.backtest import BacktestRunner
 from ..engine.clock import VirtualClock
@@ -48,6 +49,27 @@ from ..engine.registry import FrameSchema
 from .loader import CliEngine, CliError, Target, build_target, load_strategy, utc
 from .outcome import Interrupt, RunLog, until_done, write_line
 from .render import LiveStatus, Progress, make_progress, print_summary, summary_rows
+
+__all__ = [
+    "PROG",
+    "PacedClock",
+    "apply_config",
+    "build_parser",
+    "cmd_backtest",
+    "cmd_live",
+    "cmd_report",
+    "config_item",
+    "dump_reports",
+    "emit_json",
+    "main",
+    "parse_value",
+    "positive_int",
+    "print_files",
+    "speed",
+    "stdout_to_stderr",
+    "strategy_spec",
+    "when",
+]
 
 PROG = "backtest-kit"
 MINUTE_MS = 60_000
@@ -128,8 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one trading strategy in backtest or live mode and read its reports.",
         epilog="Run `backtest-kit COMMAND --help` for the options of a command.",
     )
-    from .. import __version__
-
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 

@@ -30,19 +30,32 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import backtest_kit
+
 from ..adapters import CsvCandles, MemoryCandles, ReplayExchange, bundled_sample_path
 from ..adapters.candles import resolve_sample_name
 from ..engine.core import Engine
+from ..engine.errors import CliError
 from ..engine.registry import ExchangeSchema, FrameSchema, StrategySchema
 from .outcome import SignalCalls
+
+__all__ = [
+    "CLI_FRAME",
+    "DEFAULT_STRATEGY",
+    "REPLAY_EXCHANGE",
+    "CliEngine",
+    "CliError",
+    "StrategyRef",
+    "Target",
+    "build_target",
+    "candle_store",
+    "load_strategy",
+    "utc",
+]
 
 DEFAULT_STRATEGY = "backtest_kit.demo:register"
 CLI_FRAME = "cli-frame"
 REPLAY_EXCHANGE = "replay"
-
-
-class CliError(Exception):
-    """A failure the user can fix (bad path, unknown name, missing option): message, exit code 1."""
 
 
 class CliEngine(Engine):
@@ -171,8 +184,6 @@ def load_strategy(spec: str | None) -> StrategyRef:
     get_signal = getattr(module, "get_signal", None)
     if callable(get_signal):
         return StrategyRef(label, default_name, get_signal=get_signal)
-    import backtest_kit
-
     if backtest_kit.default_engine.list_strategies():
         return StrategyRef(label, default_name, imported=backtest_kit.default_engine)
     raise CliError(

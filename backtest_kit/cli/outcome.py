@@ -22,6 +22,9 @@ from types import TracebackType
 from typing import Any, TextIO
 
 from ..engine.errors import SignalValidationError
+from ..engine.signals import install_signal_handlers
+
+__all__ = ["Interrupt", "RunLog", "SignalCalls", "error_origin", "until_done", "write_line"]
 
 _MAX_ERRORS_KEPT = 20
 _PACKAGE = Path(__file__).resolve().parents[1]  # backtest_kit/
@@ -251,8 +254,6 @@ class Interrupt:
             self.abandon()
 
     def __enter__(self) -> Interrupt:
-        from ..engine.signals import install_signal_handlers
-
         with contextlib.suppress(RuntimeError, ValueError):  # not the main thread: Python's default
             self._uninstall = install_signal_handlers(self._first, on_repeat=self._again)
         return self

@@ -17,7 +17,22 @@ from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
 
 from ..engine.models import ActiveResult, ProgressEvent, SignalRow, TickResult
+from ..engine.report import format_timestamp
 from ..engine.stats import Statistics
+
+__all__ = [
+    "LiveStatus",
+    "NullProgress",
+    "PlainProgress",
+    "Progress",
+    "RichProgress",
+    "format_seconds",
+    "format_span",
+    "make_progress",
+    "print_summary",
+    "rich_available",
+    "summary_rows",
+]
 
 _REFRESH_SECONDS = 0.1
 
@@ -202,8 +217,6 @@ def make_progress(label: str, *, enabled: bool, stream: TextIO = sys.stderr) -> 
 
 
 def _iso_minute(ms: int) -> str:
-    from ..engine.report import format_timestamp
-
     return format_timestamp(ms)[:16].replace("T", " ") + "Z"
 
 

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
     from .core import Engine
     from .strategy import StrategyInstance
 
+__all__ = ["BacktestRunner"]
+
 
 class BacktestRunner(RunnerBase[FinishedResult]):
     """`bk.Backtest`: run / background / stop / get_data / get_report / dump / list."""

@@ -44,11 +44,24 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 from pyee import EventEmitter
 
 from .clock import Clock, SystemClock
-from .errors import ListenerTimeoutError
+from .errors import ListenerTimeoutError, SchemaError
 from .logger import EngineLogger
 
 if TYPE_CHECKING:
     from .config import Config
+
+__all__ = [
+    "CHANNELS",
+    "EventBus",
+    "Filter",
+    "Limit",
+    "Listener",
+    "Subscription",
+    "Unsubscribe",
+    "as_listener",
+    "enter_run",
+    "leave_run",
+]
 
 E = TypeVar("E")
 
@@ -174,8 +187,6 @@ class EventBus:
         if subs is None:
             raise ValueError(f"channel: unknown channel {channel!r}; known: {', '.join(CHANNELS)}")
         if not callable(callback):
-            from .errors import SchemaError
-
             raise SchemaError(f"callback: expected a callable for channel {channel!r}, got {callback!r}")
         sub = Subscription(self, channel, callback, filter, once)
         self.emitter.add_listener(channel, sub)

@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar, runtime_checkable
+
+__all__ = ["Clock", "SystemClock", "VirtualClock", "clock_now_ms"]
 
 T = TypeVar("T")
 
@@ -106,7 +109,17 @@ class VirtualClock:
             self._schedule_check()
 
     def advance(self, seconds: float) -> None:
-        """Move time forward by hand and wake every sleeper that is due."""
+        """Move time forward by hand and wake every sleeper that is due.
+
+        Only forward: a clock that went back would hand the engine a "now" before candles and
+        signals it has already seen, which no real clock does, so a negative (or non-finite)
+        `seconds` is refused rather than silently producing an impossible run.
+        """
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(
+                f"VirtualClock.advance(seconds) moves time forward only: seconds must be a finite number >= 0, "
+                f"got {seconds!r}"
+            )
         self._now_ms += round(seconds * 1000)
         self._wake_due()
 

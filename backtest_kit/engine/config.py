@@ -16,6 +16,8 @@ from msgspec import Struct
 
 from .errors import ConfigError
 
+__all__ = ["DEFAULT_CONFIG", "Config", "ConfigListener", "merge_config"]
+
 
 class Config(Struct, frozen=True):
     """Every setting with its default. Percent values are on a 0–100 scale."""

@@ -20,6 +20,20 @@ if TYPE_CHECKING:
     from .exchange import ExchangeClient
     from .models import Candle
 
+__all__ = [
+    "ExecutionContext",
+    "current_context",
+    "enter",
+    "execution_context",
+    "format_price",
+    "format_quantity",
+    "get_average_price",
+    "get_candles",
+    "get_date",
+    "get_mode",
+    "leave",
+]
+
 
 @dataclass(frozen=True, slots=True)
 class ExecutionContext:

@@ -7,6 +7,7 @@ The module-level API of `backtest_kit` is bound to `bk.default_engine`; tests bu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -14,12 +15,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ..listeners.notifiers import attach_notifier
 from ..listeners.subscriptions import ListenMixin
 from .backtest import BacktestRunner
 from .bus import EventBus
 from .clock import Clock, SystemClock, clock_now_ms
 from .config import DEFAULT_CONFIG, Config, merge_config
-from .errors import ConfigError
+from .errors import ConfigError, SchemaError
 from .exchange import ExchangeClient
 from .live import LiveRunner
 from .logger import EngineLogger, LoggerLike
@@ -44,8 +46,11 @@ from .registry import (
 from .risk import RiskFacade, RiskManager
 from .schedule_stats import ScheduleFacade
 from .signal_store import PersistedSignalStore
-from .sizing import PositionSize
+from .sizing import CustomSizer, PositionSize, check_sizing_schema
 from .strategy import RunEnv, StrategyInstance
+from .validation import restored_row_problems
+
+__all__ = ["PERSIST_ENTITIES", "Engine"]
 
 PERSIST_ENTITIES = (ENTITY_SIGNALS, ENTITY_SCHEDULES, ENTITY_RISK, ENTITY_PARTIAL)
 
@@ -187,11 +192,6 @@ class Engine(ListenMixin):
     ) -> SizingSchema:
         """`get_quantity=fn` (or `method="custom"`) or a built-in `method` with its parameters
         ([risk-sizing §2](../../docs/design/risk-sizing-portfolio.md#2-position-sizing))."""
-        import dataclasses
-
-        from .errors import SchemaError
-        from .sizing import check_sizing_schema
-
         # the explicit name of the get_quantity form
         # ([risk-sizing §2.4](../../docs/design/risk-sizing-portfolio.md#24-the-get_quantity-form))
         if method == "custom":
@@ -252,8 +252,6 @@ class Engine(ListenMixin):
         if schema.sizing_name is not None:
             sizing = self.registry.sizings.get(schema.sizing_name, source)
             if sizing.get_quantity is not None:  # built-in methods need a balance: not automatic
-                from .sizing import CustomSizer
-
                 sizer = CustomSizer(self, sizing, exchange, symbol, schema.strategy_name, backtest)
         return StrategyInstance(
             env=self._env, schema=schema, exchange=exchange, symbol=symbol, backtest=backtest,
@@ -306,8 +304,6 @@ class Engine(ListenMixin):
 
     def _restored_row_problems(self, row: SignalRow) -> list[str]:
         """Why a stored signal row may not be restored now (creation checks, clock sanity)."""
-        from .validation import restored_row_problems
-
         return restored_row_problems(row, self.config, self.now_ms())
 
     def _hold_persist(self) -> None:
@@ -363,8 +359,6 @@ class Engine(ListenMixin):
         the network; `close()` drains and closes it. Default channels: live signals, errors, risk
         rejections, partial levels, live done; default filter: no idle/active ticks, no backtest
         events. Returns an unsubscribe function."""
-        from ..listeners.notifiers import attach_notifier
-
         return attach_notifier(self, notifier, channels=channels, filter=filter)
 
     async def close(self, *, timeout: float | None = None) -> None:

@@ -1,10 +1,84 @@
-"""Error types. Every message names the offending field and value so a user can fix the input."""
+"""Every error the library raises on purpose, in one tree rooted at `BacktestKitError`.
+
+`except bk.BacktestKitError` catches all of them; each also keeps the built-in base a caller may
+already catch (`ValueError`, `KeyError`, `TimeoutError`, `OSError`, `RuntimeError`), so code written
+against either keeps working. Every message names the offending field and value so a user can fix
+the input. The tree (a test keeps it in step with the classes the package defines):
+
+    BacktestKitError
+    ├── ConfigError (ValueError)
+    ├── SchemaError (ValueError)
+    ├── UnknownNameError (KeyError)
+    ├── SignalValidationError (ValueError)
+    ├── SizingError (ValueError)
+    ├── CandleError (ValueError)
+    │   └── UnknownSymbolError (KeyError)
+    ├── ExchangeError
+    │   ├── StaleDataError
+    │   └── CcxtExchangeError
+    │       ├── ExchangeUnavailableError
+    │       │   ├── ExchangeRateLimitError
+    │       │   └── ExchangeTimeoutError
+    │       └── ExchangeResponseError
+    ├── SignalTimeoutError (TimeoutError)
+    ├── ListenerTimeoutError (TimeoutError)
+    ├── PersistError (OSError)
+    ├── RunStateError (RuntimeError)
+    ├── DeliveryError
+    └── CliError
+
+Several classes are also importable from the module that raises them (`engine.sizing.SizingError`,
+`adapters.candles.UnknownSymbolError`, `adapters.ccxt_exchange.*Error`,
+`listeners.notifiers.http.DeliveryError`, `cli.loader.CliError`): those are the same objects,
+re-exported so older imports keep working.
+
+Errors pickle (a worker process may hand one back to its parent): `BacktestKitError.__reduce__`
+rebuilds an error from its `args` and attribute dict, so subclasses whose `__init__` takes
+keyword-only arguments round-trip too.
+"""
 
 from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BacktestKitError",
+    "CandleError",
+    "CcxtExchangeError",
+    "CliError",
+    "ConfigError",
+    "DeliveryError",
+    "ExchangeError",
+    "ExchangeRateLimitError",
+    "ExchangeResponseError",
+    "ExchangeTimeoutError",
+    "ExchangeUnavailableError",
+    "ListenerTimeoutError",
+    "PersistError",
+    "RunStateError",
+    "SchemaError",
+    "SignalTimeoutError",
+    "SignalValidationError",
+    "SizingError",
+    "StaleDataError",
+    "UnknownNameError",
+    "UnknownSymbolError",
+]
+
+
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
+    """Unpickle an error without calling its `__init__` (whose signature may differ from `args`)."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    return error
 
 
 class BacktestKitError(Exception):
     """Base of every error the library raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default reduce calls `cls(*self.args)`, which fails for a keyword-only `__init__`.
+        return (_rebuild, (type(self), self.args), dict(self.__dict__) or None)
 
 
 class ConfigError(BacktestKitError, ValueError):
@@ -26,8 +100,21 @@ class SignalValidationError(BacktestKitError, ValueError):
     """A signal returned by `get_signal` (or decoded from a dict) breaks a validation rule."""
 
 
+class SizingError(BacktestKitError, ValueError):
+    """A quantity could not be computed: bad inputs, a method mismatch, or a bad `get_quantity` result."""
+
+
 class CandleError(BacktestKitError, ValueError):
     """A candle from an exchange or adapter is malformed, out of order or anomalous."""
+
+
+class UnknownSymbolError(CandleError, KeyError):
+    """A symbol the source holds no candles for; a KeyError too, since it is a failed lookup."""
+
+    retryable = False  # asking again cannot make the symbol appear
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 class ExchangeError(BacktestKitError):
@@ -50,6 +137,38 @@ class StaleDataError(ExchangeError):
         self.close_time_ms = close_time_ms
         self.age_ms = age_ms
         self.limit_ms = limit_ms
+
+# ---------------------------------------------------------------------- the ccxt adapter's errors
+class CcxtExchangeError(ExchangeError):
+    """A ccxt call failed; `retryable` says whether trying again later may help."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, exchange_name: str = "", exchange_id: str = "", kind: str = "") -> None:
+        super().__init__(message)
+        self.exchange_name = exchange_name
+        self.exchange_id = exchange_id
+        self.kind = kind  # the ccxt error class name, e.g. "RequestTimeout"
+
+
+class ExchangeUnavailableError(CcxtExchangeError):
+    """The exchange could not be reached or answered 5xx (ccxt `NetworkError`, `ExchangeNotAvailable`)."""
+
+    retryable = True
+
+
+class ExchangeRateLimitError(ExchangeUnavailableError):
+    """HTTP 429 / 418: too many requests (ccxt `RateLimitExceeded`, `DDoSProtection`)."""
+
+
+class ExchangeTimeoutError(ExchangeUnavailableError):
+    """The request took longer than the client's `timeout` (ccxt `RequestTimeout`)."""
+
+
+class ExchangeResponseError(CcxtExchangeError):
+    """A 2xx answer that is not what was asked: not JSON, malformed candles, or no candles at all."""
+
+    retryable = True
 
 
 class SignalTimeoutError(BacktestKitError, TimeoutError):
@@ -79,3 +198,16 @@ class ListenerTimeoutError(BacktestKitError, TimeoutError):
         self.listener = listener
         self.channel = channel
         self.timeout = timeout
+
+
+class DeliveryError(BacktestKitError):
+    """One notifier delivery attempt failed; `retryable` says whether another attempt may succeed."""
+
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class CliError(BacktestKitError):
+    """A command-line failure the user can fix (bad path, unknown name, missing option): exit code 1."""

@@ -22,6 +22,16 @@ from .models import Candle
 from .registry import ExchangeSchema
 from .sources import SyncCandleSource
 
+__all__ = [
+    "ExchangeClient",
+    "check_limit",
+    "coerce_candle",
+    "step_ms",
+    "to_datetime",
+    "validate_candles",
+    "vwap",
+]
+
 _FIELDS = ("open", "high", "low", "close", "volume")
 
 

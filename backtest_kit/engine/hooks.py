@@ -11,6 +11,8 @@ from typing import Protocol
 
 from .models import Candle, SignalRow
 
+__all__ = ["PartialTracker", "RiskGate", "SignalStore", "Sizer"]
+
 
 class RiskGate(Protocol):
     """A risk profile as seen by one strategy instance (check-and-add must be atomic)."""

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Final
 
+from .errors import SchemaError
+
+__all__ = ["CANDLE_INTERVALS", "FRAME_INTERVALS", "MINUTE_MS", "SIGNAL_INTERVALS", "interval_ms"]
+
 MINUTE_MS: Final = 60_000
 
 CANDLE_INTERVALS: Final[dict[str, int]] = {
@@ -16,8 +20,6 @@ FRAME_INTERVALS: Final[dict[str, int]] = {**CANDLE_INTERVALS, "12h": 720, "3d": 
 
 def interval_ms(interval: str, table: dict[str, int] = CANDLE_INTERVALS, field: str = "interval") -> int:
     """Length of `interval` in milliseconds; a clear error for names outside `table`."""
-    from .errors import SchemaError
-
     minutes = table.get(interval) if isinstance(interval, str) else None
     if minutes is None:
         raise SchemaError(f"{field}: unknown interval {interval!r}; expected one of {', '.join(table)}")

@@ -13,6 +13,20 @@ from typing import Literal
 from .intervals import MINUTE_MS
 from .models import Candle, CloseReason, PnL, SignalRow
 
+__all__ = [
+    "Outcome",
+    "ScheduledAction",
+    "close_on_price",
+    "expires_at",
+    "is_immediate",
+    "pnl_of",
+    "progress_of",
+    "scan_pending",
+    "scan_scheduled",
+    "scheduled_on_price",
+    "window_vwap",
+]
+
 
 def pnl_of(row: SignalRow, close_price: float, slippage_percent: float, fee_percent: float) -> PnL:
     """Net PnL in percent after slippage on both sides and `2 × fee` points

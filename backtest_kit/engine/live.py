@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from .core import Engine
     from .strategy import StrategyInstance
 
+__all__ = ["LiveRunner"]
+
 _YIELDED = frozenset({"opened", "closed", "cancelled"})
 _NEVER = 2**63  # "no data end": later than any clock reading
 

@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol, runtime_checkable
 
+from .errors import SchemaError
 from .redact import redact
+
+__all__ = ["EngineLogger", "LoggerLike"]
 
 
 @runtime_checkable
@@ -38,8 +41,6 @@ class EngineLogger:
         if not isinstance(target, logging.Logger) and not (
             isinstance(target, LoggerLike) and all(callable(getattr(target, m)) for m in _METHODS)
         ):
-            from .errors import SchemaError
-
             raise SchemaError(
                 f"logger: expected a logging.Logger or an object with log/debug/info/warn, got {target!r}"
             )

@@ -13,6 +13,33 @@ from typing import Any, ClassVar, Literal, TypeAlias
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
 
+from .errors import SignalValidationError
+
+__all__ = [
+    "ActiveResult",
+    "CancelledResult",
+    "Candle",
+    "CloseReason",
+    "ClosedResult",
+    "DoneEvent",
+    "FinishedResult",
+    "IdleResult",
+    "InstanceInfo",
+    "InstanceStatus",
+    "OpenedResult",
+    "PartialEvent",
+    "PerformanceEvent",
+    "PnL",
+    "Position",
+    "ProgressEvent",
+    "RiskEvent",
+    "ScheduledResult",
+    "SignalDto",
+    "SignalRow",
+    "TickResult",
+    "decode_signal_dto",
+]
+
 Position: TypeAlias = Literal["long", "short"]
 CloseReason: TypeAlias = Literal["take_profit", "stop_loss", "time_expired"]
 InstanceStatus: TypeAlias = Literal["idle", "running", "done"]
@@ -203,8 +230,6 @@ class InstanceInfo(Struct, frozen=True, kw_only=True):
 
 def decode_signal_dto(obj: Any) -> SignalDto:
     """A `SignalDto` from a Struct or a user mapping; errors name the field (`$.price_open`)."""
-    from .errors import SignalValidationError
-
     if isinstance(obj, SignalDto):
         return obj
     if not isinstance(obj, dict):
@@ -231,8 +256,6 @@ _SIGNAL_DTO_FIELDS: frozenset[str] = frozenset(SignalDto.__struct_fields__)
 def _reject_unknown_keys(obj: dict[Any, Any]) -> None:
     """A misspelled key (`price_opn`) would otherwise be dropped and silently turn a limit entry into a
     market entry, so every key must be a `SignalDto` field; the error names the closest valid one."""
-    from .errors import SignalValidationError
-
     for key in obj:
         if key in _SIGNAL_DTO_FIELDS:
             continue

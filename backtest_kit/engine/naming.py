@@ -31,6 +31,15 @@ from __future__ import annotations
 import hashlib
 import re
 
+__all__ = [
+    "POSITION_SEPARATOR",
+    "SIGNAL_SEPARATOR",
+    "legacy_pair_key",
+    "pair_file_stem",
+    "pair_key",
+    "split_pair_key",
+]
+
 _KEY_ESCAPES = {"%": "%25", "-": "%2D", ":": "%3A"}
 _KEY_UNESCAPE = re.compile(r"%(25|2D|3A)")
 _KEY_UNESCAPES = {"25": "%", "2D": "-", "3A": ":"}

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 
+from .errors import SignalValidationError
+
+__all__ = ["normalize_note"]
+
 _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"```.*?```", re.S), ""),
     (re.compile(r"`([^`]*)`"), r"\1"),
@@ -30,8 +34,6 @@ def normalize_note(note: object) -> str:
     if not note:
         return ""
     if not isinstance(note, str):
-        from .errors import SignalValidationError
-
         raise SignalValidationError(f"Invalid signal: note must be a string, got {note!r}")
     text = note
     for pattern, repl in _RULES:

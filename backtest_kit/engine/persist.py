@@ -10,6 +10,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol, TypeVar, runtime_checkable
 
+from .errors import PersistError
+
+__all__ = [
+    "ENTITY_PARTIAL",
+    "ENTITY_RISK",
+    "ENTITY_SCHEDULES",
+    "ENTITY_SIGNALS",
+    "PersistBackend",
+    "QuarantineBackend",
+    "read_snapshot",
+    "set_aside",
+]
+
 T = TypeVar("T")
 
 ENTITY_SIGNALS: Final = "signals"
@@ -61,8 +74,6 @@ async def read_snapshot(
     or TypeError) is reported as a PersistError naming `what`, set aside when the backend can, and
     not restored. None means "nothing usable stored".
     """
-    from .errors import PersistError
-
     try:
         data = await backend.read(entity, key)
     except Exception as exc:

@@ -15,6 +15,25 @@ from typing import Any, Generic, TypeVar
 from .errors import SchemaError, UnknownNameError
 from .intervals import FRAME_INTERVALS, SIGNAL_INTERVALS
 
+__all__ = [
+    "SIZING_METHODS",
+    "AnyCallable",
+    "ExchangeSchema",
+    "FrameSchema",
+    "Registry",
+    "RiskSchema",
+    "RiskValidation",
+    "SizingSchema",
+    "StrategyCallbacks",
+    "StrategySchema",
+    "Table",
+    "make_exchange",
+    "make_frame",
+    "make_risk",
+    "make_sizing",
+    "make_strategy",
+]
+
 AnyCallable = Callable[..., Any]
 
 

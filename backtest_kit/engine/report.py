@@ -18,6 +18,7 @@ Pure text building: the facades fetch a `Statistics` snapshot, call `backtest_re
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import uuid
@@ -26,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
+from .naming import pair_file_stem
 from .stats import LiveEvent, Statistics, round_minutes
 
 __all__ = [
@@ -365,8 +367,6 @@ def write_report(path: Path, text: str) -> Path:
 
 async def save_report(target: Path, text: str, logger: Any, kind: str) -> Path | None:
     """Write a report off the event loop; a failure is logged and gives None (`dump` never raises)."""
-    import asyncio
-
     try:
         written = await asyncio.to_thread(write_report, target, text)
     except OSError as exc:
@@ -380,8 +380,6 @@ async def save_pair_report(
     engine: Any, kind: str, symbol: str, strategy_name: str, path: str | Path | None, text: str
 ) -> Path | None:
     """A per-pair report at `<path or dump_dir/kind>/<symbol>_<strategy>.md` (names sanitized)."""
-    from .naming import pair_file_stem
-
     base = Path(path) if path is not None else Path(engine.dump_dir) / kind
     target = base / f"{pair_file_stem(symbol, strategy_name)}.md"
     return await save_report(target, text, engine.logger, kind)

@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .bus import enter_run, leave_run
-from .errors import RunStateError
+from .errors import RunStateError, SchemaError
 from .models import DoneEvent, InstanceInfo, InstanceStatus, TickResult
+from .naming import pair_file_stem
 
 if TYPE_CHECKING:
     from .core import Engine
     from .strategy import StrategyInstance
+
+__all__ = ["CancelHandle", "RunRecord", "RunnerBase"]
 
 R = TypeVar("R", bound=TickResult)
 
@@ -124,8 +127,6 @@ class RunnerBase(Generic[R]):
 
     def _start(self, symbol: str, strategy_name: str, exchange_name: str) -> RunRecord:
         if not isinstance(symbol, str) or not symbol:
-            from .errors import SchemaError
-
             raise SchemaError(f"symbol: expected a non-empty string, got {symbol!r}")
         record = self._record(symbol, strategy_name, exchange_name)
         if record.status == "running":
@@ -228,8 +229,6 @@ class RunnerBase(Generic[R]):
         The symbol is part of the name so that two symbols of one strategy never overwrite each
         other's report (names sanitized, so no symbol can leave the directory).
         """
-        from .naming import pair_file_stem
-
         base = Path(path) if path is not None else Path(self.engine.dump_dir) / self.mode
         return base / f"{pair_file_stem(symbol, strategy_name)}.md"
 

@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any
 
+__all__ = ["install_signal_handlers"]
+
 _DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from . import context
-from .errors import BacktestKitError, SchemaError
+from .errors import SchemaError, SizingError
 from .models import SignalRow
 from .registry import SizingSchema
 
@@ -47,10 +47,6 @@ __all__ = [
     "fixed_percentage_quantity",
     "kelly_criterion_quantity",
 ]
-
-
-class SizingError(BacktestKitError, ValueError):
-    """A quantity could not be computed: bad inputs, a method mismatch, or a bad `get_quantity` result."""
 
 
 LIMIT_PARAMS: Final = ("max_position_percentage", "min_position_size", "max_position_size")

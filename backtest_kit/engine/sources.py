@@ -14,6 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from .models import Candle
 
+__all__ = ["CandleSource", "SyncCandleSource"]
+
 
 @runtime_checkable
 class CandleSource(Protocol):

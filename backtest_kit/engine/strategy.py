@@ -34,6 +34,7 @@ from .lifecycle import (
     scan_pending,
     scan_scheduled,
     scheduled_on_price,
+    window_vwap,
 )
 from .logger import EngineLogger
 from .models import (
@@ -54,6 +55,8 @@ from .models import (
 from .notes import normalize_note
 from .registry import StrategySchema
 from .validation import validate_signal
+
+__all__ = ["RunEnv", "StrategyInstance"]
 
 _replace = msgspec.structs.replace
 
@@ -568,8 +571,6 @@ class StrategyInstance:
         self, row: SignalRow, candles: Sequence[Candle], start: int, end_ts: int, count: int
     ) -> None:
         """Partial-level callbacks for every candle the position lived through before its close."""
-        from .lifecycle import window_vwap
-
         for i in range(start, len(candles)):
             c = candles[i]
             if end_ts and c.timestamp >= end_ts:

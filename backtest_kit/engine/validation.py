@@ -10,6 +10,14 @@ from .config import Config
 from .errors import SignalValidationError
 from .models import SignalRow
 
+__all__ = [
+    "PRICE_SANITY_FACTOR",
+    "RESTORE_CLOCK_SKEW_MS",
+    "restored_row_problems",
+    "signal_problems",
+    "validate_signal",
+]
+
 
 def _finite(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
         TickResult,
     )
 
+__all__ = ["Callback", "Filter", "ListenMixin", "Unsubscribe"]
+
 E = TypeVar("E")
 Callback = Callable[[E], Any]
 Filter = Callable[[E], Any]

@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from ...engine.bus import CHANNELS
+from ...engine.errors import SchemaError
 from .format import default_filter, default_format
 from .http import DeliveryError
 
@@ -307,19 +309,13 @@ def attach_notifier(
 ) -> Callable[[], None]:
     """Subscribe `notifier` to `channels` (default `DEFAULT_CHANNELS`) through `filter` (default
     `default_filter`); returns an unsubscribe function. The notifier is closed by `engine.close()`."""
-    from ...engine.bus import CHANNELS
-
     if not hasattr(notifier, "submit"):
         if not callable(getattr(notifier, "notify", None)):
-            from ...engine.errors import SchemaError
-
             raise SchemaError(f"notifier: expected an object with async notify(event), got {notifier!r}")
         notifier = QueuedAdapter(notifier)
     names = tuple(DEFAULT_CHANNELS if channels is None else ([channels] if isinstance(channels, str) else channels))
     for channel in names:
         if channel not in CHANNELS:
-            from ...engine.errors import SchemaError
-
             raise SchemaError(f"channels: unknown channel {channel!r}; known: {', '.join(CHANNELS)}")
     accept = default_filter if filter is None else filter
     submit = notifier.submit

@@ -17,16 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from ...engine.errors import DeliveryError
+
 __all__ = ["DeliveryError", "HttpClient", "HttpResponse", "aiohttp_available", "safe_url"]
-
-
-class DeliveryError(Exception):
-    """One delivery attempt failed; `retryable` says whether another attempt may succeed."""
-
-    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, slots=True)
