@@ -211,7 +211,7 @@ def test_the_library_never_runs_or_blocks_the_loop_itself() -> None:
     assert offenders == []
 
 
-async def test_close_with_timeout_cancels_a_run_that_cannot_finish() -> None:
+async def test_close_with_timeout_cancels_a_run_that_cannot_finish(tmp_path: Path) -> None:
     """A run stuck in a tick (an exchange that never answers) is cancelled once `close(timeout=…)` runs out."""
     never = asyncio.Event()
     entered = asyncio.Event()
@@ -221,7 +221,7 @@ async def test_close_with_timeout_cancels_a_run_that_cannot_finish() -> None:
         await never.wait()
         return []
 
-    engine = bk.Engine(clock=bk.VirtualClock(datetime(2025, 1, 1, tzinfo=UTC)))
+    engine = bk.Engine(clock=bk.VirtualClock(datetime(2025, 1, 1, tzinfo=UTC)), persist_dir=tmp_path / "data")
     engine.add_exchange(exchange_name="hang", get_candles=hanging)
     engine.add_strategy(strategy_name="s", interval="1m", get_signal=lambda symbol, when: None)
     handle = engine.live.background("BTCUSDT", strategy_name="s", exchange_name="hang")
