@@ -167,20 +167,21 @@ def always(signal: Any) -> SignalFn:
     return get_signal
 
 
+def _dto(position: Position, tp: float, sl: float, minutes: int, price_open: float | None,
+         extra: dict[str, Any]) -> bk.SignalDto:
+    """A SignalDto; without `price_open` it is a market entry (the field is left out, not None)."""
+    if price_open is not None:
+        extra = {**extra, "price_open": price_open}
+    return bk.SignalDto(position=position, price_take_profit=tp, price_stop_loss=sl,
+                        minute_estimated_time=minutes, **extra)
+
+
 def long(tp: float, sl: float, minutes: int, price_open: float | None = None, **extra: Any) -> bk.SignalDto:
-    if price_open is None:
-        return bk.SignalDto(position="long", price_take_profit=tp, price_stop_loss=sl,
-                            minute_estimated_time=minutes, **extra)
-    return bk.SignalDto(position="long", price_take_profit=tp, price_stop_loss=sl,
-                        minute_estimated_time=minutes, price_open=price_open, **extra)
+    return _dto("long", tp, sl, minutes, price_open, extra)
 
 
 def short(tp: float, sl: float, minutes: int, price_open: float | None = None, **extra: Any) -> bk.SignalDto:
-    if price_open is None:
-        return bk.SignalDto(position="short", price_take_profit=tp, price_stop_loss=sl,
-                            minute_estimated_time=minutes, **extra)
-    return bk.SignalDto(position="short", price_take_profit=tp, price_stop_loss=sl,
-                        minute_estimated_time=minutes, price_open=price_open, **extra)
+    return _dto("short", tp, sl, minutes, price_open, extra)
 
 
 def row(position: str = "long", price_open: float = 100.0, tp: float = 110.0, sl: float = 90.0,
@@ -206,54 +207,24 @@ def iso_ms(text: str) -> int:
     return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
 
 
-def trade_signal(
-    sid: str,
-    pending_at: int,
-    *,
-    position: Position = "long",
-    price_open: float = 100.0,
-    tp: float = 110.0,
-    sl: float = 90.0,
-    note: str = "",
-    symbol: str = RESULT_BASE["symbol"],
-    scheduled_at: int | None = None,
-) -> bk.SignalRow:
+def trade_signal(sid: str, pending_at: int, *, position: Position = "long", price_open: float = 100.0,
+                 tp: float = 110.0, sl: float = 90.0, note: str = "", symbol: str = RESULT_BASE["symbol"],
+                 scheduled_at: int | None = None) -> bk.SignalRow:
     """The signal of a one-day trade opened at `pending_at` (scheduled first when `scheduled_at` is given)."""
     return bk.SignalRow(
-        id=sid,
-        position=position,
-        price_open=price_open,
-        price_take_profit=tp,
-        price_stop_loss=sl,
-        minute_estimated_time=1440,
-        note=note,
-        symbol=symbol,
-        strategy_name=RESULT_BASE["strategy_name"],
-        exchange_name=RESULT_BASE["exchange_name"],
-        scheduled_at=pending_at if scheduled_at is None else scheduled_at,
-        pending_at=pending_at,
-        is_scheduled=scheduled_at is not None,
+        id=sid, position=position, price_open=price_open, price_take_profit=tp, price_stop_loss=sl,
+        minute_estimated_time=1440, note=note, symbol=symbol, strategy_name=RESULT_BASE["strategy_name"],
+        exchange_name=RESULT_BASE["exchange_name"], scheduled_at=pending_at if scheduled_at is None else scheduled_at,
+        pending_at=pending_at, is_scheduled=scheduled_at is not None,
     )
 
 
-def closed_result(
-    sig: bk.SignalRow,
-    pnl: float,
-    close_ts: int,
-    current_price: float = 101.0,
-    reason: CloseReason = "take_profit",
-    backtest: bool = True,
-) -> bk.ClosedResult:
+def closed_result(sig: bk.SignalRow, pnl: float, close_ts: int, current_price: float = 101.0,
+                  reason: CloseReason = "take_profit", backtest: bool = True) -> bk.ClosedResult:
     """`sig` closed at `close_ts` and `current_price` with a net PnL of `pnl` percent."""
-    return bk.ClosedResult(
-        **RESULT_BASE,
-        current_price=current_price,
-        backtest=backtest,
-        signal=sig,
-        close_reason=reason,
-        close_timestamp=close_ts,
-        pnl=bk.PnL(pnl, sig.price_open, current_price),
-    )
+    return bk.ClosedResult(**RESULT_BASE, current_price=current_price, backtest=backtest, signal=sig,
+                           close_reason=reason, close_timestamp=close_ts,
+                           pnl=bk.PnL(pnl, sig.price_open, current_price))
 
 
 def idle_result(price: float = 1.0, backtest: bool = False) -> bk.IdleResult:

@@ -160,11 +160,12 @@ def stored_state(workdir: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != ".lock"}
 
 
-def check_pass(reference: list[dict[str, Any]], journal: list[dict[str, Any]], stats: PassStats) -> None:
+def first_records(journal: list[dict[str, Any]], stats: PassStats) -> dict[tuple[str, str], dict[str, Any]]:
+    """The journal without error lines and with each (id, action) once, in journal order; a line written
+    again after a kill must repeat the first one exactly (counted in `stats.duplicates`)."""
     errors = [r for r in journal if r["action"] == "error"]
     assert errors == [], errors
     first: dict[tuple[str, str], dict[str, Any]] = {}
-    order: list[tuple[str, str]] = []
     for record in journal:
         key = (record["id"], record["action"])
         if key in first:
@@ -172,7 +173,12 @@ def check_pass(reference: list[dict[str, Any]], journal: list[dict[str, Any]], s
             stats.duplicates += 1
         else:
             first[key] = record
-            order.append(key)
+    return first
+
+
+def check_pass(reference: list[dict[str, Any]], journal: list[dict[str, Any]], stats: PassStats) -> None:
+    first = first_records(journal, stats)
+    order = list(first)
     deduped = [first[k] for k in order]
 
     ref_keys = [(r["id"], r["action"]) for r in reference]
@@ -233,16 +239,7 @@ def test_kill9_harness(tmp_path: Path, kill_trials: int) -> None:
 
 def check_shared_pass(journal: list[dict[str, Any]], stats: PassStats, limit: int) -> None:
     """The invariants of a pass of several symbols under one profile (module docstring)."""
-    errors = [r for r in journal if r["action"] == "error"]
-    assert errors == [], errors
-    first: dict[tuple[str, str], dict[str, Any]] = {}
-    for record in journal:
-        key = (record["id"], record["action"])
-        if key in first:
-            assert record == first[key], f"{key} journaled twice with different content"
-            stats.duplicates += 1
-        else:
-            first[key] = record
+    first = first_records(journal, stats)
     opened = [r for r in journal if r["action"] == "opened"]
     stats.max_open = max([stats.max_open, *(r["open_count"] for r in opened)])
     over = [(r["tick"], r["result"]["symbol"], r["open_count"]) for r in opened if r["open_count"] > limit]

@@ -21,10 +21,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from helpers import T0, M, candle, candles_from_path, dt, long, make_engine, short
+from helpers import T0, M, MemoryPersist, candle, candles_from_path, dt, long, make_engine, once, short
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_risk import MemoryPersist
 
 import backtest_kit as bk
 from backtest_kit.engine.lifecycle import progress_of, window_vwap
@@ -54,13 +53,7 @@ def backtest(engine: bk.Engine, path: Sequence[float], signal: bk.SignalDto, *, 
     else:
         candles = candles_from_path(T0 - 10 * M, closes)
     engine.add_exchange(exchange_name="mem", get_candles=bk.MemoryCandles({SYMBOL: candles}))
-    sent: list[int] = []
-
-    def get_signal(symbol: str, when: datetime) -> Any:
-        if sent:
-            return None
-        sent.append(1)
-        return signal
+    get_signal = once(signal)
 
     engine.add_strategy(strategy_name="s", interval="1m", get_signal=get_signal, callbacks=callbacks)
     engine.add_frame(frame_name="f", interval="1m", start_date=dt(T0),
@@ -290,13 +283,7 @@ def live_engine(tmp_path: Any, clock: bk.VirtualClock, backend: MemoryPersist) -
     engine = make_engine(tmp_path, clock=clock, CC_TICK_TTL_MS=TTL)
     engine.use_persist(backend)
     engine.add_exchange(exchange_name="mem", get_candles=segment_candles)
-    sent: list[int] = []
-
-    def get_signal(symbol: str, when: datetime) -> Any:
-        if sent:
-            return None
-        sent.append(1)
-        return long(tp=105, sl=90, minutes=600)
+    get_signal = once(long(tp=105, sl=90, minutes=600))
 
     engine.add_strategy(strategy_name="s", interval="1m", get_signal=get_signal)
     return engine
