@@ -9,6 +9,7 @@ statistics and report tests feed to the stores directly, without running an engi
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -126,6 +127,17 @@ def setup(
     engine.listen_error(h.errors.append)
     return h
 
+
+
+async def live_until_closed(engine: bk.Engine, symbol: str = "BTCUSDT", *, timeout: float = 10.0) -> None:
+    """Run strategy "s" on exchange "mem" live in the background until its first closed signal, then
+    stop the run and wait for it to end."""
+    closed = asyncio.Event()
+    engine.listen_signal_live(lambda r: closed.set() if r.action == "closed" else None)
+    handle = engine.live.background(symbol, strategy_name="s", exchange_name="mem")
+    await asyncio.wait_for(closed.wait(), timeout)
+    handle()
+    await handle.wait()
 
 CALLBACK_NAMES = ("on_tick", "on_open", "on_active", "on_idle", "on_schedule", "on_cancel", "on_close",
                   "on_write", "on_partial_profit", "on_partial_loss")

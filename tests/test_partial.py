@@ -21,7 +21,19 @@ from typing import Any
 
 import msgspec
 import pytest
-from helpers import T0, M, MemoryPersist, candle, candles_from_path, dt, long, make_engine, once, short
+from helpers import (
+    T0,
+    M,
+    MemoryPersist,
+    candle,
+    candles_from_path,
+    dt,
+    live_until_closed,
+    long,
+    make_engine,
+    once,
+    short,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -355,12 +367,7 @@ async def test_rule65_live_restart_does_not_re_emit(tmp_path: Any) -> None:
 
     engine2 = live_engine(tmp_path, bk.VirtualClock(clock.now()), backend)
     rec2 = Recorder(engine2)
-    closed = asyncio.Event()
-    engine2.listen_signal_live(lambda r: closed.set() if r.action == "closed" else None)
-    handle = engine2.live.background(SYMBOL, strategy_name="s", exchange_name="mem")
-    await asyncio.wait_for(closed.wait(), 10)
-    handle()
-    await handle.wait()
+    await live_until_closed(engine2, SYMBOL)
     assert rec2.levels("profit") == [40, 50, 60, 70, 80] and rec2.levels("loss") == []
 
 
@@ -371,12 +378,7 @@ async def test_corrupt_partial_document_is_reported_and_quarantined(tmp_path: An
     errors: list[BaseException] = []
     engine.listen_error(errors.append)
     rec = Recorder(engine)
-    closed = asyncio.Event()
-    engine.listen_signal_live(lambda r: closed.set() if r.action == "closed" else None)
-    handle = engine.live.background(SYMBOL, strategy_name="s", exchange_name="mem")
-    await asyncio.wait_for(closed.wait(), 10)
-    handle()
-    await handle.wait()
+    await live_until_closed(engine, SYMBOL)
     assert len(rec.events) == 10
     assert any(isinstance(e, bk.PersistError) and "partial levels BTCUSDT-s" in str(e) for e in errors)
     assert ("partial", "BTCUSDT-s.corrupt") in backend.data

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from helpers import T0, M, candle, dt, flat_candles, long, make_engine, once
+from helpers import T0, M, candle, dt, flat_candles, live_until_closed, long, make_engine, once
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -343,12 +343,7 @@ async def test_quantity_column_in_reports_uses_format_quantity(tmp_path: Any) ->
     live.add_sizing(sizing_name="qty", get_quantity=lambda s, row, p: 1.5)
     live.add_strategy(strategy_name="s", interval="1m", sizing_name="qty",
                       get_signal=lambda s, w: long(tp=110, sl=90, minutes=3))
-    closed = asyncio.Event()
-    live.listen_signal_live(lambda r: closed.set() if r.action == "closed" else None)
-    handle = live.live.background("BTCUSDT", strategy_name="s", exchange_name="mem")
-    await asyncio.wait_for(closed.wait(), 10)
-    handle()
-    await handle.wait()
+    await live_until_closed(live)
     text = await live.live.get_report("BTCUSDT", "s")
     assert "| Signal ID | Position | Quantity |" in text and "| LONG | 1.50 |" in text
     await live.close()
