@@ -10,10 +10,13 @@ statistics and report tests feed to the stores directly, without running an engi
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import backtest_kit as bk
@@ -23,6 +26,17 @@ from backtest_kit.testing import REFERENCE_CONFIG, MemoryPersist, make_engine  #
 M = 60_000
 T0_DT = datetime(2024, 1, 1, tzinfo=UTC)
 T0 = int(T0_DT.timestamp() * 1000)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(module_name: str, file_name: str = "backtest_sma.py") -> ModuleType:
+    """A fresh import of `examples/<file_name>` as `module_name` (not put in `sys.modules`)."""
+    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / file_name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def ms(dt: datetime) -> int:
