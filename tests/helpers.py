@@ -1,24 +1,42 @@
 """Synthetic candles and a small harness for end-to-end backtests on a fresh `bk.Engine`.
 
 Candle helpers build absolute candle arrays (timestamps are open times in ms, 1 minute apart).
+Result builders (`trade_signal`, `closed_result`, `example_trades`, ...) make the tick results that the
+statistics and report tests feed to the stores directly, without running an engine.
 `REFERENCE_CONFIG`, `make_engine` and `MemoryPersist` come from the public `backtest_kit.testing`
 (re-exported here so the suite tests with exactly what users get).
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import backtest_kit as bk
+from backtest_kit.engine.models import CloseReason, Position
 from backtest_kit.testing import REFERENCE_CONFIG, MemoryPersist, make_engine  # noqa: F401 (re-exported)
 
 M = 60_000
 T0_DT = datetime(2024, 1, 1, tzinfo=UTC)
 T0 = int(T0_DT.timestamp() * 1000)
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(module_name: str, file_name: str = "backtest_sma.py") -> ModuleType:
+    """A fresh import of `examples/<file_name>` as `module_name` (not put in `sys.modules`)."""
+    spec = importlib.util.spec_from_file_location(module_name, EXAMPLES / file_name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def ms(dt: datetime) -> int:
@@ -124,6 +142,17 @@ def setup(
     return h
 
 
+
+async def live_until_closed(engine: bk.Engine, symbol: str = "BTCUSDT", *, timeout: float = 10.0) -> None:
+    """Run strategy "s" on exchange "mem" live in the background until its first closed signal, then
+    stop the run and wait for it to end."""
+    closed = asyncio.Event()
+    engine.listen_signal_live(lambda r: closed.set() if r.action == "closed" else None)
+    handle = engine.live.background(symbol, strategy_name="s", exchange_name="mem")
+    await asyncio.wait_for(closed.wait(), timeout)
+    handle()
+    await handle.wait()
+
 CALLBACK_NAMES = ("on_tick", "on_open", "on_active", "on_idle", "on_schedule", "on_cancel", "on_close",
                   "on_write", "on_partial_profit", "on_partial_loss")
 
@@ -164,20 +193,21 @@ def always(signal: Any) -> SignalFn:
     return get_signal
 
 
+def _dto(position: Position, tp: float, sl: float, minutes: int, price_open: float | None,
+         extra: dict[str, Any]) -> bk.SignalDto:
+    """A SignalDto; without `price_open` it is a market entry (the field is left out, not None)."""
+    if price_open is not None:
+        extra = {**extra, "price_open": price_open}
+    return bk.SignalDto(position=position, price_take_profit=tp, price_stop_loss=sl,
+                        minute_estimated_time=minutes, **extra)
+
+
 def long(tp: float, sl: float, minutes: int, price_open: float | None = None, **extra: Any) -> bk.SignalDto:
-    if price_open is None:
-        return bk.SignalDto(position="long", price_take_profit=tp, price_stop_loss=sl,
-                            minute_estimated_time=minutes, **extra)
-    return bk.SignalDto(position="long", price_take_profit=tp, price_stop_loss=sl,
-                        minute_estimated_time=minutes, price_open=price_open, **extra)
+    return _dto("long", tp, sl, minutes, price_open, extra)
 
 
 def short(tp: float, sl: float, minutes: int, price_open: float | None = None, **extra: Any) -> bk.SignalDto:
-    if price_open is None:
-        return bk.SignalDto(position="short", price_take_profit=tp, price_stop_loss=sl,
-                            minute_estimated_time=minutes, **extra)
-    return bk.SignalDto(position="short", price_take_profit=tp, price_stop_loss=sl,
-                        minute_estimated_time=minutes, price_open=price_open, **extra)
+    return _dto("short", tp, sl, minutes, price_open, extra)
 
 
 def row(position: str = "long", price_open: float = 100.0, tp: float = 110.0, sl: float = 90.0,
@@ -191,3 +221,63 @@ def row(position: str = "long", price_open: float = 100.0, tp: float = 110.0, sl
         scheduled_at=pending_at if scheduled_at is None else scheduled_at, pending_at=pending_at,
         is_scheduled=is_scheduled, **extra,
     )
+
+
+# ---------------------------------------------------------------------- tick results for stats and reports
+RESULT_BASE: dict[str, Any] = {"symbol": "BTCUSDT", "strategy_name": "macd-crossover", "exchange_name": "binance"}
+"""The symbol, strategy and exchange of every result built below (those of the worked example)."""
+
+
+def iso_ms(text: str) -> int:
+    """Milliseconds of an ISO date-time without offset, read as UTC."""
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+def trade_signal(sid: str, pending_at: int, *, position: Position = "long", price_open: float = 100.0,
+                 tp: float = 110.0, sl: float = 90.0, note: str = "", symbol: str = RESULT_BASE["symbol"],
+                 scheduled_at: int | None = None) -> bk.SignalRow:
+    """The signal of a one-day trade opened at `pending_at` (scheduled first when `scheduled_at` is given)."""
+    return bk.SignalRow(
+        id=sid, position=position, price_open=price_open, price_take_profit=tp, price_stop_loss=sl,
+        minute_estimated_time=1440, note=note, symbol=symbol, strategy_name=RESULT_BASE["strategy_name"],
+        exchange_name=RESULT_BASE["exchange_name"], scheduled_at=pending_at if scheduled_at is None else scheduled_at,
+        pending_at=pending_at, is_scheduled=scheduled_at is not None,
+    )
+
+
+def closed_result(sig: bk.SignalRow, pnl: float, close_ts: int, current_price: float = 101.0,
+                  reason: CloseReason = "take_profit", backtest: bool = True) -> bk.ClosedResult:
+    """`sig` closed at `close_ts` and `current_price` with a net PnL of `pnl` percent."""
+    return bk.ClosedResult(**RESULT_BASE, current_price=current_price, backtest=backtest, signal=sig,
+                           close_reason=reason, close_timestamp=close_ts,
+                           pnl=bk.PnL(pnl, sig.price_open, current_price))
+
+
+def idle_result(price: float = 1.0, backtest: bool = False) -> bk.IdleResult:
+    return bk.IdleResult(**RESULT_BASE, backtest=backtest, current_price=price)
+
+
+def opened_result(sig: bk.SignalRow, backtest: bool = False) -> bk.OpenedResult:
+    return bk.OpenedResult(**RESULT_BASE, backtest=backtest, current_price=sig.price_open, signal=sig)
+
+
+def active_result(sig: bk.SignalRow, price: float, tp: float = 10.0, sl: float = 0.0,
+                  backtest: bool = False) -> bk.ActiveResult:
+    return bk.ActiveResult(**RESULT_BASE, backtest=backtest, current_price=price, signal=sig,
+                           percent_tp=tp, percent_sl=sl)
+
+
+def example_trades(backtest: bool = True) -> list[bk.ClosedResult]:
+    """The three trades of [events §4.10](../docs/design/events-and-api.md#410-worked-example), oldest
+    first: +1.1013 % (47 min), −1.4287 % (120 min), +1.7469 % (300 min), unrounded, PnL from
+    [lifecycle §8](../docs/design/lifecycle.md#8-pnl) with 0.1 % fee / slippage."""
+    a = trade_signal("a1d4", iso_ms("2025-12-01T10:00:00"), price_open=96400, tp=97850, sl=95000)
+    b = trade_signal("b2e9", iso_ms("2025-12-01T12:00:00"), price_open=97000, tp=98500, sl=96000)
+    c = trade_signal("c3f1", iso_ms("2025-12-02T00:00:00"), position="short", price_open=98000, tp=95900, sl=99500)
+    return [
+        closed_result(a, expected_pnl("long", 96400, 97850), iso_ms("2025-12-01T10:47:00"), 97850, backtest=backtest),
+        closed_result(b, expected_pnl("long", 97000, 96000), iso_ms("2025-12-01T14:00:00"), 96000, "stop_loss",
+                      backtest),
+        closed_result(c, expected_pnl("short", 98000, 95900), iso_ms("2025-12-02T05:00:00"), 95900,
+                      backtest=backtest),
+    ]

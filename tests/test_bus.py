@@ -280,30 +280,37 @@ async def test_emit_awaits_every_async_listener_before_returning() -> None:
     assert finished == [7]
 
 
-async def test_async_listener_never_runs_concurrently_with_itself() -> None:
-    engine, _ = make_engine()
-    in_call = False
-    overlaps = 0
-    seen: list[tuple[str, int]] = []
+class OverlapCheck:
+    """A slow async listener that counts how often it was entered while a call of it was still running."""
 
-    async def listener(event: tuple[str, int]) -> None:
-        nonlocal in_call, overlaps
-        if in_call:
-            overlaps += 1
-        in_call = True
+    def __init__(self) -> None:
+        self.in_call = False
+        self.overlaps = 0
+        self.seen: list[tuple[str, int]] = []
+
+    async def listener(self, event: tuple[str, int]) -> None:
+        if self.in_call:
+            self.overlaps += 1
+        self.in_call = True
         for _ in range(3):
             await asyncio.sleep(0)
-        seen.append(event)
-        in_call = False
+        self.seen.append(event)
+        self.in_call = False
 
-    engine.listen_signal(listener)
 
-    async def publisher(tag: str) -> None:
-        for i in range(20):
-            await engine.bus.emit("signal", (tag, i))
+async def publish_tagged(engine: Hub, tag: str, count: int) -> None:
+    """Emit (tag, 0) .. (tag, count - 1) on "signal", awaiting each emit."""
+    for i in range(count):
+        await engine.bus.emit("signal", (tag, i))
 
-    await asyncio.gather(publisher("a"), publisher("b"), publisher("c"))
-    assert overlaps == 0
+
+async def test_async_listener_never_runs_concurrently_with_itself() -> None:
+    engine, _ = make_engine()
+    check = OverlapCheck()
+    engine.listen_signal(check.listener)
+    await asyncio.gather(*(publish_tagged(engine, tag, 20) for tag in "abc"))
+    seen = check.seen
+    assert check.overlaps == 0
     assert len(seen) == 60
     for tag in "abc":
         assert [i for t, i in seen if t == tag] == list(range(20))
@@ -313,30 +320,12 @@ async def test_async_listener_never_runs_concurrently_with_itself() -> None:
 
 async def test_plain_function_returning_a_coroutine_is_serialised_too() -> None:
     engine, _ = make_engine()
-    in_call = False
-    overlaps = 0
-    seen: list[tuple[str, int]] = []
-
-    async def body(event: tuple[str, int]) -> None:
-        nonlocal in_call, overlaps
-        if in_call:
-            overlaps += 1
-        in_call = True
-        for _ in range(3):
-            await asyncio.sleep(0)
-        seen.append(event)
-        in_call = False
-
-    engine.listen_signal(lambda e: body(e))  # not a coroutine function, but returns one
-
-    async def publisher(tag: str) -> None:
-        for i in range(10):
-            await engine.bus.emit("signal", (tag, i))
-
-    await asyncio.gather(publisher("a"), publisher("b"))
-    assert overlaps == 0
+    check = OverlapCheck()
+    engine.listen_signal(lambda e: check.listener(e))  # not a coroutine function, but returns one
+    await asyncio.gather(*(publish_tagged(engine, tag, 10) for tag in "ab"))
+    assert check.overlaps == 0
     for tag in "ab":
-        assert [i for t, i in seen if t == tag] == list(range(10))
+        assert [i for t, i in check.seen if t == tag] == list(range(10))
 
 
 # --------------------------------------------------------------------------- errors

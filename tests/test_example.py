@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from helpers import load_example
 
 import backtest_kit as bk
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "backtest_sma.py"
-
-
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("backtest_sma_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 async def test_sma_example_backtest_over_the_bundled_sample(tmp_path: Path) -> None:
-    example = load_example()
+    example = load_example("backtest_sma_example")
     engine = bk.Engine(persist_dir=tmp_path / "data", dump_dir=tmp_path / "dump")
     errors: list[BaseException] = []
     engine.listen_error(errors.append)

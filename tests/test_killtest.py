@@ -51,6 +51,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,11 +161,29 @@ def stored_state(workdir: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != ".lock"}
 
 
-def check_pass(reference: list[dict[str, Any]], journal: list[dict[str, Any]], stats: PassStats) -> None:
+def kill_passes(tmp_path: Path, csv: Path, minutes: int, rng: random.Random, trials: int, duration: float,
+                check: Callable[[Path, PassStats], None], extra: tuple[str, ...] = ()) -> tuple[PassStats, int]:
+    """Passes of `run_with_kills` (each in its own directory, checked by `check`) until `trials` kills
+    were made; returns the summed stats and the number of passes."""
+    totals = PassStats()
+    passes = 0
+    while totals.kills < trials:
+        passes += 1
+        assert passes <= MAX_PASSES
+        wanted = min(trials - totals.kills, KILLS_PER_PASS)
+        workdir = tmp_path / f"pass-{passes}"
+        stats = run_with_kills(csv, workdir, minutes, rng, wanted, duration / wanted, extra)
+        check(workdir, stats)
+        totals.add(stats)
+    return totals, passes
+
+
+def first_records(journal: list[dict[str, Any]], stats: PassStats) -> dict[tuple[str, str], dict[str, Any]]:
+    """The journal without error lines and with each (id, action) once, in journal order; a line written
+    again after a kill must repeat the first one exactly (counted in `stats.duplicates`)."""
     errors = [r for r in journal if r["action"] == "error"]
     assert errors == [], errors
     first: dict[tuple[str, str], dict[str, Any]] = {}
-    order: list[tuple[str, str]] = []
     for record in journal:
         key = (record["id"], record["action"])
         if key in first:
@@ -172,7 +191,12 @@ def check_pass(reference: list[dict[str, Any]], journal: list[dict[str, Any]], s
             stats.duplicates += 1
         else:
             first[key] = record
-            order.append(key)
+    return first
+
+
+def check_pass(reference: list[dict[str, Any]], journal: list[dict[str, Any]], stats: PassStats) -> None:
+    first = first_records(journal, stats)
+    order = list(first)
     deduped = [first[k] for k in order]
 
     ref_keys = [(r["id"], r["action"]) for r in reference]
@@ -208,19 +232,13 @@ def test_kill9_harness(tmp_path: Path, kill_trials: int) -> None:
         assert actions.count("closed") >= 10 and "cancelled" in actions and "scheduled" in actions
     reference_state = stored_state(reference_dir)
 
-    totals = PassStats()
-    passes = 0
-    while totals.kills < kill_trials:
-        passes += 1
-        assert passes <= MAX_PASSES
-        wanted = min(kill_trials - totals.kills, KILLS_PER_PASS)
-        workdir = tmp_path / f"pass-{passes}"
-        stats = run_with_kills(csv, workdir, minutes, rng, wanted, mean_delay=duration / wanted)
+    def check(workdir: Path, stats: PassStats) -> None:
         check_pass(reference, read_journal(workdir), stats)
         state = stored_state(workdir)
         assert not [name for name in state if ".corrupt-" in name or "/.tmp-" in name], sorted(state)
         assert state == reference_state
-        totals.add(stats)
+
+    totals, passes = kill_passes(tmp_path, csv, minutes, rng, kill_trials, duration, check)
     elapsed = time.perf_counter() - started
     print(
         f"killtest: {totals.kills} kills over {passes} pass(es), {totals.lives} process lives; "
@@ -233,16 +251,7 @@ def test_kill9_harness(tmp_path: Path, kill_trials: int) -> None:
 
 def check_shared_pass(journal: list[dict[str, Any]], stats: PassStats, limit: int) -> None:
     """The invariants of a pass of several symbols under one profile (module docstring)."""
-    errors = [r for r in journal if r["action"] == "error"]
-    assert errors == [], errors
-    first: dict[tuple[str, str], dict[str, Any]] = {}
-    for record in journal:
-        key = (record["id"], record["action"])
-        if key in first:
-            assert record == first[key], f"{key} journaled twice with different content"
-            stats.duplicates += 1
-        else:
-            first[key] = record
+    first = first_records(journal, stats)
     opened = [r for r in journal if r["action"] == "opened"]
     stats.max_open = max([stats.max_open, *(r["open_count"] for r in opened)])
     over = [(r["tick"], r["result"]["symbol"], r["open_count"]) for r in opened if r["open_count"] > limit]
@@ -282,17 +291,11 @@ def test_kill9_shared_risk_profile(tmp_path: Path, request: pytest.FixtureReques
         assert ref_stats.max_open == SHARED_LIMIT
         assert {r["result"]["symbol"] for r in reference if r["action"] == "opened"} == set(SHARED_SYMBOLS)
 
-    totals = PassStats()
-    passes = 0
-    while totals.kills < trials:
-        passes += 1
-        assert passes <= MAX_PASSES
-        wanted = min(trials - totals.kills, KILLS_PER_PASS)
-        workdir = tmp_path / f"pass-{passes}"
-        stats = run_with_kills(csv, workdir, minutes, rng, wanted, duration / wanted, extra)
+    def check(workdir: Path, stats: PassStats) -> None:
         check_shared_pass(read_journal(workdir), stats, SHARED_LIMIT)
         check_shared_state(workdir, SHARED_LIMIT)
-        totals.add(stats)
+
+    totals, passes = kill_passes(tmp_path, csv, minutes, rng, trials, duration, check, extra)
     elapsed = time.perf_counter() - started
     actions = [r["action"] for r in reference]
     print(

@@ -30,32 +30,20 @@ The rule (why and when the two modes give the same trades):
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import msgspec
 import pytest
-from helpers import T0, M, MemoryPersist, candles_from_path, dt, flat_candles, long
+from helpers import T0, M, MemoryPersist, candles_from_path, dt, flat_candles, load_example, long
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import backtest_kit as bk
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "backtest_sma.py"
 SignalFn = Callable[[str, datetime], Any]
 TRADE_CONFIG: dict[str, Any] = {"CC_MAX_STOPLOSS_DISTANCE_PERCENT": 60}
-
-
-def load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("backtest_sma_live_equivalence", EXAMPLE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 async def backtest_trades(source: bk.MemoryCandles, symbol: str, get_signal: SignalFn, start: int, end: int,
@@ -148,7 +136,7 @@ def expiry_only(get_signal: SignalFn) -> SignalFn:
 async def test_expiry_only_sma_gives_the_same_trades(week: Week, tick_ms: int) -> None:
     """Rules 1-3: identical trades; with the default 60 001 ms tick the timestamps carry +1 ms per tick."""
     source, symbol, start, end = week
-    signal = expiry_only(load_example().get_signal)
+    signal = expiry_only(load_example("backtest_sma_live_equivalence").get_signal)
     config = {**TRADE_CONFIG, "CC_TICK_TTL_MS": tick_ms}
     bt = await backtest_trades(source, symbol, signal, start, end, config)
     live = await live_trades(source, symbol, signal, start, end, config)
@@ -171,7 +159,7 @@ async def test_tp_sl_sma_live_closes_never_before_the_backtest(week: Week) -> No
     fall in the first 4 minutes comes strictly after the backtest's close.
     """
     source, symbol, start, end = week
-    signal = load_example().get_signal
+    signal = load_example("backtest_sma_live_equivalence").get_signal
     config = {"CC_TICK_TTL_MS": 60_000}
     bt = await backtest_trades(source, symbol, signal, start, end, config)
     live = await live_trades(source, symbol, signal, start, end, config)

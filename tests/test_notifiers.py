@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from helpers import T0, M, candle, dt, long, make_engine
+from helpers import T0, M, candle, dt, live_until_closed, long, make_engine, once
 
 import backtest_kit as bk
 from backtest_kit.listeners.notifiers import QueuedAdapter, default_filter, default_format, event_kind, event_payload
@@ -328,23 +328,12 @@ async def test_add_notifier_sends_live_events_and_engine_close_drains(server: Se
         return [candle(start + k * M, p, p, p, p) for k in range(limit)]
 
     engine.add_exchange(exchange_name="mem", get_candles=get_candles)
-    sent: list[int] = []
-
-    def get_signal(symbol: str, when: datetime) -> Any:
-        if sent:
-            return None
-        sent.append(1)
-        return long(tp=110, sl=90, minutes=60)
+    get_signal = once(long(tp=110, sl=90, minutes=60))
 
     engine.add_strategy(strategy_name="s", interval="1m", get_signal=get_signal)
     notifier = bk.WebhookNotifier(f"{server.base}/hook", **fast())
     unsubscribe = engine.add_notifier(notifier)
-    closed = asyncio.Event()
-    engine.listen_signal_live(lambda r: closed.set() if r.action == "closed" else None)
-    handle = engine.live.background("BTCUSDT", strategy_name="s", exchange_name="mem")
-    await asyncio.wait_for(closed.wait(), 10)
-    handle()
-    await handle.wait()
+    await live_until_closed(engine)
     await engine.report_error(RuntimeError("boom"))
     await engine.close()  # shutdown hook: drains and closes the notifier
     kinds = [b["kind"] for _, _, b in server.requests]

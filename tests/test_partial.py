@@ -21,10 +21,21 @@ from typing import Any
 
 import msgspec
 import pytest
-from helpers import T0, M, candle, candles_from_path, dt, long, make_engine, short
+from helpers import (
+    T0,
+    M,
+    MemoryPersist,
+    candle,
+    candles_from_path,
+    dt,
+    live_until_closed,
+    long,
+    make_engine,
+    once,
+    short,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_risk import MemoryPersist
 
 import backtest_kit as bk
 from backtest_kit.engine.lifecycle import progress_of, window_vwap
@@ -54,13 +65,7 @@ def backtest(engine: bk.Engine, path: Sequence[float], signal: bk.SignalDto, *, 
     else:
         candles = candles_from_path(T0 - 10 * M, closes)
     engine.add_exchange(exchange_name="mem", get_candles=bk.MemoryCandles({SYMBOL: candles}))
-    sent: list[int] = []
-
-    def get_signal(symbol: str, when: datetime) -> Any:
-        if sent:
-            return None
-        sent.append(1)
-        return signal
+    get_signal = once(signal)
 
     engine.add_strategy(strategy_name="s", interval="1m", get_signal=get_signal, callbacks=callbacks)
     engine.add_frame(frame_name="f", interval="1m", start_date=dt(T0),
@@ -290,13 +295,7 @@ def live_engine(tmp_path: Any, clock: bk.VirtualClock, backend: MemoryPersist) -
     engine = make_engine(tmp_path, clock=clock, CC_TICK_TTL_MS=TTL)
     engine.use_persist(backend)
     engine.add_exchange(exchange_name="mem", get_candles=segment_candles)
-    sent: list[int] = []
-
-    def get_signal(symbol: str, when: datetime) -> Any:
-        if sent:
-            return None
-        sent.append(1)
-        return long(tp=105, sl=90, minutes=600)
+    get_signal = once(long(tp=105, sl=90, minutes=600))
 
     engine.add_strategy(strategy_name="s", interval="1m", get_signal=get_signal)
     return engine
@@ -368,12 +367,7 @@ async def test_rule65_live_restart_does_not_re_emit(tmp_path: Any) -> None:
 
     engine2 = live_engine(tmp_path, bk.VirtualClock(clock.now()), backend)
     rec2 = Recorder(engine2)
-    closed = asyncio.Event()
-    engine2.listen_signal_live(lambda r: closed.set() if r.action == "closed" else None)
-    handle = engine2.live.background(SYMBOL, strategy_name="s", exchange_name="mem")
-    await asyncio.wait_for(closed.wait(), 10)
-    handle()
-    await handle.wait()
+    await live_until_closed(engine2, SYMBOL)
     assert rec2.levels("profit") == [40, 50, 60, 70, 80] and rec2.levels("loss") == []
 
 
@@ -384,12 +378,7 @@ async def test_corrupt_partial_document_is_reported_and_quarantined(tmp_path: An
     errors: list[BaseException] = []
     engine.listen_error(errors.append)
     rec = Recorder(engine)
-    closed = asyncio.Event()
-    engine.listen_signal_live(lambda r: closed.set() if r.action == "closed" else None)
-    handle = engine.live.background(SYMBOL, strategy_name="s", exchange_name="mem")
-    await asyncio.wait_for(closed.wait(), 10)
-    handle()
-    await handle.wait()
+    await live_until_closed(engine, SYMBOL)
     assert len(rec.events) == 10
     assert any(isinstance(e, bk.PersistError) and "partial levels BTCUSDT-s" in str(e) for e in errors)
     assert ("partial", "BTCUSDT-s.corrupt") in backend.data

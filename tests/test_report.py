@@ -4,22 +4,12 @@
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
+from helpers import active_result, closed_result, example_trades, idle_result, iso_ms, opened_result, trade_signal
 
-from backtest_kit.engine.models import (
-    ActiveResult,
-    ClosedResult,
-    CloseReason,
-    IdleResult,
-    OpenedResult,
-    PnL,
-    Position,
-    SignalRow,
-)
+from backtest_kit.engine.models import ClosedResult, PnL
 from backtest_kit.engine.report import (
     backtest_report,
     format_percent,
@@ -30,84 +20,6 @@ from backtest_kit.engine.report import (
     write_report,
 )
 from backtest_kit.engine.stats import BacktestStats, LiveStats
-
-SYMBOL = "BTCUSDT"
-BASE: dict[str, Any] = {"symbol": SYMBOL, "strategy_name": "macd-crossover", "exchange_name": "binance"}
-
-
-def ms(text: str) -> int:
-    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
-
-
-def signal(
-    sid: str,
-    pending_at: int,
-    *,
-    position: Position = "long",
-    price_open: float = 100.0,
-    tp: float = 110.0,
-    sl: float = 90.0,
-    note: str = "",
-    symbol: str = SYMBOL,
-) -> SignalRow:
-    return SignalRow(
-        id=sid,
-        position=position,
-        price_open=price_open,
-        price_take_profit=tp,
-        price_stop_loss=sl,
-        minute_estimated_time=1440,
-        note=note,
-        symbol=symbol,
-        strategy_name="macd-crossover",
-        exchange_name="binance",
-        scheduled_at=pending_at,
-        pending_at=pending_at,
-        is_scheduled=False,
-    )
-
-
-def closed(
-    sig: SignalRow,
-    pnl: float,
-    close_ts: int,
-    current_price: float,
-    reason: CloseReason = "take_profit",
-    backtest: bool = True,
-) -> ClosedResult:
-    return ClosedResult(
-        **BASE,
-        current_price=current_price,
-        backtest=backtest,
-        signal=sig,
-        close_reason=reason,
-        close_timestamp=close_ts,
-        pnl=PnL(pnl, sig.price_open, current_price),
-    )
-
-
-def _long(o: float, c: float) -> float:
-    o2, c2 = o * 1.001, c * 0.999
-    return (c2 - o2) / o2 * 100 - 0.2
-
-
-def _short(o: float, c: float) -> float:
-    o2, c2 = o * 0.999, c * 1.001
-    return (o2 - c2) / o2 * 100 - 0.2
-
-
-def example_trades(backtest: bool = True) -> list[ClosedResult]:
-    """The three trades of [events §4.10](../docs/design/events-and-api.md#410-worked-example), oldest
-    first, PnL from [lifecycle §8](../docs/design/lifecycle.md#8-pnl) with 0.1 % fee / slippage."""
-    a = signal("a1d4", ms("2025-12-01T10:00:00"), price_open=96400, tp=97850, sl=95000)
-    b = signal("b2e9", ms("2025-12-01T12:00:00"), price_open=97000, tp=98500, sl=96000)
-    c = signal("c3f1", ms("2025-12-02T00:00:00"), position="short", price_open=98000, tp=95900, sl=99500)
-    return [
-        closed(a, _long(96400, 97850), ms("2025-12-01T10:47:00"), 97850, backtest=backtest),
-        closed(b, _long(97000, 96000), ms("2025-12-01T14:00:00"), 96000, "stop_loss", backtest),
-        closed(c, _short(98000, 95900), ms("2025-12-02T05:00:00"), 95900, backtest=backtest),
-    ]
-
 
 EXAMPLE = """\
 # Backtest Report: macd-crossover
@@ -153,8 +65,8 @@ def test_backtest_report_matches_the_example() -> None:
 
 def test_backtest_report_note_column() -> None:
     trades = example_trades()
-    sig = signal("n1", 0, note="breakout | volume\nspike")
-    trades.append(closed(sig, 0.5, 60_000, 101.0))
+    sig = trade_signal("n1", 0, note="breakout | volume\nspike")
+    trades.append(closed_result(sig, 0.5, 60_000, 101.0))
     text = backtest_report("s", backtest_stats(trades).data(), show_note=True)
     lines = text.split("\n")
     assert lines[2].startswith("| Signal ID | Symbol | Position | Note | Open Price |")
@@ -171,17 +83,13 @@ def test_empty_reports() -> None:
 
 def test_live_report_layout_and_na_cells() -> None:
     live = LiveStats()
-    now = ms("2025-12-02T06:00:00")
-    base: dict[str, Any] = {**BASE, "backtest": False}
+    now = iso_ms("2025-12-02T06:00:00")
     trades = example_trades(backtest=False)
     for t in trades:
-        live.add(OpenedResult(**base, current_price=t.signal.price_open, signal=t.signal), 0)
-        live.add(
-            ActiveResult(**base, current_price=t.current_price, signal=t.signal, percent_tp=-0.0, percent_sl=12.345),
-            t.close_timestamp - 1000,
-        )
+        live.add(opened_result(t.signal), 0)
+        live.add(active_result(t.signal, t.current_price, -0.0, 12.345), t.close_timestamp - 1000)
         live.add(t, 0)
-    live.add(IdleResult(**base, current_price=96500.0), now)
+    live.add(idle_result(96500.0), now)
     text = live_report("macd-crossover", live.data())
     lines = text.split("\n")
     assert lines[0] == "# Live Trading Report: macd-crossover" and lines[1] == ""
@@ -212,7 +120,7 @@ def test_live_report_layout_and_na_cells() -> None:
 def test_live_report_closed_count_covers_trades_beyond_the_deque() -> None:
     live = LiveStats(max_events=2)
     for i in range(5):
-        live.add(closed(signal(f"s{i}", i * 1000), 1.0, i * 1000 + 500, 101.0, backtest=False), 0)
+        live.add(closed_result(trade_signal(f"s{i}", i * 1000), 1.0, i * 1000 + 500, 101.0, backtest=False), 0)
     text = live_report("s", live.data())
     assert "**Total events:** 2\n**Closed signals:** 5\n" in text
     assert "**Win rate:** 100.00% (5W / 0L) (higher is better)" in text
@@ -223,7 +131,7 @@ def test_live_report_closed_count_covers_trades_beyond_the_deque() -> None:
 
 def test_live_report_without_closed_trades_prints_na_figures() -> None:
     live = LiveStats()
-    live.add(IdleResult(**BASE, backtest=False, current_price=1.0), 0)
+    live.add(idle_result(1.0), 0)
     text = live_report("s", live.data())
     assert "**Closed signals:** 0\n**Win rate:** N/A\n**Average PNL:** N/A\n" in text
     assert text.endswith(
@@ -233,7 +141,7 @@ def test_live_report_without_closed_trades_prints_na_figures() -> None:
 
 
 def test_pipes_escaped_in_every_cell() -> None:
-    sig = signal("id|1", 0, symbol="A|B")
+    sig = trade_signal("id|1", 0, symbol="A|B")
     r = ClosedResult(
         symbol="A|B",
         strategy_name="s",
@@ -278,8 +186,8 @@ def test_other_formats() -> None:
     assert format_percent(-0.0) == "0.00%"
     assert format_percent(1.37041, 3) == "1.370%"
     assert format_percent(None) == "N/A"
-    assert format_timestamp(ms("2025-12-01T10:00:00")) == "2025-12-01T10:00:00.000Z"
-    assert format_timestamp(ms("2025-12-01T10:00:00") + 7) == "2025-12-01T10:00:00.007Z"
+    assert format_timestamp(iso_ms("2025-12-01T10:00:00")) == "2025-12-01T10:00:00.000Z"
+    assert format_timestamp(iso_ms("2025-12-01T10:00:00") + 7) == "2025-12-01T10:00:00.007Z"
     assert format_timestamp(0) == "1970-01-01T00:00:00.000Z"
     assert format_timestamp(-1) == "1969-12-31T23:59:59.999Z"
     assert format_timestamp(None) == "N/A"

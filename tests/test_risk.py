@@ -26,7 +26,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from helpers import T0, M, MemoryPersist, candle, dt, flat_candles, long, make_engine
+from helpers import T0, M, MemoryPersist, candle, dt, flat_candles, long, make_engine, once
 
 import backtest_kit as bk
 from backtest_kit.engine.risk import RiskGateImpl, risk_report
@@ -586,13 +586,7 @@ async def test_activation_rejected_in_backtest_discards_silently(engine: bk.Engi
     activation drops the limit signal, no cancel, no error."""
     market = {"BTCUSDT": flat_candles(T0 - 10 * M, 12, 100.0) + flat_candles(T0 + 2 * M, 100, 89.0)}
     engine.add_exchange(exchange_name="mem", get_candles=bk.MemoryCandles(market))
-    sent = []
-
-    def get_signal(symbol: str, when: datetime) -> Any:
-        if sent:
-            return None
-        sent.append(when)
-        return long(tp=110, sl=80, minutes=30, price_open=90)
+    get_signal = once(long(tp=110, sl=80, minutes=30, price_open=90))
 
     engine.add_strategy(strategy_name="s", interval="1m", get_signal=get_signal, risk_name="rk")
     engine.add_frame(frame_name="f", interval="1m", start_date=dt(T0), end_date=dt(T0) + timedelta(minutes=20))
@@ -774,13 +768,7 @@ async def test_live_restart_restores_risk_and_closes_it(tmp_path: Any) -> None:
         e = make_engine(tmp_path, clock=clk)
         e.use_persist(backend)
         e.add_exchange(exchange_name="mem", get_candles=get_candles)
-        sent: list[int] = []
-
-        def get_signal(s: str, w: datetime) -> Any:
-            if sent:
-                return None
-            sent.append(1)
-            return long(tp=110, sl=90, minutes=600)
+        get_signal = once(long(tp=110, sl=90, minutes=600))
 
         e.add_strategy(strategy_name="s", interval="1m", get_signal=get_signal, risk_name="rk")
         e.add_risk(risk_name="rk", max_concurrent_positions=1)

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from helpers import T0, M, candle, dt, flat_candles, long, make_engine
+from helpers import T0, M, candle, dt, flat_candles, live_until_closed, long, make_engine, once
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -229,13 +229,7 @@ async def test_position_size_respects_every_limit(balance: float, price: float, 
 def _backtest(engine: bk.Engine, get_quantity: Any, **sizing: Any) -> None:
     engine.add_exchange(exchange_name="mem", get_candles=bk.MemoryCandles(
         {"BTCUSDT": flat_candles(T0 - 10 * M, 200, 100.0)}))
-    sent: list[int] = []
-
-    def get_signal(symbol: str, when: datetime) -> Any:
-        if sent:
-            return None
-        sent.append(1)
-        return long(tp=110, sl=90, minutes=20)
+    get_signal = once(long(tp=110, sl=90, minutes=20))
 
     engine.add_sizing(sizing_name="qty", get_quantity=get_quantity, **sizing)
     engine.add_strategy(strategy_name="s", interval="1m", get_signal=get_signal, sizing_name="qty")
@@ -349,12 +343,7 @@ async def test_quantity_column_in_reports_uses_format_quantity(tmp_path: Any) ->
     live.add_sizing(sizing_name="qty", get_quantity=lambda s, row, p: 1.5)
     live.add_strategy(strategy_name="s", interval="1m", sizing_name="qty",
                       get_signal=lambda s, w: long(tp=110, sl=90, minutes=3))
-    closed = asyncio.Event()
-    live.listen_signal_live(lambda r: closed.set() if r.action == "closed" else None)
-    handle = live.live.background("BTCUSDT", strategy_name="s", exchange_name="mem")
-    await asyncio.wait_for(closed.wait(), 10)
-    handle()
-    await handle.wait()
+    await live_until_closed(live)
     text = await live.live.get_report("BTCUSDT", "s")
     assert "| Signal ID | Position | Quantity |" in text and "| LONG | 1.50 |" in text
     await live.close()

@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import pytest
+from helpers import (
+    RESULT_BASE,
+    active_result,
+    closed_result,
+    example_trades,
+    expected_pnl,
+    idle_result,
+    iso_ms,
+    opened_result,
+    trade_signal,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backtest_kit.engine.models import (
-    ActiveResult,
     CancelledResult,
     ClosedResult,
     CloseReason,
     IdleResult,
-    OpenedResult,
-    PnL,
-    Position,
     ScheduledResult,
     SignalRow,
 )
@@ -57,38 +63,6 @@ NUMERIC_FIELDS = (
 COUNT_FIELDS = ("total_trades", "winning_trades", "losing_trades", "close_reasons")
 
 
-def ms(text: str) -> int:
-    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
-
-
-def signal(
-    sid: str,
-    pending_at: int,
-    *,
-    position: Position = "long",
-    price_open: float = 100.0,
-    tp: float = 110.0,
-    sl: float = 90.0,
-    note: str = "",
-    scheduled_at: int | None = None,
-) -> SignalRow:
-    return SignalRow(
-        id=sid,
-        position=position,
-        price_open=price_open,
-        price_take_profit=tp,
-        price_stop_loss=sl,
-        minute_estimated_time=1440,
-        note=note,
-        symbol=SYMBOL,
-        strategy_name=STRATEGY,
-        exchange_name="binance",
-        scheduled_at=pending_at if scheduled_at is None else scheduled_at,
-        pending_at=pending_at,
-        is_scheduled=scheduled_at is not None,
-    )
-
-
 def closed(
     pnl: float,
     pending_at: int,
@@ -99,17 +73,8 @@ def closed(
     current_price: float = 101.0,
     **kw: Any,
 ) -> ClosedResult:
-    return ClosedResult(
-        symbol=SYMBOL,
-        strategy_name=STRATEGY,
-        exchange_name="binance",
-        current_price=current_price,
-        backtest=True,
-        signal=signal(sid, pending_at, **kw),
-        close_reason=reason,
-        close_timestamp=close_ts,
-        pnl=PnL(pnl, 100.0, 101.0),
-    )
+    """A closed trade given by its PnL and its times (the signal's fields by keyword)."""
+    return closed_result(trade_signal(sid, pending_at, **kw), pnl, close_ts, current_price, reason)
 
 
 def aggregate_stats(trades: list[ClosedResult]) -> Statistics:
@@ -135,60 +100,12 @@ def assert_same(a: Statistics, b: Statistics) -> None:
 # --- the worked example of [events §4.10](../docs/design/events-and-api.md#410-worked-example)
 
 
-def long_pnl(o: float, c: float) -> float:
-    """[Lifecycle §8](../docs/design/lifecycle.md#8-pnl) with the default 0.1 % slippage and 0.1 % fee."""
-    o2, c2 = o * 1.001, c * 0.999
-    return (c2 - o2) / o2 * 100 - 0.2
-
-
-def short_pnl(o: float, c: float) -> float:
-    o2, c2 = o * 0.999, c * 1.001
-    return (o2 - c2) / o2 * 100 - 0.2
-
-
-P1, P2, P3 = long_pnl(96400, 97850), long_pnl(97000, 96000), short_pnl(98000, 95900)
+P1, P2, P3 = (expected_pnl("long", 96400, 97850), expected_pnl("long", 97000, 96000),
+              expected_pnl("short", 98000, 95900))
 
 
 def test_example_pnls() -> None:
     assert [round(p, 4) for p in (P1, P2, P3)] == [1.1013, -1.4287, 1.7469]
-
-
-def example_trades() -> list[ClosedResult]:
-    """Oldest first: +1.1013 % (47 min), −1.4287 % (120 min), +1.7469 % (300 min), unrounded."""
-    return [
-        closed(
-            P1,
-            ms("2025-12-01T10:00:00"),
-            ms("2025-12-01T10:47:00"),
-            sid="a1d4",
-            price_open=96400,
-            tp=97850,
-            sl=95000,
-            current_price=97850,
-        ),
-        closed(
-            P2,
-            ms("2025-12-01T12:00:00"),
-            ms("2025-12-01T14:00:00"),
-            sid="b2e9",
-            reason="stop_loss",
-            price_open=97000,
-            tp=98500,
-            sl=96000,
-            current_price=96000,
-        ),
-        closed(
-            P3,
-            ms("2025-12-02T00:00:00"),
-            ms("2025-12-02T05:00:00"),
-            sid="c3f1",
-            position="short",
-            price_open=98000,
-            tp=95900,
-            sl=99500,
-            current_price=95900,
-        ),
-    ]
 
 
 @pytest.mark.parametrize("source", ["aggregate", "batch", "store"])
@@ -219,7 +136,7 @@ def test_example_figures(source: str) -> None:
     assert s.max_drawdown == pytest.approx(-P2)  # peak 1.1013 → cumulative −0.3273
     assert round(s.max_drawdown or 0, 2) == 1.43
     # Below the 1.1013 peak from 2025-12-01T10:47 until regained at 2025-12-02T05:00.
-    assert s.max_drawdown_duration_ms == ms("2025-12-02T05:00:00") - ms("2025-12-01T10:47:00")
+    assert s.max_drawdown_duration_ms == iso_ms("2025-12-02T05:00:00") - iso_ms("2025-12-01T10:47:00")
     assert s.profit_factor == pytest.approx((P1 + P3) / -P2)
     assert s.sortino_ratio == pytest.approx(((P1 + P2 + P3) / 3) / math.sqrt(P2**2 / 3))
     assert s.expectancy == pytest.approx(2 / 3 * ((P1 + P3) / 2) - 1 / 3 * -P2)
@@ -374,46 +291,27 @@ def test_backtest_store_keeps_every_trade_and_ignores_others() -> None:
 
 # --- live store ---------------------------------------------------------------------------------
 
-BASE: dict[str, Any] = {"symbol": SYMBOL, "strategy_name": STRATEGY, "exchange_name": "binance", "backtest": False}
-
-
-def idle(price: float = 1.0) -> IdleResult:
-    return IdleResult(**BASE, current_price=price)
-
-
-def opened(sig: SignalRow) -> OpenedResult:
-    return OpenedResult(**BASE, current_price=sig.price_open, signal=sig)
-
-
-def active(sig: SignalRow, price: float, tp: float = 10.0, sl: float = 0.0) -> ActiveResult:
-    return ActiveResult(**BASE, current_price=price, signal=sig, percent_tp=tp, percent_sl=sl)
+BASE: dict[str, Any] = {**RESULT_BASE, "backtest": False}
 
 
 def live_closed(sig: SignalRow, pnl: float, close_ts: int) -> ClosedResult:
-    return ClosedResult(
-        **BASE,
-        current_price=101.0,
-        signal=sig,
-        close_reason="take_profit" if pnl > 0 else "stop_loss",
-        close_timestamp=close_ts,
-        pnl=PnL(pnl, 100.0, 101.0),
-    )
+    return closed_result(sig, pnl, close_ts, 101.0, "take_profit" if pnl > 0 else "stop_loss", backtest=False)
 
 
 def test_idle_ticks_collapse_into_the_newest_row() -> None:
     live = LiveStats()
-    live.add(idle(1.0), 1000)
-    live.add(idle(2.0), 2000)
-    live.add(idle(3.0), 3000)
+    live.add(idle_result(1.0), 1000)
+    live.add(idle_result(2.0), 2000)
+    live.add(idle_result(3.0), 3000)
     ev = live.data().events
     assert len(ev) == 1
     assert (ev[0].timestamp, ev[0].current_price, ev[0].action, ev[0].symbol) == (3000, 3.0, "idle", SYMBOL)
 
-    sig = signal("x", 4000)
-    live.add(opened(sig), 4000)
+    sig = trade_signal("x", 4000)
+    live.add(opened_result(sig), 4000)
     live.add(live_closed(sig, 1.0, 10 * MINUTE), 10 * MINUTE)
-    live.add(idle(4.0), 11 * MINUTE)  # newest row is closed → a new idle row at the front
-    live.add(idle(5.0), 12 * MINUTE)  # collapses into it
+    live.add(idle_result(4.0), 11 * MINUTE)  # newest row is closed → a new idle row at the front
+    live.add(idle_result(5.0), 12 * MINUTE)  # collapses into it
     ev = live.data().events
     assert [e.action for e in ev] == ["idle", "closed", "opened", "idle"]
     assert ev[0].timestamp == 12 * MINUTE and ev[0].current_price == 5.0
@@ -422,13 +320,13 @@ def test_idle_ticks_collapse_into_the_newest_row() -> None:
 
 def test_active_row_is_updated_in_place() -> None:
     live = LiveStats()
-    a, b = signal("a", 1000), signal("b", 2000)
-    live.add(opened(a), 0)
-    live.add(active(a, 101.0, 10.0, 0.0), 5000)
-    live.add(opened(b), 0)
-    live.add(active(b, 50.0), 6000)
-    live.add(active(a, 105.0, 50.0, 0.0), 7000)  # a's row is not at the front
-    live.add(active(b, 51.0), 8000)
+    a, b = trade_signal("a", 1000), trade_signal("b", 2000)
+    live.add(opened_result(a), 0)
+    live.add(active_result(a, 101.0, 10.0, 0.0), 5000)
+    live.add(opened_result(b), 0)
+    live.add(active_result(b, 50.0), 6000)
+    live.add(active_result(a, 105.0, 50.0, 0.0), 7000)  # a's row is not at the front
+    live.add(active_result(b, 51.0), 8000)
     ev = live.data().events
     assert [(e.action, e.signal_id) for e in ev] == [
         ("active", "b"),
@@ -444,29 +342,29 @@ def test_active_row_is_updated_in_place() -> None:
 
 def test_active_row_evicted_then_reinserted() -> None:
     live = LiveStats(max_events=3)
-    a = signal("a", 0)
-    live.add(active(a, 1.0), 1)
+    a = trade_signal("a", 0)
+    live.add(active_result(a, 1.0), 1)
     for i in range(3):
-        live.add(opened(signal(f"o{i}", i)), 0)
+        live.add(opened_result(trade_signal(f"o{i}", i)), 0)
     assert "a" not in [e.signal_id for e in live.data().events]
-    live.add(active(a, 2.0), 2)  # its old row is gone: a fresh row at the front
+    live.add(active_result(a, 2.0), 2)  # its old row is gone: a fresh row at the front
     ev = live.data().events
     assert len(ev) == 3
     assert (ev[0].signal_id, ev[0].current_price) == ("a", 2.0)
-    live.add(active(a, 3.0), 3)
+    live.add(active_result(a, 3.0), 3)
     ev = live.data().events
     assert [e.signal_id for e in ev] == ["a", "o2", "o1"] and ev[0].current_price == 3.0
 
 
 def test_scheduled_cancelled_and_closed_rows() -> None:
     live = LiveStats()
-    sched = signal("s", 0, scheduled_at=1000)
+    sched = trade_signal("s", 0, scheduled_at=1000)
     live.add(ScheduledResult(**BASE, current_price=100.0, signal=sched), 1000)
     live.add(
         CancelledResult(**BASE, current_price=99.0, signal=sched, close_timestamp=1000 + 150_000),
         0,
     )
-    sig = signal("c", 10_000)
+    sig = trade_signal("c", 10_000)
     live.add(live_closed(sig, -2.0, 10_000 + 150_000), 0)
     s = live.data()
     ev = s.events
@@ -487,12 +385,12 @@ def test_live_deque_is_bounded_but_statistics_cover_every_trade() -> None:
     adds = 0
     i = 0
     while adds < 100_000:
-        sig = signal(f"sig{i}", now)
-        live.add(opened(sig), now)
+        sig = trade_signal(f"sig{i}", now)
+        live.add(opened_result(sig), now)
         adds += 1
         for k in range(5):
             now += MINUTE
-            live.add(active(sig, 100.0 + k), now)
+            live.add(active_result(sig, 100.0 + k), now)
             adds += 1
         now += MINUTE
         c = live_closed(sig, ((i * 37) % 11 - 5) / 3, now)
@@ -501,7 +399,7 @@ def test_live_deque_is_bounded_but_statistics_cover_every_trade() -> None:
         adds += 1
         for _ in range(3):
             now += MINUTE
-            live.add(idle(), now)
+            live.add(idle_result(), now)
             adds += 1
         assert len(live) <= MAX_EVENTS
         i += 1
@@ -519,10 +417,10 @@ def test_live_deque_is_bounded_but_statistics_cover_every_trade() -> None:
 
 def test_live_data_is_a_snapshot() -> None:
     live = LiveStats()
-    a = signal("a", 0)
-    live.add(active(a, 1.0), 1)
+    a = trade_signal("a", 0)
+    live.add(active_result(a, 1.0), 1)
     snap = live.data()
-    live.add(active(a, 2.0), 2)
+    live.add(active_result(a, 2.0), 2)
     assert snap.events[0].current_price == 1.0
     assert live.data().events[0].current_price == 2.0
 

@@ -34,6 +34,10 @@ What it does, and what it leaves to the engine:
   signed URLs) and prints them with `verbose=True`: the client's logger gets the redacting filter of
   `engine/redact.py`, its `verbose` output goes through the same redaction, and the keys are
   registered there so that the engine's own log lines mask them too.
+
+The parts live in their own modules: `ccxt_credentials.py` (`Secret`, `.env`, where keys come from),
+`ccxt_client.py` (building the guarded ccxt client) and `ccxt_errors.py` (ccxt exceptions as
+backtest-kit errors); this module is the adapter itself, and every public name stays importable here.
 """
 
 from __future__ import annotations
@@ -45,11 +49,9 @@ import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..engine.errors import (
-    BacktestKitError,
     CandleError,
     CcxtExchangeError,
     ExchangeRateLimitError,
@@ -62,7 +64,10 @@ from ..engine.errors import (
 from ..engine.exchange import step_ms
 from ..engine.intervals import CANDLE_INTERVALS
 from ..engine.models import Candle
-from ..engine.redact import install_log_redaction, redact, register_secret
+from ..engine.redact import register_secret
+from .ccxt_client import _DEFAULT_OPTIONS, new_client
+from .ccxt_credentials import _SECRET_KEYS, Secret, _credential, read_env_file
+from .ccxt_errors import scrub, translate_error
 
 if TYPE_CHECKING:
     from ..engine.core import Engine
@@ -86,136 +91,11 @@ MARKETS_RETRY_SECONDS = 60.0
 DEFAULT_CANDLES_PER_REQUEST = 500
 """Page size when ccxt does not say how many candles one request of the exchange may return."""
 
-# Per-exchange ccxt options: only spot markets (no fapi/dapi/eapi calls), no currencies (a private
-# endpoint on Binance), no margin pair lists. `options=` overrides any of them.
-_BINANCE_OPTIONS: dict[str, Any] = {
-    "fetchMarkets": {"types": ["spot"]},
-    "fetchCurrencies": False,
-    "fetchMargins": False,
-}
-_DEFAULT_OPTIONS: dict[str, dict[str, Any]] = {
-    "binance": _BINANCE_OPTIONS,
-    "binanceus": _BINANCE_OPTIONS,
-}
 # The engine's candle intervals are ccxt's unified timeframe names.
 TIMEFRAMES: dict[str, str] = {interval: interval for interval in CANDLE_INTERVALS}
-_SECRET_KEYS = ("apiKey", "secret", "password", "uid", "privateKey", "walletAddress", "token")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 _monotonic = time.monotonic  # a module attribute so tests can move time
-
-
-# ---------------------------------------------------------------------- secrets and .env
-class Secret:
-    """A credential that does not print: `str()` and `repr()` are `'***'`; `reveal()` gives the value."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "'***'"
-
-    def __str__(self) -> str:
-        return "***"
-
-    def __format__(self, spec: str) -> str:
-        return "***"
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(("Secret", self._value))
-
-    def __reduce__(self) -> Any:
-        raise TypeError("a Secret cannot be pickled")
-
-
-def read_env_file(path: str | os.PathLike[str]) -> dict[str, str]:
-    """`KEY=value` pairs of a `.env` file (no new dependency, `os.environ` is left alone).
-
-    Understands blank lines, `# comments`, an optional `export ` prefix, single- or double-quoted
-    values (double quotes take `\\n`, `\\"` and `\\\\` escapes), and ` #` comments after unquoted
-    values. A line without `=` is an error naming the line number, never the line (it may be a key).
-    """
-    text = Path(path).read_text(encoding="utf-8-sig")
-    values: dict[str, str] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export "):].lstrip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not key or not key.replace("_", "").replace(".", "").isalnum():
-            raise SchemaError(f"env_file: {Path(path).name} line {number}: expected KEY=value")
-        value = value.strip()
-        if value[:1] in ("'", '"'):
-            quote = value[0]
-            end = _closing_quote(value, quote)
-            if end < 0:
-                raise SchemaError(f"env_file: {Path(path).name} line {number}: unterminated {quote} quote")
-            value = value[1:end]
-            if quote == '"':
-                value = _unescape(value)
-        else:
-            hash_at = value.find(" #")
-            if hash_at >= 0:
-                value = value[:hash_at].rstrip()
-        values[key] = value
-    return values
-
-
-def _closing_quote(value: str, quote: str) -> int:
-    i = 1
-    while i < len(value):
-        if value[i] == "\\" and quote == '"':
-            i += 2
-            continue
-        if value[i] == quote:
-            return i
-        i += 1
-    return -1
-
-
-def _unescape(value: str) -> str:
-    out: list[str] = []
-    i = 0
-    while i < len(value):
-        ch = value[i]
-        if ch == "\\" and i + 1 < len(value):
-            nxt = value[i + 1]
-            out.append({"n": "\n", "t": "\t", "r": "\r"}.get(nxt, nxt))
-            i += 2
-            continue
-        out.append(ch)
-        i += 1
-    return "".join(out)
-
-
-def _credential(
-    given: str | Secret | None, names: tuple[str, ...], file_values: Mapping[str, str]
-) -> Secret | None:
-    """Argument, else the first non-empty environment variable, else the `.env` file."""
-    if isinstance(given, Secret):
-        return given if given else None
-    if given:
-        return Secret(given)
-    for source in (os.environ, file_values):
-        for name in names:
-            value = source.get(name)
-            if value:
-                return Secret(value)
-    return None
 
 
 # ---------------------------------------------------------------------- the adapter
@@ -331,24 +211,13 @@ class CcxtExchange:
 
     # -------------------------------------------------------------- client and markets
     def _new_client(self) -> Any:
-        import ccxt.async_support as ccxt_async
-
-        base = getattr(ccxt_async, self.exchange_id)
         params: dict[str, Any] = copy.deepcopy(self._config)  # ccxt may mutate nested options
         for key, value in (("apiKey", self._api_key), ("secret", self._secret), ("password", self._password)):
             if value:
                 params[key] = value.reveal()
         for key, value in self._extra_secrets.items():
             params[key] = value.reveal()
-        client = _guarded(base)(params)
-        install_log_redaction(client.logger)  # ccxt logs request headers and signed URLs at DEBUG
-        if self.sandbox:
-            client.set_sandbox_mode(True)
-        if self._api_urls is not None:
-            urls = dict(client.urls.get("api") or {}) if isinstance(client.urls.get("api"), dict) else {}
-            urls.update(self._api_urls)
-            client.urls["api"] = urls
-        return client
+        return new_client(self.exchange_id, params, sandbox=self.sandbox, api_urls=self._api_urls)
 
     def _get_client(self) -> Any:
         loop = asyncio.get_running_loop()
@@ -540,78 +409,17 @@ class CcxtExchange:
         return [v for v in values if v]
 
     def _scrub(self, text: str) -> str:
-        for value in self._secrets():
-            text = text.replace(value, "***")
-        return text
+        return scrub(text, self._secrets())
 
     def _translate(self, exc: Exception, what: str) -> Exception:
         """A backtest-kit error for a ccxt (or other) exception; the message is scrubbed of keys."""
-        import ccxt
-
-        if isinstance(exc, BacktestKitError):
-            return exc
-        cls: type[CcxtExchangeError]
-        if isinstance(exc, ccxt.DDoSProtection | ccxt.RateLimitExceeded):
-            cls, label = ExchangeRateLimitError, "rate limited (HTTP 429/418)"
-        elif isinstance(exc, ccxt.RequestTimeout):
-            timeout = getattr(self._client, "timeout", None)
-            cls, label = ExchangeTimeoutError, f"timed out (timeout {timeout} ms)"
-        elif isinstance(exc, ccxt.NetworkError):
-            cls, label = ExchangeUnavailableError, "exchange not available"
-        elif isinstance(exc, ccxt.BadResponse):
-            cls, label = ExchangeResponseError, "bad response"
-        elif isinstance(exc, ccxt.AuthenticationError):
-            cls, label = CcxtExchangeError, "authentication failed (check the API key and secret)"
-        else:
-            cls, label = CcxtExchangeError, "failed"
-        detail = redact(self._scrub(str(exc)))  # the keys, and signatures in a signed URL
-        if len(detail) > 300:
-            detail = detail[:300] + "…"
-        return cls(
-            f"exchange {self.exchange_name} ({self.exchange_id}): {what} {label}: {type(exc).__name__}: {detail}",
-            exchange_name=self.exchange_name, exchange_id=self.exchange_id, kind=type(exc).__name__,
-        )
+        return translate_error(exc, what, exchange_name=self.exchange_name, exchange_id=self.exchange_id,
+                               client=self._client, secrets=self._secrets())
 
     def _log(self, level: str, topic: str, *args: Any) -> None:
         logger = self._logger
         if logger is not None:
             getattr(logger, level)(topic, *args)
-
-
-def _guarded(base: type[Any]) -> type[Any]:
-    """`base` (a ccxt exchange class) that raises on a 2xx answer whose body is HTML or broken JSON,
-    and whose `verbose` printing is redacted.
-
-    ccxt hands such a body on as a string and `fetch_ohlcv` turns it into an empty list, which
-    would be indistinguishable from "no candles"; this makes it a `BadResponse` at the source.
-    """
-    cached = _GUARDED.get(base)
-    if cached is not None:
-        return cached
-    import ccxt
-
-    def handle_errors(self: Any, code: Any, reason: Any, url: Any, method: Any, headers: Any, body: Any,
-                      response: Any, request_headers: Any, request_body: Any) -> Any:
-        if (isinstance(code, int) and 200 <= code < 300 and response is None and isinstance(body, str)
-                and body.lstrip()[:1] in ("<", "{", "[")):
-            kind = "an HTML page" if body.lstrip()[:1] == "<" else "truncated or invalid JSON"
-            raise ccxt.BadResponse(
-                f"{self.id} {method} {str(url).split('?', 1)[0]} {code}: the body is {kind}, not JSON: "
-                f"{body[:80]!r}"
-            )
-        return base.handle_errors(self, code, reason, url, method, headers, body, response,
-                                  request_headers, request_body)
-
-    def log(self: Any, *args: Any) -> None:
-        """ccxt's `verbose` output (request headers, signed URLs), printed as ccxt does, but redacted."""
-        print(redact(" ".join(str(arg) for arg in args)))
-
-    guarded = type(base.__name__, (base,), {"handle_errors": handle_errors, "log": log, "__module__": __name__})
-    _GUARDED[base] = guarded
-    return guarded
-
-
-_GUARDED: dict[type[Any], type[Any]] = {}
 
 
 def _since_ms(since: datetime | int) -> int:
