@@ -28,7 +28,7 @@ from test_risk import MemoryPersist
 
 import backtest_kit as bk
 from backtest_kit.engine.lifecycle import progress_of, window_vwap
-from backtest_kit.engine.partial import LevelTracker
+from backtest_kit.portfolio.partial import LevelTracker
 
 SYMBOL = "BTCUSDT"
 

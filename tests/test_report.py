@@ -20,7 +20,7 @@ from backtest_kit.engine.models import (
     Position,
     SignalRow,
 )
-from backtest_kit.engine.report import (
+from backtest_kit.reports.report import (
     backtest_report,
     format_percent,
     format_price,
@@ -29,7 +29,7 @@ from backtest_kit.engine.report import (
     live_report,
     write_report,
 )
-from backtest_kit.engine.stats import BacktestStats, LiveStats
+from backtest_kit.reports.stats import BacktestStats, LiveStats
 
 SYMBOL = "BTCUSDT"
 BASE: dict[str, Any] = {"symbol": SYMBOL, "strategy_name": "macd-crossover", "exchange_name": "binance"}

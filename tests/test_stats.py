@@ -23,7 +23,7 @@ from backtest_kit.engine.models import (
     ScheduledResult,
     SignalRow,
 )
-from backtest_kit.engine.stats import (
+from backtest_kit.reports.stats import (
     MAX_EVENTS,
     BacktestStats,
     LiveStats,

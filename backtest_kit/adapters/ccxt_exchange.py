@@ -65,7 +65,7 @@ from ..engine.models import Candle
 from ..engine.redact import install_log_redaction, redact, register_secret
 
 if TYPE_CHECKING:
-    from ..engine.core import Engine
+    from ..engine.ports import ExchangeHost as Engine  # what register() needs of an engine
 
 __all__ = [
     "CcxtExchange",
@@ -662,7 +662,7 @@ def add_ccxt_exchange(
     Returns the adapter (`repr` masks the keys); `await engine.close()` closes its client.
     """
     if engine is None:
-        import backtest_kit
+        from ..engine import default_slot as backtest_kit  # bk.default_engine, without importing the root
 
         engine = backtest_kit.default_engine
     adapter = CcxtExchange(

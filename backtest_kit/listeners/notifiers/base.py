@@ -27,7 +27,7 @@ from .format import default_filter, default_format
 from .http import DeliveryError
 
 if TYPE_CHECKING:
-    from ...engine.core import Engine
+    from ...engine.ports import NotifierHost
 
 __all__ = [
     "DEFAULT_CHANNELS",
@@ -301,7 +301,7 @@ class QueuedAdapter(QueuedNotifier):
 
 
 def attach_notifier(
-    engine: Engine,
+    engine: NotifierHost,
     notifier: Any,
     *,
     channels: Iterable[str] | None = None,

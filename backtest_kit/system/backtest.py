@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import SchemaError
-from .intervals import FRAME_INTERVALS, MINUTE_MS
-from .models import (
+from ..engine.errors import SchemaError
+from ..engine.intervals import FRAME_INTERVALS, MINUTE_MS
+from ..engine.models import (
     FinishedResult,
     OpenedResult,
     PerformanceEvent,
@@ -22,12 +22,11 @@ from .models import (
     ScheduledResult,
     TickResult,
 )
-from .runner import CancelHandle, RunnerBase, RunRecord
-from .stats import BacktestStats, Statistics, with_open_position
+from ..reports.stats import BacktestStats, Statistics, with_open_position
+from .runner import CancelHandle, RunHooks, RunHost, RunnerBase, RunRecord
 
 if TYPE_CHECKING:
-    from .core import Engine
-    from .strategy import StrategyInstance
+    from ..engine.strategy import StrategyInstance
 
 __all__ = ["BacktestRunner"]
 
@@ -39,8 +38,8 @@ class BacktestRunner(RunnerBase[FinishedResult]):
     mode = "backtest"
     done_channel = "done_backtest"
 
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine)
+    def __init__(self, engine: RunHost, hooks: RunHooks) -> None:
+        super().__init__(engine, hooks)
         self._stats: dict[tuple[str, str], BacktestStats] = {}
 
     def _stats_for(self, symbol: str, strategy_name: str) -> BacktestStats:
@@ -57,7 +56,7 @@ class BacktestRunner(RunnerBase[FinishedResult]):
         schema = engine.registry.strategies.get(strategy_name, f"Backtest.{source}")
         engine.registry.exchanges.get(exchange_name, f"Backtest.{source}")
         frame = engine.registry.frames.get(frame_name, f"Backtest.{source}")
-        instance = engine._make_instance(schema, exchange_name, symbol, backtest=True, source=f"Backtest.{source}")
+        instance = self.hooks.make_instance(schema, exchange_name, symbol, backtest=True, source=f"Backtest.{source}")
         record = self._start(symbol, strategy_name, exchange_name)
         record.instance = instance
         self._stats[(symbol, strategy_name)] = BacktestStats()
@@ -207,8 +206,8 @@ class BacktestRunner(RunnerBase[FinishedResult]):
                                   slippage_percent=config.CC_PERCENT_SLIPPAGE, fee_percent=config.CC_PERCENT_FEE)
 
     async def get_report(self, symbol: str, strategy_name: str) -> str:
-        from .report import backtest_report
-        from .sizing import format_quantities
+        from ..portfolio.sizing import format_quantities
+        from ..reports.report import backtest_report
 
         stats = await self.get_data(symbol, strategy_name)
         quantities = await format_quantities(
@@ -227,7 +226,7 @@ class BacktestRunner(RunnerBase[FinishedResult]):
         text = await self.get_report(symbol, strategy_name)
         target = self._dump_path(symbol, strategy_name, path)
         if plot:
-            from .plots import attach_equity_plot
+            from ..reports.plots import attach_equity_plot
 
             text = await attach_equity_plot(text, await self.get_data(symbol, strategy_name), target,
                                             title=f"Backtest {strategy_name} · {symbol}", logger=self.engine.logger)

@@ -54,15 +54,15 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from msgspec import Struct
 
-from .models import RiskEvent, SignalRow
-from .naming import POSITION_SEPARATOR, legacy_pair_key, pair_key
-from .persist import ENTITY_RISK, ENTITY_SIGNALS, read_snapshot
-from .registry import RiskSchema, RiskValidation
-from .report import markdown_table, save_pair_report
-from .signal_store import decode_signal_row, signal_key
+from ..engine.models import RiskEvent, SignalRow
+from ..engine.naming import POSITION_SEPARATOR, legacy_pair_key, pair_key
+from ..engine.persist import ENTITY_RISK, ENTITY_SIGNALS, read_snapshot
+from ..engine.registry import RiskSchema, RiskValidation
+from ..engine.signal_store import decode_signal_row, signal_key
+from ..reports.report import markdown_table, save_pair_report
 
 if TYPE_CHECKING:
-    from .core import Engine
+    from ..engine.ports import Services
 
 __all__ = [
     "MAX_REPORT_EVENTS",
@@ -182,11 +182,8 @@ class RiskState:
     def purge_finished_backtests(self) -> None:
         """Drop backtest positions whose run has ended (e.g. a consumer that stopped iterating while
         a position was open): a finished backtest must not hold a slot of the profile (rule 12)."""
-        records = getattr(self.manager.engine.backtest, "_records", {})
-        stale = [
-            key for key, p in self.positions.items()
-            if (record := records.get((p.symbol, p.strategy_name))) is not None and record.status != "running"
-        ]
+        ended = self.manager.backtest_ended
+        stale = [key for key, p in self.positions.items() if ended(p.symbol, p.strategy_name)]
         for key in stale:
             del self.positions[key]
 
@@ -256,7 +253,7 @@ class RiskState:
                 continue
             if row.strategy_name not in strategies or strategies.get(row.strategy_name).risk_name != self.name:
                 continue
-            if engine._restored_row_problems(row):
+            if engine.restored_row_problems(row):
                 continue
             pkey = position_key(row.strategy_name, row.symbol)
             current = counted.get(pkey)
@@ -451,8 +448,10 @@ async def _run_validation(item: RiskValidation, args: RiskCheckArgs) -> tuple[bo
 class RiskManager:
     """The engine's risk states and the rejection report store (subscribed at engine creation)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Services, *, backtest_ended: Callable[[str, str], bool] | None = None) -> None:
         self.engine = engine
+        # (symbol, strategy_name) -> whether that pair's backtest run has ended (the backtest runner's)
+        self.backtest_ended: Callable[[str, str], bool] = backtest_ended or (lambda symbol, strategy_name: False)
         self._states: dict[tuple[str, bool], RiskState] = {}
         self._events: dict[tuple[str, str], deque[RiskEvent]] = {}
         engine.bus.subscribe("risk", self._record)
@@ -575,7 +574,7 @@ def _signal_field(signal: Any, name: str) -> Any:
 
 def risk_report(symbol: str, strategy_name: str, data: RiskStatistics, *, show_note: bool = False) -> str:
     """`# Risk Rejection Report: <symbol>:<strategy>` with the rejections table and the two tallies."""
-    from .report import format_price, format_timestamp
+    from ..reports.report import format_price, format_timestamp
 
     title = f"# Risk Rejection Report: {symbol}:{strategy_name}"
     if not data.event_list:

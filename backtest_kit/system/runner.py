@@ -16,18 +16,19 @@ import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from .bus import enter_run, leave_run
-from .errors import RunStateError, SchemaError
-from .models import DoneEvent, InstanceInfo, InstanceStatus, TickResult
-from .naming import pair_file_stem
+from ..engine.bus import enter_run, leave_run
+from ..engine.errors import RunStateError, SchemaError
+from ..engine.models import DoneEvent, InstanceInfo, InstanceStatus, TickResult
+from ..engine.naming import pair_file_stem
+from ..engine.ports import Services
 
 if TYPE_CHECKING:
-    from .core import Engine
-    from .strategy import StrategyInstance
+    from ..engine.strategy import StrategyInstance
+    from ..reports.schedule_stats import ScheduleFacade
 
-__all__ = ["CancelHandle", "RunRecord", "RunnerBase"]
+__all__ = ["CancelHandle", "RunHooks", "RunHost", "RunRecord", "RunnerBase"]
 
 R = TypeVar("R", bound=TickResult)
 
@@ -103,6 +104,27 @@ def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
+class RunHost(Services, Protocol):
+    """The engine as a runner sees it: the services, the schedule store and the dump directory."""
+
+    @property
+    def schedule(self) -> ScheduleFacade: ...
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """What only the composition root can do, handed to the runners as plain callables."""
+
+    make_instance: Callable[..., StrategyInstance]
+    """`(schema, exchange_name, symbol, *, backtest, source)`: a wired strategy instance."""
+    track_task: Callable[[asyncio.Task[Any]], None]
+    """Keep a background run's task until it ends (`close` waits for it)."""
+    hold_persist: Callable[[], None]
+    """A live run starts: own the persist directory (raises `PersistError` if another engine does)."""
+    release_persist: Callable[[], None]
+    """A live run ended: give the persist directory back (the last one does)."""
+
+
 class RunnerBase(Generic[R]):
     """Instances, background tasks and statistics of one mode."""
 
@@ -110,8 +132,9 @@ class RunnerBase(Generic[R]):
     mode: str
     done_channel: str
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: RunHost, hooks: RunHooks) -> None:
         self.engine = engine
+        self.hooks = hooks
         self._records: dict[tuple[str, str], RunRecord] = {}
 
     # ------------------------------------------------------------------ records
@@ -141,6 +164,16 @@ class RunnerBase(Generic[R]):
         record.loop = _running_loop()
         record.wake = asyncio.Event() if record.loop is not None else None
         return record
+
+    def ended(self, symbol: str, strategy_name: str) -> bool:
+        """Whether the pair was run in this mode and its run is over."""
+        record = self._records.get((symbol, strategy_name))
+        return record is not None and record.status != "running"
+
+    def request_stop_all(self) -> None:
+        """Graceful stop of every run of this mode (`Engine.close`)."""
+        for record in self._records.values():
+            record.request_stop()
 
     async def list(self) -> list[InstanceInfo]:
         """Every pair started or stopped in this mode, with its status."""
@@ -205,7 +238,7 @@ class RunnerBase(Generic[R]):
 
         task = loop.create_task(consume(), name=f"backtest-kit {self.mode} {record.symbol} {record.strategy_name}")
         record.task = task
-        self.engine._track_task(task)
+        self.hooks.track_task(task)
         return CancelHandle(record, task)
 
     async def _publish_done(self, record: RunRecord) -> None:
@@ -233,7 +266,7 @@ class RunnerBase(Generic[R]):
         return base / f"{pair_file_stem(symbol, strategy_name)}.md"
 
     async def _write(self, target: Path, text: str) -> Path | None:
-        from .report import save_report
+        from ..reports.report import save_report
 
         return await save_report(target, text, self.engine.logger, self.mode)
 

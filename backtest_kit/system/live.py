@@ -17,13 +17,12 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .models import PerformanceEvent, TickResult
-from .runner import CancelHandle, RunnerBase, RunRecord
-from .stats import LiveStats, Statistics, with_open_position
+from ..engine.models import PerformanceEvent, TickResult
+from ..reports.stats import LiveStats, Statistics, with_open_position
+from .runner import CancelHandle, RunHooks, RunHost, RunnerBase, RunRecord
 
 if TYPE_CHECKING:
-    from .core import Engine
-    from .strategy import StrategyInstance
+    from ..engine.strategy import StrategyInstance
 
 __all__ = ["LiveRunner"]
 
@@ -38,8 +37,8 @@ class LiveRunner(RunnerBase[TickResult]):
     mode = "live"
     done_channel = "done_live"
 
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine)
+    def __init__(self, engine: RunHost, hooks: RunHooks) -> None:
+        super().__init__(engine, hooks)
         self._stats: dict[tuple[str, str], LiveStats] = {}
         self._holding: set[tuple[str, str]] = set()  # runs holding the engine's persist lock
 
@@ -48,7 +47,11 @@ class LiveRunner(RunnerBase[TickResult]):
         key = (record.symbol, record.strategy_name)
         if key in self._holding:
             self._holding.discard(key)
-            self.engine._release_persist()
+            self.hooks.release_persist()
+
+    def forget_holds(self) -> None:
+        """The engine closed and released the persist directory itself: no run holds it any more."""
+        self._holding.clear()
 
     def _stats_for(self, symbol: str, strategy_name: str) -> LiveStats:
         key = (symbol, strategy_name)
@@ -63,12 +66,12 @@ class LiveRunner(RunnerBase[TickResult]):
         engine = self.engine
         schema = engine.registry.strategies.get(strategy_name, f"Live.{source}")
         engine.registry.exchanges.get(exchange_name, f"Live.{source}")
-        instance = engine._make_instance(schema, exchange_name, symbol, backtest=False, source=f"Live.{source}")
-        engine._hold_persist()  # a second engine on this persist directory fails here, touching nothing
+        instance = self.hooks.make_instance(schema, exchange_name, symbol, backtest=False, source=f"Live.{source}")
+        self.hooks.hold_persist()  # a second engine on this persist directory fails here, touching nothing
         try:
             record = self._start(symbol, strategy_name, exchange_name)
         except BaseException:
-            engine._release_persist()
+            self.hooks.release_persist()
             raise
         self._holding.add((symbol, strategy_name))
         record.instance = instance
@@ -218,8 +221,8 @@ class LiveRunner(RunnerBase[TickResult]):
                                   slippage_percent=config.CC_PERCENT_SLIPPAGE, fee_percent=config.CC_PERCENT_FEE)
 
     async def get_report(self, symbol: str, strategy_name: str) -> str:
-        from .report import live_report
-        from .sizing import format_quantities
+        from ..portfolio.sizing import format_quantities
+        from ..reports.report import live_report
 
         stats = await self.get_data(symbol, strategy_name)
         record = self._records.get((symbol, strategy_name))
@@ -240,7 +243,7 @@ class LiveRunner(RunnerBase[TickResult]):
         text = await self.get_report(symbol, strategy_name)
         target = self._dump_path(symbol, strategy_name, path)
         if plot:
-            from .plots import attach_equity_plot
+            from ..reports.plots import attach_equity_plot
 
             text = await attach_equity_plot(text, await self.get_data(symbol, strategy_name), target,
                                             title=f"Live {strategy_name} · {symbol}", logger=self.engine.logger,

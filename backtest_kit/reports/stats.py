@@ -29,8 +29,8 @@ from typing import Final
 import msgspec
 from msgspec import Struct
 
-from .lifecycle import pnl_of
-from .models import (
+from ..engine.lifecycle import pnl_of
+from ..engine.models import (
     ActiveResult,
     CancelledResult,
     ClosedResult,
