@@ -83,7 +83,8 @@ from .listeners.notifiers import (
     WebhookNotifier,
 )
 from .portfolio.partial import PartialEntry, PartialStatistics
-from .portfolio.risk import ActivePosition, RiskCheckArgs, RiskStatistics
+from .portfolio.risk import ActivePosition, RiskCheckArgs
+from .portfolio.risk_facade import RiskStatistics
 from .portfolio.sizing import Constant
 from .reports.performance_stats import MetricStats, PerformanceStatistics
 from .reports.schedule_stats import ScheduleEvent, ScheduleStatistics

@@ -347,7 +347,7 @@ def test_live_status_line() -> None:
 
 
 def test_summary_rows_handle_an_empty_run() -> None:
-    from backtest_kit.reports.stats import BacktestStats
+    from backtest_kit.reports.mode_stats import BacktestStats
 
     rows: dict[str, Any] = dict(summary_rows(BacktestStats().data()))
     assert rows["Trades"] == "0 (0 won / 0 lost)" and rows["Win rate"] == "n/a" and rows["Max drawdown"] == "n/a"

@@ -20,6 +20,7 @@ from backtest_kit.engine.models import (
     Position,
     SignalRow,
 )
+from backtest_kit.reports.mode_stats import BacktestStats, LiveStats
 from backtest_kit.reports.report import (
     backtest_report,
     format_percent,
@@ -29,7 +30,6 @@ from backtest_kit.reports.report import (
     live_report,
     write_report,
 )
-from backtest_kit.reports.stats import BacktestStats, LiveStats
 
 SYMBOL = "BTCUSDT"
 BASE: dict[str, Any] = {"symbol": SYMBOL, "strategy_name": "macd-crossover", "exchange_name": "binance"}

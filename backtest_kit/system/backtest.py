@@ -22,7 +22,8 @@ from ..engine.models import (
     ScheduledResult,
     TickResult,
 )
-from ..reports.stats import BacktestStats, Statistics, with_open_position
+from ..reports.mode_stats import BacktestStats, with_open_position
+from ..reports.stats import Statistics
 from .runner import CancelHandle, RunHooks, RunHost, RunnerBase, RunRecord
 
 if TYPE_CHECKING:

@@ -43,7 +43,8 @@ from ..engine.validation import restored_row_problems
 from ..listeners.notifiers import attach_notifier
 from ..listeners.subscriptions import ListenMixin
 from ..portfolio.partial import PartialFacade, PartialService
-from ..portfolio.risk import RiskFacade, RiskManager
+from ..portfolio.risk import RiskManager
+from ..portfolio.risk_facade import RiskFacade
 from ..portfolio.sizing import CustomSizer, PositionSize, check_sizing_schema
 from ..reports.performance_stats import PerformanceFacade
 from ..reports.schedule_stats import ScheduleFacade
@@ -81,6 +82,7 @@ class Engine(ListenMixin):
         self._exchanges: dict[str, ExchangeClient] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._shutdown_hooks: list[Callable[[], Any]] = []
+        self._notifier_hooks: set[int] = set()  # notifiers whose aclose is a shutdown hook already
         hooks = RunHooks(make_instance=self._make_instance, track_task=self._track_task,
                          hold_persist=self._hold_persist, release_persist=self._release_persist)
         self.backtest = BacktestRunner(self, hooks)
@@ -363,7 +365,7 @@ class Engine(ListenMixin):
         the network; `close()` drains and closes it. Default channels: live signals, errors, risk
         rejections, partial levels, live done; default filter: no idle/active ticks, no backtest
         events. Returns an unsubscribe function."""
-        return attach_notifier(self, notifier, channels=channels, filter=filter)
+        return attach_notifier(self, notifier, channels=channels, filter=filter, hooked=self._notifier_hooks)
 
     async def close(self, *, timeout: float | None = None) -> None:
         """Stop background runs gracefully, wait for them, close exchanges and run shutdown hooks.

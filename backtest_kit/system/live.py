@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..engine.models import PerformanceEvent, TickResult
-from ..reports.stats import LiveStats, Statistics, with_open_position
+from ..reports.mode_stats import LiveStats, with_open_position
+from ..reports.stats import Statistics
 from .runner import CancelHandle, RunHooks, RunHost, RunnerBase, RunRecord
 
 if TYPE_CHECKING:
