@@ -73,6 +73,7 @@ from .engine.models import (
 )
 from .engine.persist import PersistBackend
 from .engine.registry import StrategyCallbacks
+from .engine.runner import CancelHandle
 from .listeners.notifiers import (
     ConsoleNotifier,
     LogNotifier,
@@ -90,7 +91,6 @@ from .reports.performance_stats import MetricStats, PerformanceStatistics
 from .reports.schedule_stats import ScheduleEvent, ScheduleStatistics
 from .reports.stats import Statistics
 from .system.engine import Engine
-from .system.runner import CancelHandle
 from .system.shutdown import install_signal_handlers
 
 __version__ = "0.1.0"

@@ -38,14 +38,14 @@ import msgspec
 
 from .. import __version__
 from ..adapters.replay import ReplayExchange
+from ..engine.backtest import BacktestRunner
 from ..engine.clock import VirtualClock
 from ..engine.errors import BacktestKitError
 from ..engine.intervals import FRAME_INTERVALS, SIGNAL_INTERVALS
+from ..engine.live import LiveRunner
 from ..engine.models import ProgressEvent, TickResult
 from ..engine.registry import FrameSchema
 from ..reports.plots import equity_png_path
-from ..system.backtest import BacktestRunner
-from ..system.live import LiveRunner
 from .loader import CliEngine, CliError, Target, build_target, load_strategy, utc
 from .outcome import Interrupt, RunLog, until_done, write_line
 from .render import LiveStatus, Progress, make_progress, print_summary, summary_rows

@@ -1,5 +1,6 @@
 """The runtime core: models, errors, config, clock, bus, registry, context, exchange client, the signal
-state machine and its lifecycle maths, the persistence protocol and the signal store.
+state machine and its lifecycle maths, the backtest and live runners, the persistence protocol and the
+signal store, and the Protocols through which the layers above plug in (`hooks.py`, `ports.py`).
 
 It imports nothing else of backtest_kit (import-linter checks it, see pyproject.toml).
 """

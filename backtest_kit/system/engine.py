@@ -37,6 +37,7 @@ from ..engine.registry import (
     make_sizing,
     make_strategy,
 )
+from ..engine.runner import RunHooks
 from ..engine.signal_store import PersistedSignalStore
 from ..engine.strategy import RunEnv, StrategyInstance
 from ..engine.validation import restored_row_problems
@@ -48,9 +49,7 @@ from ..portfolio.risk_facade import RiskFacade
 from ..portfolio.sizing import CustomSizer, PositionSize, check_sizing_schema
 from ..reports.performance_stats import PerformanceFacade
 from ..reports.schedule_stats import ScheduleFacade
-from .backtest import BacktestRunner
-from .live import LiveRunner
-from .runner import RunHooks
+from .modes import BacktestFacade, LiveFacade
 
 __all__ = ["PERSIST_ENTITIES", "Engine"]
 
@@ -85,9 +84,9 @@ class Engine(ListenMixin):
         self._notifier_hooks: set[int] = set()  # notifiers whose aclose is a shutdown hook already
         hooks = RunHooks(make_instance=self._make_instance, track_task=self._track_task,
                          hold_persist=self._hold_persist, release_persist=self._release_persist)
-        self.backtest = BacktestRunner(self, hooks)
-        self.live = LiveRunner(self, hooks)
         self.schedule = ScheduleFacade(self)
+        self.backtest = BacktestFacade(self, hooks, self.schedule)
+        self.live = LiveFacade(self, hooks, self.schedule)
         self.performance = PerformanceFacade(self)
         # its report store subscribes before any user listener
         self._risk = RiskManager(self, backtest_ended=self.backtest.ended)
@@ -109,11 +108,11 @@ class Engine(ListenMixin):
     # [public API](../../docs/design/public-api.md#engine-and-the-module-level-api)):
     # `engine.Live.run(...)` is `engine.live.run(...)`, the same object.
     @property
-    def Backtest(self) -> BacktestRunner:
+    def Backtest(self) -> BacktestFacade:
         return self.backtest
 
     @property
-    def Live(self) -> LiveRunner:
+    def Live(self) -> LiveFacade:
         return self.live
 
     @property

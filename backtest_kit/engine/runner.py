@@ -1,4 +1,4 @@
-"""What the Backtest and Live facades share: run instances, background tasks, cancel, list, reports.
+"""What the Backtest and Live runners share: run instances, background tasks, cancel, list, the stores they feed.
 
 One `RunRecord` per (symbol, strategy) of a mode
 ([decision 11](../../docs/design/decisions.md#decision-11-instances-are-keyed-by-mode-symbol-and-strategy):
@@ -15,20 +15,17 @@ import contextlib
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from ..engine.bus import enter_run, leave_run
-from ..engine.errors import RunStateError, SchemaError
-from ..engine.models import DoneEvent, InstanceInfo, InstanceStatus, TickResult
-from ..engine.naming import pair_file_stem
-from ..engine.ports import Services
+from .bus import enter_run, leave_run
+from .errors import RunStateError, SchemaError
+from .models import DoneEvent, InstanceInfo, InstanceStatus, TickResult
+from .ports import Services
 
 if TYPE_CHECKING:
-    from ..engine.strategy import StrategyInstance
-    from ..reports.schedule_stats import ScheduleFacade
+    from .strategy import StrategyInstance
 
-__all__ = ["CancelHandle", "RunHooks", "RunHost", "RunRecord", "RunnerBase"]
+__all__ = ["CancelHandle", "ResultSink", "RunHooks", "RunRecord", "RunStores", "RunnerBase"]
 
 R = TypeVar("R", bound=TickResult)
 
@@ -104,11 +101,27 @@ def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-class RunHost(Services, Protocol):
-    """The engine as a runner sees it: the services, the schedule store and the dump directory."""
+S_co = TypeVar("S_co", covariant=True)
 
-    @property
-    def schedule(self) -> ScheduleFacade: ...
+
+class ResultSink(Protocol):
+    """A store fed with every tick result of a run (the schedule statistics of `reports/`)."""
+
+    def add(self, result: TickResult) -> None: ...
+
+
+class RunStores(Protocol[S_co]):
+    """Where the runs of one mode record their results: the statistics and schedule stores, which
+    live in `reports/` and are handed to the runner by the composition root."""
+
+    def reset(self, symbol: str, strategy_name: str) -> None:
+        """A run of the pair starts: its statistics start afresh."""
+
+    def stats(self, symbol: str, strategy_name: str) -> S_co:
+        """The pair's statistics store (created empty on first use)."""
+
+    def schedule(self, symbol: str, strategy_name: str) -> ResultSink:
+        """The pair's schedule statistics store."""
 
 
 @dataclass(frozen=True)
@@ -132,7 +145,7 @@ class RunnerBase(Generic[R]):
     mode: str
     done_channel: str
 
-    def __init__(self, engine: RunHost, hooks: RunHooks) -> None:
+    def __init__(self, engine: Services, hooks: RunHooks) -> None:
         self.engine = engine
         self.hooks = hooks
         self._records: dict[tuple[str, str], RunRecord] = {}
@@ -169,6 +182,11 @@ class RunnerBase(Generic[R]):
         """Whether the pair was run in this mode and its run is over."""
         record = self._records.get((symbol, strategy_name))
         return record is not None and record.status != "running"
+
+    def exchange_name_of(self, symbol: str, strategy_name: str) -> str:
+        """The exchange of the pair's latest run in this mode ("" if never run)."""
+        record = self._records.get((symbol, strategy_name))
+        return record.exchange_name if record is not None else ""
 
     def request_stop_all(self) -> None:
         """Graceful stop of every run of this mode (`Engine.close`)."""
@@ -254,21 +272,6 @@ class RunnerBase(Generic[R]):
 
     def _ended(self, record: RunRecord) -> None:
         """Hook: a run's body has finished (whatever the reason)."""
-
-    # ------------------------------------------------------------------ reports
-    def _dump_path(self, symbol: str, strategy_name: str, path: str | Path | None) -> Path:
-        """`<path or dump_dir/mode>/<symbol>_<strategy>.md`, like every other per-pair report.
-
-        The symbol is part of the name so that two symbols of one strategy never overwrite each
-        other's report (names sanitized, so no symbol can leave the directory).
-        """
-        base = Path(path) if path is not None else Path(self.engine.dump_dir) / self.mode
-        return base / f"{pair_file_stem(symbol, strategy_name)}.md"
-
-    async def _write(self, target: Path, text: str) -> Path | None:
-        from ..reports.report import save_report
-
-        return await save_report(target, text, self.engine.logger, self.mode)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
