@@ -23,6 +23,7 @@ from typing import Any
 from .adapters import CsvCandles, FilePersist, MemoryCandles, ReplayExchange, bundled_sample_path, replay_clock
 from .adapters.candles import CandleDataWarning, CandleGaps, DroppedCandle
 from .adapters.ccxt_exchange import add_ccxt_exchange as _add_ccxt_exchange
+from .engine import default_slot as _default_slot
 from .engine.bus import CHANNELS, EventBus
 from .engine.clock import Clock, SystemClock, VirtualClock
 from .engine.config import DEFAULT_CONFIG, Config
@@ -35,7 +36,6 @@ from .engine.context import (
     get_date,
     get_mode,
 )
-from .engine.core import Engine
 from .engine.errors import (
     BacktestKitError,
     CandleError,
@@ -71,16 +71,9 @@ from .engine.models import (
     SignalRow,
     TickResult,
 )
-from .engine.partial import PartialEntry, PartialStatistics
-from .engine.performance_stats import MetricStats, PerformanceStatistics
 from .engine.persist import PersistBackend
 from .engine.registry import StrategyCallbacks
-from .engine.risk import ActivePosition, RiskCheckArgs, RiskStatistics
 from .engine.runner import CancelHandle
-from .engine.schedule_stats import ScheduleEvent, ScheduleStatistics
-from .engine.signals import install_signal_handlers
-from .engine.sizing import Constant
-from .engine.stats import Statistics
 from .listeners.notifiers import (
     ConsoleNotifier,
     LogNotifier,
@@ -90,11 +83,21 @@ from .listeners.notifiers import (
     TelegramNotifier,
     WebhookNotifier,
 )
+from .portfolio.partial import PartialEntry, PartialStatistics
+from .portfolio.risk import ActivePosition, RiskCheckArgs
+from .portfolio.risk_facade import RiskStatistics
+from .portfolio.sizing import Constant
+from .reports.performance_stats import MetricStats, PerformanceStatistics
+from .reports.schedule_stats import ScheduleEvent, ScheduleStatistics
+from .reports.stats import Statistics
+from .system.engine import Engine
+from .system.shutdown import install_signal_handlers
 
 __version__ = "0.1.0"
 
 default_engine = Engine()
 """The engine behind the module-level API."""
+_default_slot.default_engine = default_engine  # for adapters defaulting to it (no import of this package)
 
 Backtest = default_engine.backtest
 Live = default_engine.live

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from .adapters import CsvCandles, bundled_sample_path
 from .engine.context import get_candles
-from .engine.core import Engine
 from .engine.models import SignalDto
+from .system.engine import Engine
 
 __all__ = ["EXCHANGE_NAME", "FRAME_NAME", "STRATEGY_NAME", "get_signal", "register"]
 

@@ -19,8 +19,8 @@ import pytest
 import backtest_kit as bk
 from backtest_kit.cli.app import build_parser, config_item, parse_value, speed, when
 from backtest_kit.cli.render import LiveStatus, PlainProgress, format_span, summary_rows
-from backtest_kit.engine import plots
 from backtest_kit.engine.models import ProgressEvent
+from backtest_kit.reports import plots
 
 HAS_MPL = plots.plot_available()
 TIMEOUT = 180
@@ -347,7 +347,7 @@ def test_live_status_line() -> None:
 
 
 def test_summary_rows_handle_an_empty_run() -> None:
-    from backtest_kit.engine.stats import BacktestStats
+    from backtest_kit.reports.mode_stats import BacktestStats
 
     rows: dict[str, Any] = dict(summary_rows(BacktestStats().data()))
     assert rows["Trades"] == "0 (0 won / 0 lost)" and rows["Win rate"] == "n/a" and rows["Max drawdown"] == "n/a"

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 import backtest_kit as bk
-from backtest_kit.engine.report import format_signed_percent
+from backtest_kit.reports.report import format_signed_percent
 
 TIMEOUT = 180
 SAMPLE = str(bk.bundled_sample_path())

@@ -32,7 +32,7 @@ from helpers import REFERENCE_CONFIG, T0, M, MemoryPersist, candles_from_path, c
 
 import backtest_kit as bk
 from backtest_kit.engine.models import ActiveResult, ClosedResult, OpenedResult, PnL, SignalRow
-from backtest_kit.engine.stats import LiveStats
+from backtest_kit.reports.mode_stats import LiveStats
 
 TTL = 60_001  # the default CC_TICK_TTL_MS
 SYMBOL = "BTCUSDT"

@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 
 import backtest_kit as bk
 from backtest_kit.engine.lifecycle import progress_of, window_vwap
-from backtest_kit.engine.partial import LevelTracker
+from backtest_kit.portfolio.partial import LevelTracker
 
 SYMBOL = "BTCUSDT"
 

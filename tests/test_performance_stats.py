@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import backtest_kit as bk
 from backtest_kit.engine.models import PerformanceEvent
-from backtest_kit.engine.performance_stats import (
+from backtest_kit.reports.performance_stats import (
     MAX_SAMPLES,
     PerformanceStats,
     nearest_rank,

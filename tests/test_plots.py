@@ -11,9 +11,9 @@ from helpers import T0, M, candles_from_path, flat_candles, long, make_engine, o
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backtest_kit.engine import plots
 from backtest_kit.engine.models import ClosedResult, PnL, SignalRow
-from backtest_kit.engine.stats import statistics_from_trades
+from backtest_kit.reports import plots
+from backtest_kit.reports.stats import statistics_from_trades
 
 HAS_MPL = plots.plot_available()
 needs_mpl = pytest.mark.skipif(not HAS_MPL, reason="matplotlib (the `plot` extra) is not installed")

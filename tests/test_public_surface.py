@@ -20,9 +20,10 @@ from backtest_kit.adapters import candles as candles_module
 from backtest_kit.adapters import ccxt as ccxt_facade
 from backtest_kit.adapters import ccxt_exchange
 from backtest_kit.cli import loader
-from backtest_kit.engine import errors, sizing
+from backtest_kit.engine import errors
 from backtest_kit.listeners import notifiers
 from backtest_kit.listeners.notifiers import http
+from backtest_kit.portfolio import sizing
 
 PACKAGE = "backtest_kit"
 

@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 import backtest_kit as bk
 from backtest_kit import demo
 from backtest_kit.engine.lifecycle import pnl_of
-from backtest_kit.engine.report import format_signed_percent, open_position_line
-from backtest_kit.engine.stats import LiveStats, with_open_position
+from backtest_kit.reports.mode_stats import LiveStats, with_open_position
+from backtest_kit.reports.report import format_signed_percent, open_position_line
 
 SYMBOL = "BTCUSDT"
 GUARD = 120  # seconds: only hit when a run never ends (the bug); a normal run takes well under one

@@ -10,7 +10,8 @@ import pytest
 from helpers import active_result, closed_result, example_trades, idle_result, iso_ms, opened_result, trade_signal
 
 from backtest_kit.engine.models import ClosedResult, PnL
-from backtest_kit.engine.report import (
+from backtest_kit.reports.mode_stats import BacktestStats, LiveStats
+from backtest_kit.reports.report import (
     backtest_report,
     format_percent,
     format_price,
@@ -19,7 +20,6 @@ from backtest_kit.engine.report import (
     live_report,
     write_report,
 )
-from backtest_kit.engine.stats import BacktestStats, LiveStats
 
 EXAMPLE = """\
 # Backtest Report: macd-crossover

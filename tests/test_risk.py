@@ -29,7 +29,8 @@ import pytest
 from helpers import T0, M, MemoryPersist, candle, dt, flat_candles, long, make_engine, once
 
 import backtest_kit as bk
-from backtest_kit.engine.risk import RiskGateImpl, risk_report
+from backtest_kit.portfolio.risk import RiskGateImpl
+from backtest_kit.portfolio.risk_facade import risk_report
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT")
 
@@ -572,7 +573,7 @@ async def test_rule35_limit_signal_checked_at_creation(engine: bk.Engine) -> Non
     assert events and all(e.pending_signal.is_scheduled for e in events)
     assert not [s for s in signals if s.action == "scheduled"]
     # a rejected signal without an id (e.g. a hand-made event) shows N/A in the report
-    from backtest_kit.engine.risk import RiskStatistics
+    from backtest_kit.portfolio.risk_facade import RiskStatistics
 
     bare = bk.RiskEvent(symbol="BTCUSDT", strategy_name="s", exchange_name="mem", pending_signal=None,
                         current_price=1.0, active_position_count=0, comment="N/A", timestamp=T0, backtest=True)

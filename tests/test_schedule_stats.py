@@ -20,7 +20,7 @@ from backtest_kit.engine.models import (
     ScheduledResult,
     SignalRow,
 )
-from backtest_kit.engine.schedule_stats import MAX_SCHEDULE_EVENTS, ScheduleStats, schedule_report
+from backtest_kit.reports.schedule_stats import MAX_SCHEDULE_EVENTS, ScheduleStats, schedule_report
 
 SYMBOL = "BTCUSDT"
 

@@ -15,7 +15,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import backtest_kit as bk
-from backtest_kit.engine.sizing import (
+from backtest_kit.portfolio.sizing import (
     apply_limits,
     atr_based_quantity,
     fixed_percentage_quantity,

@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 
 import backtest_kit as bk
 from backtest_kit.engine.naming import legacy_pair_key, pair_key, split_pair_key
-from backtest_kit.engine.risk import position_key
 from backtest_kit.engine.signal_store import PersistedSignalStore, encode_signal_row, signal_key
+from backtest_kit.portfolio.risk import position_key
 
 REALISTIC = ("BTC/USDT", "BTC-PERP", "BTC/USDT:USDT", "BTCUSDT", "ETH/USDT", "a%2Db", "x:y-z")
 

@@ -29,10 +29,9 @@ from backtest_kit.engine.models import (
     ScheduledResult,
     SignalRow,
 )
-from backtest_kit.engine.stats import (
+from backtest_kit.reports.mode_stats import BacktestStats, LiveStats
+from backtest_kit.reports.stats import (
     MAX_EVENTS,
-    BacktestStats,
-    LiveStats,
     Statistics,
     TradeAggregate,
     round_minutes,

@@ -49,8 +49,9 @@ import os
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..engine import default_slot
 from ..engine.errors import (
     CandleError,
     CcxtExchangeError,
@@ -64,13 +65,11 @@ from ..engine.errors import (
 from ..engine.exchange import step_ms
 from ..engine.intervals import CANDLE_INTERVALS
 from ..engine.models import Candle
+from ..engine.ports import ExchangeHost
 from ..engine.redact import register_secret
 from .ccxt_client import _DEFAULT_OPTIONS, new_client
 from .ccxt_credentials import _SECRET_KEYS, Secret, _credential, read_env_file
 from .ccxt_errors import scrub, translate_error
-
-if TYPE_CHECKING:
-    from ..engine.core import Engine
 
 __all__ = [
     "CcxtExchange",
@@ -197,7 +196,7 @@ class CcxtExchange:
         return self._client
 
     # -------------------------------------------------------------- registration
-    def register(self, engine: Engine, *, note: str | None = None) -> CcxtExchange:
+    def register(self, engine: ExchangeHost, *, note: str | None = None) -> CcxtExchange:
         """`engine.add_exchange(...)` with this adapter; the client is closed by `engine.close()`."""
         engine.add_exchange(
             exchange_name=self.exchange_name, get_candles=self.get_candles, format_price=self.format_price,
@@ -440,7 +439,7 @@ def add_ccxt_exchange(
     exchange_name: str,
     exchange_id: str = "binance",
     *,
-    engine: Engine | None = None,
+    engine: ExchangeHost | None = None,
     api_key: str | Secret | None = None,
     secret: str | Secret | None = None,
     password: str | Secret | None = None,
@@ -470,9 +469,7 @@ def add_ccxt_exchange(
     Returns the adapter (`repr` masks the keys); `await engine.close()` closes its client.
     """
     if engine is None:
-        import backtest_kit
-
-        engine = backtest_kit.default_engine
+        engine = default_slot.default_engine  # bk.default_engine, without importing the root package
     adapter = CcxtExchange(
         exchange_name, exchange_id, api_key=api_key, secret=secret, password=password, sandbox=sandbox,
         options=options, config=config, env_file=env_file, api_urls=api_urls, markets_ttl=markets_ttl,

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 import msgspec
 
-from ..engine.plots import equity_png_path
+from ..reports.plots import equity_png_path
 from .loader import CliEngine, CliError, Target
 
 __all__ = ["PROG", "apply_config", "dump_reports", "emit_json", "print_files", "stdout_to_stderr", "strategy_spec"]

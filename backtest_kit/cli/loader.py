@@ -34,9 +34,9 @@ import backtest_kit
 
 from ..adapters import CsvCandles, MemoryCandles, ReplayExchange, bundled_sample_path
 from ..adapters.candles import resolve_sample_name
-from ..engine.core import Engine
 from ..engine.errors import CliError
 from ..engine.registry import ExchangeSchema, FrameSchema, StrategySchema
+from ..system.engine import Engine
 from .outcome import SignalCalls
 
 __all__ = [

@@ -22,7 +22,7 @@ from types import TracebackType
 from typing import Any, TextIO
 
 from ..engine.errors import SignalValidationError
-from ..engine.signals import install_signal_handlers
+from ..system.shutdown import install_signal_handlers
 
 __all__ = ["Interrupt", "RunLog", "SignalCalls", "error_origin", "until_done", "write_line"]
 

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from typing import Any, Protocol, TextIO
 
 from ..engine.models import ActiveResult, ProgressEvent, SignalRow, TickResult
-from ..engine.report import format_timestamp
-from ..engine.stats import Statistics
+from ..reports.report import format_timestamp
+from ..reports.stats import Statistics
 
 __all__ = [
     "LiveStatus",

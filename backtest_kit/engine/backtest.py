@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import SchemaError
 from .intervals import FRAME_INTERVALS, MINUTE_MS
@@ -20,35 +19,38 @@ from .models import (
     PerformanceEvent,
     ProgressEvent,
     ScheduledResult,
+    SignalRow,
     TickResult,
 )
-from .runner import CancelHandle, RunnerBase, RunRecord
-from .stats import BacktestStats, Statistics, with_open_position
+from .ports import Services
+from .runner import CancelHandle, RunHooks, RunnerBase, RunRecord, RunStores
 
 if TYPE_CHECKING:
-    from .core import Engine
     from .strategy import StrategyInstance
 
-__all__ = ["BacktestRunner"]
+__all__ = ["BacktestRunner", "BacktestSink"]
+
+
+class BacktestSink(Protocol):
+    """The statistics store a backtest run feeds (`reports.mode_stats.BacktestStats`)."""
+
+    def add(self, result: TickResult) -> None: ...
+
+    def set_open(self, signal: SignalRow | None, price: float) -> None:
+        """The frames ended with `signal` still open at `price` (None: flat)."""
 
 
 class BacktestRunner(RunnerBase[FinishedResult]):
-    """`bk.Backtest`: run / background / stop / get_data / get_report / dump / list."""
+    """The backtest run loop behind `bk.Backtest`: run / background / stop / list (the composition
+    root adds the statistics and reports: `system/modes.py`)."""
 
     backtest = True
     mode = "backtest"
     done_channel = "done_backtest"
 
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine)
-        self._stats: dict[tuple[str, str], BacktestStats] = {}
-
-    def _stats_for(self, symbol: str, strategy_name: str) -> BacktestStats:
-        key = (symbol, strategy_name)
-        stats = self._stats.get(key)
-        if stats is None:
-            stats = self._stats[key] = BacktestStats()
-        return stats
+    def __init__(self, engine: Services, hooks: RunHooks, stores: RunStores[BacktestSink]) -> None:
+        super().__init__(engine, hooks)
+        self.stores = stores
 
     def _prepare(
         self, symbol: str, strategy_name: str, exchange_name: str, frame_name: str, source: str
@@ -57,11 +59,10 @@ class BacktestRunner(RunnerBase[FinishedResult]):
         schema = engine.registry.strategies.get(strategy_name, f"Backtest.{source}")
         engine.registry.exchanges.get(exchange_name, f"Backtest.{source}")
         frame = engine.registry.frames.get(frame_name, f"Backtest.{source}")
-        instance = engine._make_instance(schema, exchange_name, symbol, backtest=True, source=f"Backtest.{source}")
+        instance = self.hooks.make_instance(schema, exchange_name, symbol, backtest=True, source=f"Backtest.{source}")
         record = self._start(symbol, strategy_name, exchange_name)
         record.instance = instance
-        self._stats[(symbol, strategy_name)] = BacktestStats()
-        engine.schedule.reset(symbol, strategy_name)
+        self.stores.reset(symbol, strategy_name)
         step = FRAME_INTERVALS[frame.interval] * MINUTE_MS
         start = int(frame.start_date.timestamp() * 1000)
         end = int(frame.end_date.timestamp() * 1000)
@@ -95,8 +96,8 @@ class BacktestRunner(RunnerBase[FinishedResult]):
         engine = self.engine
         bus = engine.bus
         publish = bus.publish
-        stats = self._stats_for(record.symbol, record.strategy_name)
-        schedule = engine.schedule.store(record.symbol, record.strategy_name)
+        stats = self.stores.stats(record.symbol, record.strategy_name)
+        schedule = self.stores.schedule(record.symbol, record.strategy_name)
         total = (end - start) // step + 1 if end >= start else 0
         names = {"symbol": record.symbol, "strategy_name": record.strategy_name,
                  "exchange_name": record.exchange_name}
@@ -196,42 +197,6 @@ class BacktestRunner(RunnerBase[FinishedResult]):
             exchange_name=record.exchange_name, symbol=record.symbol, backtest=True,
         ))
         return now
-
-    # ------------------------------------------------------------------ statistics and reports
-    async def get_data(self, symbol: str, strategy_name: str) -> Statistics:
-        """Statistics over every closed trade of the pair's latest backtest, and the position open at its end."""
-        self.engine.registry.strategies.get(strategy_name, "Backtest.get_data")
-        store = self._stats_for(symbol, strategy_name)
-        config = self.engine.config
-        return with_open_position(store.data(), store.open_signal, store.open_price,
-                                  slippage_percent=config.CC_PERCENT_SLIPPAGE, fee_percent=config.CC_PERCENT_FEE)
-
-    async def get_report(self, symbol: str, strategy_name: str) -> str:
-        from .report import backtest_report
-        from .sizing import format_quantities
-
-        stats = await self.get_data(symbol, strategy_name)
-        quantities = await format_quantities(
-            self.engine, ((r.exchange_name, r.symbol, r.signal.id, r.signal.quantity) for r in stats.signals))
-        return backtest_report(strategy_name, stats, show_note=self.engine.config.CC_REPORT_SHOW_SIGNAL_NOTE,
-                               quantities=quantities)
-
-    async def dump(
-        self, symbol: str, strategy_name: str, path: str | Path | None = None, *, plot: bool = True
-    ) -> Path | None:
-        """Write the report to `<path or dump_dir/backtest>/<symbol>_<strategy>.md`; returns the path.
-
-        With `plot` and matplotlib importable (the `plot` extra), the equity/drawdown chart is
-        written next to it as `<symbol>_<strategy>-equity.png` and linked below the title.
-        """
-        text = await self.get_report(symbol, strategy_name)
-        target = self._dump_path(symbol, strategy_name, path)
-        if plot:
-            from .plots import attach_equity_plot
-
-            text = await attach_equity_plot(text, await self.get_data(symbol, strategy_name), target,
-                                            title=f"Backtest {strategy_name} · {symbol}", logger=self.engine.logger)
-        return await self._write(target, text)
 
 
 def _check_symbol(symbol: object) -> None:

@@ -14,33 +14,38 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .models import PerformanceEvent, TickResult
-from .runner import CancelHandle, RunnerBase, RunRecord
-from .stats import LiveStats, Statistics, with_open_position
+from .ports import Services
+from .runner import CancelHandle, RunHooks, RunnerBase, RunRecord, RunStores
 
 if TYPE_CHECKING:
-    from .core import Engine
     from .strategy import StrategyInstance
 
-__all__ = ["LiveRunner"]
+__all__ = ["LiveRunner", "LiveSink"]
 
 _YIELDED = frozenset({"opened", "closed", "cancelled"})
 _NEVER = 2**63  # "no data end": later than any clock reading
 
 
+class LiveSink(Protocol):
+    """The statistics store a live run feeds (`reports.mode_stats.LiveStats`)."""
+
+    def add(self, result: TickResult, now_ms: int) -> None: ...
+
+
 class LiveRunner(RunnerBase[TickResult]):
-    """`bk.Live`: run / background / stop / get_data / get_report / dump / list."""
+    """The live run loop behind `bk.Live`: run / background / stop / list (the composition root adds
+    the statistics and reports: `system/modes.py`)."""
 
     backtest = False
     mode = "live"
     done_channel = "done_live"
 
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine)
-        self._stats: dict[tuple[str, str], LiveStats] = {}
+    def __init__(self, engine: Services, hooks: RunHooks, stores: RunStores[LiveSink]) -> None:
+        super().__init__(engine, hooks)
+        self.stores = stores
         self._holding: set[tuple[str, str]] = set()  # runs holding the engine's persist lock
 
     def _ended(self, record: RunRecord) -> None:
@@ -48,14 +53,11 @@ class LiveRunner(RunnerBase[TickResult]):
         key = (record.symbol, record.strategy_name)
         if key in self._holding:
             self._holding.discard(key)
-            self.engine._release_persist()
+            self.hooks.release_persist()
 
-    def _stats_for(self, symbol: str, strategy_name: str) -> LiveStats:
-        key = (symbol, strategy_name)
-        stats = self._stats.get(key)
-        if stats is None:
-            stats = self._stats[key] = LiveStats(self.engine.config.MAX_EVENTS)
-        return stats
+    def forget_holds(self) -> None:
+        """The engine closed and released the persist directory itself: no run holds it any more."""
+        self._holding.clear()
 
     def _prepare(
         self, symbol: str, strategy_name: str, exchange_name: str, source: str
@@ -63,17 +65,16 @@ class LiveRunner(RunnerBase[TickResult]):
         engine = self.engine
         schema = engine.registry.strategies.get(strategy_name, f"Live.{source}")
         engine.registry.exchanges.get(exchange_name, f"Live.{source}")
-        instance = engine._make_instance(schema, exchange_name, symbol, backtest=False, source=f"Live.{source}")
-        engine._hold_persist()  # a second engine on this persist directory fails here, touching nothing
+        instance = self.hooks.make_instance(schema, exchange_name, symbol, backtest=False, source=f"Live.{source}")
+        self.hooks.hold_persist()  # a second engine on this persist directory fails here, touching nothing
         try:
             record = self._start(symbol, strategy_name, exchange_name)
         except BaseException:
-            engine._release_persist()
+            self.hooks.release_persist()
             raise
         self._holding.add((symbol, strategy_name))
         record.instance = instance
-        self._stats[(symbol, strategy_name)] = LiveStats(engine.config.MAX_EVENTS)
-        engine.schedule.reset(symbol, strategy_name)
+        self.stores.reset(symbol, strategy_name)
         return record, self._loop(record, instance)
 
     def run(
@@ -108,8 +109,8 @@ class LiveRunner(RunnerBase[TickResult]):
         engine = self.engine
         bus = engine.bus
         publish = bus.publish
-        stats = self._stats_for(record.symbol, record.strategy_name)
-        schedule = engine.schedule.store(record.symbol, record.strategy_name)
+        stats = self.stores.stats(record.symbol, record.strategy_name)
+        schedule = self.stores.schedule(record.symbol, record.strategy_name)
         last_perf: float | None = None
         data_end = instance.exchange.data_end_ms(record.symbol)  # a replay runs out; an exchange never
         end = _NEVER if data_end is None else data_end
@@ -207,42 +208,3 @@ class LiveRunner(RunnerBase[TickResult]):
             exchange_name=record.exchange_name, symbol=record.symbol, backtest=False,
         ))
         return now
-
-    # ------------------------------------------------------------------ statistics and reports
-    async def get_data(self, symbol: str, strategy_name: str) -> Statistics:
-        """Exact statistics over every closed trade plus the last MAX_EVENTS events and the open position."""
-        self.engine.registry.strategies.get(strategy_name, "Live.get_data")
-        store = self._stats_for(symbol, strategy_name)
-        config = self.engine.config
-        return with_open_position(store.data(), store.open_signal, store.open_price,
-                                  slippage_percent=config.CC_PERCENT_SLIPPAGE, fee_percent=config.CC_PERCENT_FEE)
-
-    async def get_report(self, symbol: str, strategy_name: str) -> str:
-        from .report import live_report
-        from .sizing import format_quantities
-
-        stats = await self.get_data(symbol, strategy_name)
-        record = self._records.get((symbol, strategy_name))
-        exchange_name = record.exchange_name if record is not None else ""
-        quantities = await format_quantities(
-            self.engine, ((exchange_name, e.symbol, e.signal_id, e.quantity) for e in stats.events))
-        return live_report(strategy_name, stats, show_note=self.engine.config.CC_REPORT_SHOW_SIGNAL_NOTE,
-                           quantities=quantities)
-
-    async def dump(
-        self, symbol: str, strategy_name: str, path: str | Path | None = None, *, plot: bool = True
-    ) -> Path | None:
-        """Write the report to `<path or dump_dir/live>/<symbol>_<strategy>.md`; returns the path.
-
-        With `plot` and matplotlib importable, the equity/drawdown chart of the recent closed trades
-        is written next to it as `<symbol>_<strategy>-equity.png` and linked below the title.
-        """
-        text = await self.get_report(symbol, strategy_name)
-        target = self._dump_path(symbol, strategy_name, path)
-        if plot:
-            from .plots import attach_equity_plot
-
-            text = await attach_equity_plot(text, await self.get_data(symbol, strategy_name), target,
-                                            title=f"Live {strategy_name} · {symbol}", logger=self.engine.logger,
-                                            live=True)
-        return await self._write(target, text)

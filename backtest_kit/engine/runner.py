@@ -1,4 +1,4 @@
-"""What the Backtest and Live facades share: run instances, background tasks, cancel, list, reports.
+"""What the Backtest and Live runners share: run instances, background tasks, cancel, list, the stores they feed.
 
 One `RunRecord` per (symbol, strategy) of a mode
 ([decision 11](../../docs/design/decisions.md#decision-11-instances-are-keyed-by-mode-symbol-and-strategy):
@@ -15,19 +15,17 @@ import contextlib
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from .bus import enter_run, leave_run
 from .errors import RunStateError, SchemaError
 from .models import DoneEvent, InstanceInfo, InstanceStatus, TickResult
-from .naming import pair_file_stem
+from .ports import Services
 
 if TYPE_CHECKING:
-    from .core import Engine
     from .strategy import StrategyInstance
 
-__all__ = ["CancelHandle", "RunRecord", "RunnerBase"]
+__all__ = ["CancelHandle", "ResultSink", "RunHooks", "RunRecord", "RunStores", "RunnerBase"]
 
 R = TypeVar("R", bound=TickResult)
 
@@ -103,6 +101,43 @@ def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
+S_co = TypeVar("S_co", covariant=True)
+
+
+class ResultSink(Protocol):
+    """A store fed with every tick result of a run (the schedule statistics of `reports/`)."""
+
+    def add(self, result: TickResult) -> None: ...
+
+
+class RunStores(Protocol[S_co]):
+    """Where the runs of one mode record their results: the statistics and schedule stores, which
+    live in `reports/` and are handed to the runner by the composition root."""
+
+    def reset(self, symbol: str, strategy_name: str) -> None:
+        """A run of the pair starts: its statistics start afresh."""
+
+    def stats(self, symbol: str, strategy_name: str) -> S_co:
+        """The pair's statistics store (created empty on first use)."""
+
+    def schedule(self, symbol: str, strategy_name: str) -> ResultSink:
+        """The pair's schedule statistics store."""
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """What only the composition root can do, handed to the runners as plain callables."""
+
+    make_instance: Callable[..., StrategyInstance]
+    """`(schema, exchange_name, symbol, *, backtest, source)`: a wired strategy instance."""
+    track_task: Callable[[asyncio.Task[Any]], None]
+    """Keep a background run's task until it ends (`close` waits for it)."""
+    hold_persist: Callable[[], None]
+    """A live run starts: own the persist directory (raises `PersistError` if another engine does)."""
+    release_persist: Callable[[], None]
+    """A live run ended: give the persist directory back (the last one does)."""
+
+
 class RunnerBase(Generic[R]):
     """Instances, background tasks and statistics of one mode."""
 
@@ -110,8 +145,9 @@ class RunnerBase(Generic[R]):
     mode: str
     done_channel: str
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Services, hooks: RunHooks) -> None:
         self.engine = engine
+        self.hooks = hooks
         self._records: dict[tuple[str, str], RunRecord] = {}
 
     # ------------------------------------------------------------------ records
@@ -141,6 +177,21 @@ class RunnerBase(Generic[R]):
         record.loop = _running_loop()
         record.wake = asyncio.Event() if record.loop is not None else None
         return record
+
+    def ended(self, symbol: str, strategy_name: str) -> bool:
+        """Whether the pair was run in this mode and its run is over."""
+        record = self._records.get((symbol, strategy_name))
+        return record is not None and record.status != "running"
+
+    def exchange_name_of(self, symbol: str, strategy_name: str) -> str:
+        """The exchange of the pair's latest run in this mode ("" if never run)."""
+        record = self._records.get((symbol, strategy_name))
+        return record.exchange_name if record is not None else ""
+
+    def request_stop_all(self) -> None:
+        """Graceful stop of every run of this mode (`Engine.close`)."""
+        for record in self._records.values():
+            record.request_stop()
 
     async def list(self) -> list[InstanceInfo]:
         """Every pair started or stopped in this mode, with its status."""
@@ -205,7 +256,7 @@ class RunnerBase(Generic[R]):
 
         task = loop.create_task(consume(), name=f"backtest-kit {self.mode} {record.symbol} {record.strategy_name}")
         record.task = task
-        self.engine._track_task(task)
+        self.hooks.track_task(task)
         return CancelHandle(record, task)
 
     async def _publish_done(self, record: RunRecord) -> None:
@@ -221,21 +272,6 @@ class RunnerBase(Generic[R]):
 
     def _ended(self, record: RunRecord) -> None:
         """Hook: a run's body has finished (whatever the reason)."""
-
-    # ------------------------------------------------------------------ reports
-    def _dump_path(self, symbol: str, strategy_name: str, path: str | Path | None) -> Path:
-        """`<path or dump_dir/mode>/<symbol>_<strategy>.md`, like every other per-pair report.
-
-        The symbol is part of the name so that two symbols of one strategy never overwrite each
-        other's report (names sanitized, so no symbol can leave the directory).
-        """
-        base = Path(path) if path is not None else Path(self.engine.dump_dir) / self.mode
-        return base / f"{pair_file_stem(symbol, strategy_name)}.md"
-
-    async def _write(self, target: Path, text: str) -> Path | None:
-        from .report import save_report
-
-        return await save_report(target, text, self.engine.logger, self.mode)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

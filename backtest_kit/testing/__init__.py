@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..engine.clock import Clock, VirtualClock
-from ..engine.core import Engine
 from ..engine.persist import PersistBackend
+from ..system.engine import Engine
 
 __all__ = ["REFERENCE_CONFIG", "MemoryPersist", "VirtualClock", "make_engine"]
 

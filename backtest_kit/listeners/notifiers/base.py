@@ -27,7 +27,7 @@ from .format import default_filter, default_format
 from .http import DeliveryError
 
 if TYPE_CHECKING:
-    from ...engine.core import Engine
+    from ...engine.ports import NotifierHost
 
 __all__ = [
     "DEFAULT_CHANNELS",
@@ -301,14 +301,18 @@ class QueuedAdapter(QueuedNotifier):
 
 
 def attach_notifier(
-    engine: Engine,
+    engine: NotifierHost,
     notifier: Any,
     *,
     channels: Iterable[str] | None = None,
     filter: Callable[[Any], Any] | None = None,
+    hooked: set[int] | None = None,
 ) -> Callable[[], None]:
     """Subscribe `notifier` to `channels` (default `DEFAULT_CHANNELS`) through `filter` (default
-    `default_filter`); returns an unsubscribe function. The notifier is closed by `engine.close()`."""
+    `default_filter`); returns an unsubscribe function. The notifier is closed by `engine.close()`.
+
+    `hooked`: the ids of the notifiers whose close is already a shutdown hook of `engine` (kept by the
+    engine, so that a notifier added twice is closed once); None: hook this one."""
     if not hasattr(notifier, "submit"):
         if not callable(getattr(notifier, "notify", None)):
             raise SchemaError(f"notifier: expected an object with async notify(event), got {notifier!r}")
@@ -338,7 +342,8 @@ def attach_notifier(
     deliver = Deliver()
 
     unsubscribes = [engine.bus.subscribe(channel, deliver) for channel in names]
-    hooked: set[int] = engine.__dict__.setdefault("_notifier_hooks", set())
+    if hooked is None:
+        hooked = set()
     if id(notifier) not in hooked:
         hooked.add(id(notifier))
         close = getattr(notifier, "aclose", None)

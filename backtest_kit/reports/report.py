@@ -27,7 +27,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
-from .naming import pair_file_stem
+from ..engine.naming import pair_file_stem
+from ..engine.ports import ReportSink
 from .stats import LiveEvent, Statistics, round_minutes
 
 __all__ = [
@@ -377,7 +378,7 @@ async def save_report(target: Path, text: str, logger: Any, kind: str) -> Path |
 
 
 async def save_pair_report(
-    engine: Any, kind: str, symbol: str, strategy_name: str, path: str | Path | None, text: str
+    engine: ReportSink, kind: str, symbol: str, strategy_name: str, path: str | Path | None, text: str
 ) -> Path | None:
     """A per-pair report at `<path or dump_dir/kind>/<symbol>_<strategy>.md` (names sanitized)."""
     base = Path(path) if path is not None else Path(engine.dump_dir) / kind

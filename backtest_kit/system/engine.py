@@ -15,21 +15,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ..listeners.notifiers import attach_notifier
-from ..listeners.subscriptions import ListenMixin
-from .backtest import BacktestRunner
-from .bus import EventBus
-from .clock import Clock, SystemClock, clock_now_ms
-from .config import DEFAULT_CONFIG, Config, merge_config
-from .errors import ConfigError, SchemaError
-from .exchange import ExchangeClient
-from .live import LiveRunner
-from .logger import EngineLogger, LoggerLike
-from .models import SignalRow
-from .partial import PartialFacade, PartialService
-from .performance_stats import PerformanceFacade
-from .persist import ENTITY_PARTIAL, ENTITY_RISK, ENTITY_SCHEDULES, ENTITY_SIGNALS, PersistBackend
-from .registry import (
+from ..engine.bus import EventBus
+from ..engine.clock import Clock, SystemClock, clock_now_ms
+from ..engine.config import DEFAULT_CONFIG, Config, merge_config
+from ..engine.errors import ConfigError, SchemaError
+from ..engine.exchange import ExchangeClient
+from ..engine.logger import EngineLogger, LoggerLike
+from ..engine.models import SignalRow
+from ..engine.persist import ENTITY_PARTIAL, ENTITY_RISK, ENTITY_SCHEDULES, ENTITY_SIGNALS, PersistBackend
+from ..engine.registry import (
     ExchangeSchema,
     FrameSchema,
     Registry,
@@ -43,12 +37,19 @@ from .registry import (
     make_sizing,
     make_strategy,
 )
-from .risk import RiskFacade, RiskManager
-from .schedule_stats import ScheduleFacade
-from .signal_store import PersistedSignalStore
-from .sizing import CustomSizer, PositionSize, check_sizing_schema
-from .strategy import RunEnv, StrategyInstance
-from .validation import restored_row_problems
+from ..engine.runner import RunHooks
+from ..engine.signal_store import PersistedSignalStore
+from ..engine.strategy import RunEnv, StrategyInstance
+from ..engine.validation import restored_row_problems
+from ..listeners.notifiers import attach_notifier
+from ..listeners.subscriptions import ListenMixin
+from ..portfolio.partial import PartialFacade, PartialService
+from ..portfolio.risk import RiskManager
+from ..portfolio.risk_facade import RiskFacade
+from ..portfolio.sizing import CustomSizer, PositionSize, check_sizing_schema
+from ..reports.performance_stats import PerformanceFacade
+from ..reports.schedule_stats import ScheduleFacade
+from .modes import BacktestFacade, LiveFacade
 
 __all__ = ["PERSIST_ENTITIES", "Engine"]
 
@@ -80,11 +81,15 @@ class Engine(ListenMixin):
         self._exchanges: dict[str, ExchangeClient] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._shutdown_hooks: list[Callable[[], Any]] = []
-        self.backtest = BacktestRunner(self)
-        self.live = LiveRunner(self)
+        self._notifier_hooks: set[int] = set()  # notifiers whose aclose is a shutdown hook already
+        hooks = RunHooks(make_instance=self._make_instance, track_task=self._track_task,
+                         hold_persist=self._hold_persist, release_persist=self._release_persist)
         self.schedule = ScheduleFacade(self)
+        self.backtest = BacktestFacade(self, hooks, self.schedule)
+        self.live = LiveFacade(self, hooks, self.schedule)
         self.performance = PerformanceFacade(self)
-        self._risk = RiskManager(self)  # its report store subscribes before any user listener
+        # its report store subscribes before any user listener
+        self._risk = RiskManager(self, backtest_ended=self.backtest.ended)
         self._partials = PartialService(self)
         self.risk = RiskFacade(self._risk)
         self.partial = PartialFacade(self._partials)
@@ -103,11 +108,11 @@ class Engine(ListenMixin):
     # [public API](../../docs/design/public-api.md#engine-and-the-module-level-api)):
     # `engine.Live.run(...)` is `engine.live.run(...)`, the same object.
     @property
-    def Backtest(self) -> BacktestRunner:
+    def Backtest(self) -> BacktestFacade:
         return self.backtest
 
     @property
-    def Live(self) -> LiveRunner:
+    def Live(self) -> LiveFacade:
         return self.live
 
     @property
@@ -299,10 +304,10 @@ class Engine(ListenMixin):
     def _signal_store(self, symbol: str, strategy_name: str, exchange_name: str) -> PersistedSignalStore:
         return PersistedSignalStore(
             self.persist_for, symbol, strategy_name, self.report_error, exchange_name=exchange_name,
-            check_row=self._restored_row_problems,
+            check_row=self.restored_row_problems,
         )
 
-    def _restored_row_problems(self, row: SignalRow) -> list[str]:
+    def restored_row_problems(self, row: SignalRow) -> list[str]:
         """Why a stored signal row may not be restored now (creation checks, clock sanity)."""
         return restored_row_problems(row, self.config, self.now_ms())
 
@@ -359,7 +364,7 @@ class Engine(ListenMixin):
         the network; `close()` drains and closes it. Default channels: live signals, errors, risk
         rejections, partial levels, live done; default filter: no idle/active ticks, no backtest
         events. Returns an unsubscribe function."""
-        return attach_notifier(self, notifier, channels=channels, filter=filter)
+        return attach_notifier(self, notifier, channels=channels, filter=filter, hooked=self._notifier_hooks)
 
     async def close(self, *, timeout: float | None = None) -> None:
         """Stop background runs gracefully, wait for them, close exchanges and run shutdown hooks.
@@ -368,9 +373,8 @@ class Engine(ListenMixin):
         `timeout` (seconds of wall-clock time) runs still going after it are cancelled: their open
         positions stay persisted and are restored by the next start.
         """
-        for runner in (self.backtest, self.live):
-            for record in runner._records.values():
-                record.request_stop()
+        self.backtest.request_stop_all()
+        self.live.request_stop_all()
         tasks = list(self._tasks)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=timeout)
@@ -380,7 +384,7 @@ class Engine(ListenMixin):
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.bus.drain()
         self._persist_holds = 0  # a run never iterated still held it
-        self.live._holding.clear()
+        self.live.forget_holds()
         self._release_locks()
         for client in list(self._exchanges.values()):
             try:

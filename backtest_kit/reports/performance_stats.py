@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Final
 
 from msgspec import Struct
 
-from .models import PerformanceEvent
+from ..engine.models import PerformanceEvent
 
 if TYPE_CHECKING:
-    from .core import Engine
+    from ..engine.ports import Services
 
 __all__ = [
     "MAX_SAMPLES",
@@ -262,7 +262,7 @@ class PerformanceFacade:
     returns `disable`; nothing is timed while no one listens on that channel.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Services) -> None:
         self.engine = engine
         self._stores: dict[tuple[str, str], PerformanceStats] = {}
         self._unsubscribe: Callable[[], None] | None = None

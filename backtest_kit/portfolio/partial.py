@@ -36,15 +36,15 @@ from typing import TYPE_CHECKING, Final, Literal
 import msgspec
 from msgspec import Struct
 
-from .intervals import MINUTE_MS
-from .lifecycle import window_vwap
-from .models import Candle, PartialEvent, SignalRow
-from .naming import pair_key
-from .persist import ENTITY_PARTIAL, read_snapshot
-from .report import markdown_table, save_pair_report
+from ..engine.intervals import MINUTE_MS
+from ..engine.lifecycle import window_vwap
+from ..engine.models import Candle, PartialEvent, SignalRow
+from ..engine.naming import pair_key
+from ..engine.persist import ENTITY_PARTIAL, read_snapshot
+from ..reports.report import markdown_table, save_pair_report
 
 if TYPE_CHECKING:
-    from .core import Engine
+    from ..engine.ports import Services
 
 __all__ = [
     "LEVELS",
@@ -80,7 +80,7 @@ class LevelTracker:
 
     __slots__ = ("_backtest", "_emit", "_engine", "_key", "_loaded", "_state", "_strategy_name", "_symbol")
 
-    def __init__(self, engine: Engine, symbol: str, strategy_name: str, backtest: bool) -> None:
+    def __init__(self, engine: Services, symbol: str, strategy_name: str, backtest: bool) -> None:
         self._engine = engine
         self._symbol = symbol
         self._strategy_name = strategy_name
@@ -301,7 +301,7 @@ class PartialStatistics(Struct, frozen=True, kw_only=True):
 class PartialService:
     """Trackers for strategy instances and the report store (subscribed at engine creation)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Services) -> None:
         self.engine = engine
         self.track_backtests = False
         self._events: dict[tuple[str, str], deque[PartialEntry]] = {}
@@ -398,7 +398,7 @@ class PartialFacade:
 def partial_report(symbol: str, strategy_name: str, data: PartialStatistics) -> str:
     """`# Partial Profit/Loss Report: <symbol>:<strategy>`
     ([events §4.6](../../docs/design/events-and-api.md#46-partial-report))."""
-    from .report import format_price, format_timestamp
+    from ..reports.report import format_price, format_timestamp
 
     title = f"# Partial Profit/Loss Report: {symbol}:{strategy_name}"
     if not data.event_list:

@@ -1,5 +1,5 @@
 """Risk profiles ([risk-sizing §1](../../docs/design/risk-sizing-portfolio.md#1-risk-profiles)): shared
-position registries, validations, rejection events and reports.
+position registries, validations and the rejection store (`bk.Risk` and the report: `risk_facade.py`).
 
 One `RiskState` per (risk_name, mode) for the life of the engine
 ([risk-sizing §1.2](../../docs/design/risk-sizing-portfolio.md#12-one-shared-state-per-profile),
@@ -48,32 +48,28 @@ import asyncio
 import inspect
 from collections import deque
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from msgspec import Struct
 
-from .models import RiskEvent, SignalRow
-from .naming import POSITION_SEPARATOR, legacy_pair_key, pair_key
-from .persist import ENTITY_RISK, ENTITY_SIGNALS, read_snapshot
-from .registry import RiskSchema, RiskValidation
-from .report import markdown_table, save_pair_report
-from .signal_store import decode_signal_row, signal_key
+from ..engine.models import RiskEvent, SignalRow
+from ..engine.naming import POSITION_SEPARATOR, legacy_pair_key, pair_key
+from ..engine.persist import ENTITY_RISK, ENTITY_SIGNALS, read_snapshot
+from ..engine.registry import RiskSchema, RiskValidation
+from ..engine.signal_store import decode_signal_row, signal_key
 
 if TYPE_CHECKING:
-    from .core import Engine
+    from ..engine.ports import Services
 
 __all__ = [
     "MAX_REPORT_EVENTS",
+    "NA",
     "ActivePosition",
     "RiskCheckArgs",
-    "RiskFacade",
     "RiskGateImpl",
     "RiskManager",
     "RiskState",
-    "RiskStatistics",
-    "risk_report",
 ]
 
 MAX_REPORT_EVENTS: Final = 250
@@ -128,17 +124,6 @@ class RiskCheckArgs(Struct, frozen=True, kw_only=True):
         return getattr(self, key, default) if key in self.__struct_fields__ else default
 
 
-class RiskStatistics(Struct, frozen=True, kw_only=True):
-    """`Risk.get_data`
-    ([risk-sizing §1.7](../../docs/design/risk-sizing-portfolio.md#17-risk-events-listeners-and-the-rejection-report)):
-    rejections of one (symbol, strategy), newest first."""
-
-    event_list: list[RiskEvent]
-    total_rejections: int
-    by_symbol: dict[str, int]
-    by_strategy: dict[str, int]
-
-
 _Document = list[tuple[str, ActivePosition]]
 
 
@@ -182,11 +167,8 @@ class RiskState:
     def purge_finished_backtests(self) -> None:
         """Drop backtest positions whose run has ended (e.g. a consumer that stopped iterating while
         a position was open): a finished backtest must not hold a slot of the profile (rule 12)."""
-        records = getattr(self.manager.engine.backtest, "_records", {})
-        stale = [
-            key for key, p in self.positions.items()
-            if (record := records.get((p.symbol, p.strategy_name))) is not None and record.status != "running"
-        ]
+        ended = self.manager.backtest_ended
+        stale = [key for key, p in self.positions.items() if ended(p.symbol, p.strategy_name)]
         for key in stale:
             del self.positions[key]
 
@@ -256,7 +238,7 @@ class RiskState:
                 continue
             if row.strategy_name not in strategies or strategies.get(row.strategy_name).risk_name != self.name:
                 continue
-            if engine._restored_row_problems(row):
+            if engine.restored_row_problems(row):
                 continue
             pkey = position_key(row.strategy_name, row.symbol)
             current = counted.get(pkey)
@@ -451,8 +433,10 @@ async def _run_validation(item: RiskValidation, args: RiskCheckArgs) -> tuple[bo
 class RiskManager:
     """The engine's risk states and the rejection report store (subscribed at engine creation)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Services, *, backtest_ended: Callable[[str, str], bool] | None = None) -> None:
         self.engine = engine
+        # (symbol, strategy_name) -> whether that pair's backtest run has ended (the backtest runner's)
+        self.backtest_ended: Callable[[str, str], bool] = backtest_ended or (lambda symbol, strategy_name: False)
         self._states: dict[tuple[str, bool], RiskState] = {}
         self._events: dict[tuple[str, str], deque[RiskEvent]] = {}
         engine.bus.subscribe("risk", self._record)
@@ -506,107 +490,3 @@ class RiskManager:
 
     def iter_states(self) -> Iterator[RiskState]:
         return iter(self._states.values())
-
-
-class RiskFacade:
-    """`bk.Risk`: rejection statistics and reports per (symbol, strategy), and profile introspection."""
-
-    def __init__(self, manager: RiskManager) -> None:
-        self._manager = manager
-
-    def _validate(self, strategy_name: str, source: str) -> None:
-        self._manager.engine.check_strategy(strategy_name, source)
-
-    async def get_data(self, symbol: str, strategy_name: str) -> RiskStatistics:
-        """Rejections of the pair, newest first (at most 250), with counts by symbol and strategy."""
-        self._validate(strategy_name, "Risk.get_data")
-        events = self._manager.events(symbol, strategy_name)
-        by_symbol: dict[str, int] = {}
-        by_strategy: dict[str, int] = {}
-        for e in events:
-            by_symbol[e.symbol] = by_symbol.get(e.symbol, 0) + 1
-            by_strategy[e.strategy_name] = by_strategy.get(e.strategy_name, 0) + 1
-        return RiskStatistics(event_list=events, total_rejections=len(events), by_symbol=by_symbol,
-                              by_strategy=by_strategy)
-
-    async def get_report(self, symbol: str, strategy_name: str) -> str:
-        data = await self.get_data(symbol, strategy_name)
-        show_note = self._manager.engine.config.CC_REPORT_SHOW_SIGNAL_NOTE
-        return risk_report(symbol, strategy_name, data, show_note=show_note)
-
-    async def dump(self, symbol: str, strategy_name: str, path: str | Path | None = None) -> Path | None:
-        """Write the report to `<path or dump_dir/risk>/<symbol>_<strategy>.md`; None if it failed."""
-        text = await self.get_report(symbol, strategy_name)
-        return await save_pair_report(self._manager.engine, "risk", symbol, strategy_name, path, text)
-
-    def clear(self, symbol: str | None = None, strategy_name: str | None = None) -> None:
-        """Forget recorded rejections (all, or of one symbol and/or strategy); positions are untouched."""
-        self._manager.clear_events(symbol, strategy_name)
-
-    async def get_positions(self, risk_name: str, *, backtest: bool = False) -> list[ActivePosition]:
-        """The open positions of a profile in one mode, in open order (loads the live state if needed)."""
-        state = self._manager.state(risk_name, backtest=backtest, source="Risk.get_positions")
-        async with state.lock:
-            await state.ensure_loaded()
-            if backtest:
-                state.purge_finished_backtests()
-            return list(state.positions.values())
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Report ([events §4.7](../../docs/design/events-and-api.md#47-risk-rejection-report))
-# ---------------------------------------------------------------------------------------------------------
-
-
-
-def _flat(value: str | None) -> str:
-    if not value:
-        return NA
-    return " ".join(value.split()) or NA
-
-
-def _signal_field(signal: Any, name: str) -> Any:
-    if signal is None:
-        return None
-    if isinstance(signal, dict):
-        return signal.get(name)
-    return getattr(signal, name, None)
-
-
-def risk_report(symbol: str, strategy_name: str, data: RiskStatistics, *, show_note: bool = False) -> str:
-    """`# Risk Rejection Report: <symbol>:<strategy>` with the rejections table and the two tallies."""
-    from .report import format_price, format_timestamp
-
-    title = f"# Risk Rejection Report: {symbol}:{strategy_name}"
-    if not data.event_list:
-        return f"{title}\n\nNo risk rejections recorded yet."
-    header = ["Symbol", "Strategy", "Signal ID", "Position"]
-    if show_note:
-        header.append("Note")
-    header += ["Exchange", "Open Price", "Take Profit", "Stop Loss", "Current Price", "Active Positions",
-               "Reason", "Timestamp"]
-    rows: list[list[str]] = []
-    for e in data.event_list:
-        s = e.pending_signal
-        position = _signal_field(s, "position")
-        cells = [e.symbol, e.strategy_name, _flat(_signal_field(s, "id")),
-                 str(position).upper() if position else NA]
-        if show_note:
-            cells.append(_flat(_signal_field(s, "note")))
-        cells += [
-            e.exchange_name,
-            format_price(_signal_field(s, "price_open")),
-            format_price(_signal_field(s, "price_take_profit")),
-            format_price(_signal_field(s, "price_stop_loss")),
-            format_price(e.current_price),
-            str(e.active_position_count),
-            _flat(e.comment),
-            format_timestamp(e.timestamp),
-        ]
-        rows.append(cells)
-    lines = [title, "", *markdown_table(header, rows), "", f"**Total rejections:** {data.total_rejections}", "",
-             "## Rejections by Symbol"]
-    lines += [f"- {k}: {v}" for k, v in data.by_symbol.items()]
-    lines += ["", "## Rejections by Strategy"]
-    lines += [f"- {k}: {v}" for k, v in data.by_strategy.items()]
-    return "\n".join(lines)

@@ -26,14 +26,14 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
-from . import context
-from .errors import SchemaError, SizingError
-from .models import SignalRow
-from .registry import SizingSchema
+from ..engine import context
+from ..engine.errors import SchemaError, SizingError
+from ..engine.models import SignalRow
+from ..engine.registry import SizingSchema
 
 if TYPE_CHECKING:
-    from .core import Engine
-    from .exchange import ExchangeClient
+    from ..engine.exchange import ExchangeClient
+    from ..engine.ports import Services
 
 __all__ = [
     "METHOD_PARAMS",
@@ -187,7 +187,7 @@ def _limits(params: Mapping[str, Any]) -> dict[str, float | None]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-async def _on_calculate(engine: Engine, schema: SizingSchema, quantity: float, params: dict[str, Any]) -> None:
+async def _on_calculate(engine: Services, schema: SizingSchema, quantity: float, params: dict[str, Any]) -> None:
     fn: Callable[..., Any] | None = schema.callbacks.get("on_calculate")
     if fn is None:
         return
@@ -203,7 +203,7 @@ class PositionSize:
     """`bk.PositionSize`: the built-in calculators of registered sizings
     ([risk-sizing §2.3](../../docs/design/risk-sizing-portfolio.md#23-the-positionsize-helper))."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Services) -> None:
         self._engine = engine
 
     def _schema(self, sizing_name: str, method: str, source: str) -> SizingSchema:
@@ -261,7 +261,7 @@ class PositionSize:
 
 
 async def format_quantities(
-    engine: Engine, items: Iterable[tuple[str, str, str | None, float | None]]
+    engine: Services, items: Iterable[tuple[str, str, str | None, float | None]]
 ) -> dict[str, str]:
     """{signal id: quantity text} for report rows (exchange, symbol, signal id, quantity) that have a
     quantity, formatted by the exchange's `format_quantity` (the default format if it fails)."""
@@ -280,7 +280,7 @@ async def format_quantities(
 class CustomSizer:
     """The engine's `Sizer` for a `get_quantity` sizing, bound to one strategy instance."""
 
-    def __init__(self, engine: Engine, schema: SizingSchema, exchange: ExchangeClient, symbol: str,
+    def __init__(self, engine: Services, schema: SizingSchema, exchange: ExchangeClient, symbol: str,
                  strategy_name: str, backtest: bool) -> None:
         assert schema.get_quantity is not None
         self._engine = engine

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Final, Literal
 
 from msgspec import Struct
 
-from .models import (
+from ..engine.models import (
     CancelledResult,
     ClosedResult,
     OpenedResult,
@@ -46,7 +46,7 @@ from .report import save_pair_report
 from .stats import round_minutes
 
 if TYPE_CHECKING:
-    from .core import Engine
+    from ..engine.ports import Services
 
 __all__ = [
     "MAX_SCHEDULE_EVENTS",
@@ -306,7 +306,7 @@ def schedule_report(strategy_name: str, stats: ScheduleStatistics, *, show_note:
 class ScheduleFacade:
     """`bk.Schedule`: schedule statistics of every pair run by the engine (both modes feed it)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Services) -> None:
         self.engine = engine
         self._stores: dict[tuple[str, str], ScheduleStats] = {}
 

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 from msgspec import Struct
 
 if TYPE_CHECKING:
-    from .logger import EngineLogger
-    from .models import ClosedResult
+    from ..engine.logger import EngineLogger
+    from ..engine.models import ClosedResult
     from .stats import Statistics
 
 __all__ = [
