@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol
 
+from .channels import DONE_BACKTEST, PERFORMANCE, PROGRESS, SIGNAL, SIGNAL_BACKTEST
 from .errors import SchemaError
 from .intervals import FRAME_INTERVALS, MINUTE_MS
 from .models import (
@@ -46,7 +47,7 @@ class BacktestRunner(RunnerBase[FinishedResult]):
 
     backtest = True
     mode = "backtest"
-    done_channel = "done_backtest"
+    done_channel = DONE_BACKTEST
 
     def __init__(self, engine: Services, hooks: RunHooks, stores: RunStores[BacktestSink]) -> None:
         super().__init__(engine, hooks)
@@ -106,12 +107,12 @@ class BacktestRunner(RunnerBase[FinishedResult]):
         result: TickResult | None = None
         i = 0
         while i < total:
-            if bus.has_listeners("progress"):
-                await bus.emit("progress", ProgressEvent(**names, total_frames=total, processed_frames=i,
+            if bus.has_listeners(PROGRESS):
+                await bus.emit(PROGRESS, ProgressEvent(**names, total_frames=total, processed_frames=i,
                                                          progress=i / total))
             if instance.stopped and not instance.has_signal:
                 break
-            timed = bus.has_listeners("performance")
+            timed = bus.has_listeners(PERFORMANCE)
             frame_started = time.perf_counter() if timed else 0.0
             when = start + i * step
             try:
@@ -121,10 +122,10 @@ class BacktestRunner(RunnerBase[FinishedResult]):
                 i += 1
                 continue
             stats.add(result)
-            pending = publish("signal_backtest", result)
+            pending = publish(SIGNAL_BACKTEST, result)
             if pending is not None:
                 await pending
-            pending = publish("signal", result)
+            pending = publish(SIGNAL, result)
             if pending is not None:
                 await pending
             action = result.action
@@ -136,10 +137,10 @@ class BacktestRunner(RunnerBase[FinishedResult]):
                 if finished is not None:
                     stats.add(finished)
                     schedule.add(finished)
-                    pending = publish("signal_backtest", finished)
+                    pending = publish(SIGNAL_BACKTEST, finished)
                     if pending is not None:
                         await pending
-                    pending = publish("signal", finished)
+                    pending = publish(SIGNAL, finished)
                     if pending is not None:
                         await pending
                     if timed:
@@ -164,10 +165,10 @@ class BacktestRunner(RunnerBase[FinishedResult]):
             i += 1
         if result is not None:  # the frame ended: a position still open is reported, not dropped
             stats.set_open(instance.pending, result.current_price)
-        if bus.has_listeners("progress"):
-            await bus.emit("progress", ProgressEvent(**names, total_frames=total, processed_frames=total,
+        if bus.has_listeners(PROGRESS):
+            await bus.emit(PROGRESS, ProgressEvent(**names, total_frames=total, processed_frames=total,
                                                      progress=1.0))
-        if bus.has_listeners("performance"):
+        if bus.has_listeners(PERFORMANCE):
             await self._perf("backtest_total", run_started, last_perf, record)
 
     async def _fast_forward(
@@ -191,7 +192,7 @@ class BacktestRunner(RunnerBase[FinishedResult]):
 
     async def _perf(self, metric: str, started: float, previous: float | None, record: RunRecord) -> float:
         now = time.time() * 1000
-        await self.engine.bus.emit("performance", PerformanceEvent(
+        await self.engine.bus.emit(PERFORMANCE, PerformanceEvent(
             timestamp=now, previous_timestamp=previous, metric_type=metric,
             duration=(time.perf_counter() - started) * 1000, strategy_name=record.strategy_name,
             exchange_name=record.exchange_name, symbol=record.symbol, backtest=True,

@@ -39,10 +39,11 @@ import contextvars
 import inspect
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
 from pyee import EventEmitter
 
+from .channels import ALL_CHANNELS, CHANNEL_BY_NAME, ERROR, EXIT, Channel
 from .clock import Clock, SystemClock
 from .errors import ListenerTimeoutError, SchemaError
 from .logger import EngineLogger
@@ -65,22 +66,9 @@ __all__ = [
 
 E = TypeVar("E")
 
-CHANNELS: Final = (
-    "signal",
-    "signal_live",
-    "signal_backtest",
-    "error",
-    "exit",
-    "done_live",
-    "done_backtest",
-    "progress",
-    "performance",
-    "validation",
-    "partial_profit",
-    "partial_loss",
-    "risk",
-)
-_QUIET_CHANNELS: Final = frozenset({"error", "exit"})
+# the channels' names (`bk.CHANNELS`); the typed constants are in `channels.py`
+CHANNELS: Final[tuple[str, ...]] = tuple(channel.name for channel in ALL_CHANNELS)
+_QUIET_CHANNELS: Final = frozenset({ERROR.name, EXIT.name})
 _LIVE_KEY: Final = "CC_LISTENER_TIMEOUT_SECONDS"
 _BACKTEST_KEY: Final = "CC_BACKTEST_LISTENER_TIMEOUT_SECONDS"
 
@@ -170,8 +158,12 @@ class EventBus:
     ) -> None:
         self.emitter = EventEmitter()
         self.logger = logger or EngineLogger()
-        self._subs: dict[str, dict[Subscription, None]] = {c: {} for c in CHANNELS}
-        self._snapshots: dict[str, tuple[Subscription, ...] | None] = {c: () for c in CHANNELS}
+        # keyed by each declared `Channel` and by its name: a publish through either is one dict lookup
+        self._subs: dict[Channel[Any] | str, dict[Subscription, None]] = {}
+        self._snapshots: dict[Channel[Any] | str, tuple[Subscription, ...] | None] = {}
+        for channel in ALL_CHANNELS:
+            self._subs[channel] = self._subs[channel.name] = {}
+            self._snapshots[channel] = self._snapshots[channel.name] = ()
         self._background: set[asyncio.Task[None]] = set()
         self._config = config
         self._clock = clock
@@ -179,40 +171,75 @@ class EventBus:
         self._wait_on: Callable[[asyncio.Future[None]], Awaitable[None]] | None = getattr(clock, "wait_on", None)
 
     # ---------------------------------------------------------------- subscription
+    @overload
+    def subscribe(
+        self,
+        channel: Channel[E],
+        callback: Callable[[E], Any],
+        *,
+        filter: Callable[[E], Any] | None = None,
+        once: bool = False,
+    ) -> Unsubscribe: ...
+
+    @overload
     def subscribe(
         self, channel: str, callback: Listener, *, filter: Filter | None = None, once: bool = False
+    ) -> Unsubscribe: ...
+
+    def subscribe(
+        self,
+        channel: Channel[Any] | str,
+        callback: Listener,
+        *,
+        filter: Filter | None = None,
+        once: bool = False,
     ) -> Unsubscribe:
-        """Add a listener (O(1)); returns an idempotent unsubscribe function (O(1))."""
+        """Add a listener (O(1)); returns an idempotent unsubscribe function (O(1)).
+
+        `channel` is a constant of `channels.py` (typed: mypy checks `callback` against the channel's
+        event type) or a channel's name (`"signal"`, untyped)."""
         subs = self._subs.get(channel)
         if subs is None:
             raise ValueError(f"channel: unknown channel {channel!r}; known: {', '.join(CHANNELS)}")
+        name = str(channel)
         if not callable(callback):
-            raise SchemaError(f"callback: expected a callable for channel {channel!r}, got {callback!r}")
-        sub = Subscription(self, channel, callback, filter, once)
-        self.emitter.add_listener(channel, sub)
+            raise SchemaError(f"callback: expected a callable for channel {name!r}, got {callback!r}")
+        sub = Subscription(self, name, callback, filter, once)
+        self.emitter.add_listener(name, sub)
         subs[sub] = None
-        self._snapshots[channel] = None
+        self._stale(name)
         return sub.unsubscribe
 
-    def listener_count(self, channel: str) -> int:
+    def listener_count(self, channel: Channel[Any] | str) -> int:
         return len(self._subs[channel])
 
-    def has_listeners(self, channel: str) -> bool:
+    def has_listeners(self, channel: Channel[Any] | str) -> bool:
         return bool(self._subs[channel])
 
     def _remove(self, sub: Subscription) -> None:
         with contextlib.suppress(KeyError):
             self.emitter.remove_listener(sub.channel, sub)
         self._subs[sub.channel].pop(sub, None)
-        self._snapshots[sub.channel] = None
+        self._stale(sub.channel)
 
-    def _snapshot(self, channel: str) -> tuple[Subscription, ...]:
+    def _stale(self, name: str) -> None:
+        """The listeners of channel `name` changed: both of its snapshots are rebuilt on next publish."""
+        snapshots = self._snapshots
+        snapshots[name] = snapshots[CHANNEL_BY_NAME[name]] = None
+
+    def _snapshot(self, channel: Channel[Any] | str) -> tuple[Subscription, ...]:
         """The listeners an event published now goes to; later changes make a new tuple."""
         subs = self._snapshots[channel] = tuple(self._subs[channel])
         return subs
 
     # ---------------------------------------------------------------- publishing
-    def publish(self, channel: str, event: Any) -> Awaitable[None] | None:
+    @overload
+    def publish(self, channel: Channel[E], event: E) -> Awaitable[None] | None: ...
+
+    @overload
+    def publish(self, channel: str, event: Any) -> Awaitable[None] | None: ...
+
+    def publish(self, channel: Channel[Any] | str, event: Any) -> Awaitable[None] | None:
         """Deliver `event`; returns None when done synchronously, else an awaitable to await."""
         subs = self._snapshots[channel]
         if subs is None:
@@ -233,13 +260,25 @@ class EventBus:
                 return self._await_then_continue(sub, result, subs, index + 1, event)
         return None
 
-    async def emit(self, channel: str, event: Any) -> None:
+    @overload
+    async def emit(self, channel: Channel[E], event: E) -> None: ...
+
+    @overload
+    async def emit(self, channel: str, event: Any) -> None: ...
+
+    async def emit(self, channel: Channel[Any] | str, event: Any) -> None:
         """Publish and wait until every listener has processed `event`."""
         pending = self.publish(channel, event)
         if pending is not None:
             await pending
 
-    def publish_soon(self, channel: str, event: Any) -> None:
+    @overload
+    def publish_soon(self, channel: Channel[E], event: E) -> None: ...
+
+    @overload
+    def publish_soon(self, channel: str, event: Any) -> None: ...
+
+    def publish_soon(self, channel: Channel[Any] | str, event: Any) -> None:
         """Publish from sync code (signal handlers, timers); `drain()` waits for it."""
         pending = self.publish(channel, event)
         if pending is not None:
@@ -447,7 +486,7 @@ class EventBus:
         self.logger.warn(f"listener {_name(sub)} on channel {sub.channel!r} {what}", repr(exc))
         if sub.channel in _QUIET_CHANNELS:
             return None
-        return self.publish("error", exc)
+        return self.publish(ERROR, exc)
 
 
 def as_listener(fn: Callable[[E], Any]) -> Listener:

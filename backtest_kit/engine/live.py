@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Protocol
 
+from .channels import DONE_LIVE, PERFORMANCE, SIGNAL, SIGNAL_LIVE
 from .models import PerformanceEvent, TickResult
 from .ports import Services
 from .runner import CancelHandle, RunHooks, RunnerBase, RunRecord, RunStores
@@ -41,7 +42,7 @@ class LiveRunner(RunnerBase[TickResult]):
 
     backtest = False
     mode = "live"
-    done_channel = "done_live"
+    done_channel = DONE_LIVE
 
     def __init__(self, engine: Services, hooks: RunHooks, stores: RunStores[LiveSink]) -> None:
         super().__init__(engine, hooks)
@@ -129,7 +130,7 @@ class LiveRunner(RunnerBase[TickResult]):
                     if not instance.has_signal:
                         return
                 now = engine.now_ms()
-                timed = bus.has_listeners("performance")
+                timed = bus.has_listeners(PERFORMANCE)
                 started = time.perf_counter() if timed else 0.0
                 try:
                     result = await instance.tick(now)
@@ -142,10 +143,10 @@ class LiveRunner(RunnerBase[TickResult]):
                     continue
                 stats.add(result, now)
                 schedule.add(result)
-                pending = publish("signal_live", result)
+                pending = publish(SIGNAL_LIVE, result)
                 if pending is not None:
                     await pending
-                pending = publish("signal", result)
+                pending = publish(SIGNAL, result)
                 if pending is not None:
                     await pending
                 if instance.store is not None:  # deletes only after the listeners saw the close
@@ -202,7 +203,7 @@ class LiveRunner(RunnerBase[TickResult]):
 
     async def _perf(self, started: float, previous: float | None, record: RunRecord) -> float:
         now = time.time() * 1000
-        await self.engine.bus.emit("performance", PerformanceEvent(
+        await self.engine.bus.emit(PERFORMANCE, PerformanceEvent(
             timestamp=now, previous_timestamp=previous, metric_type="live_tick",
             duration=(time.perf_counter() - started) * 1000, strategy_name=record.strategy_name,
             exchange_name=record.exchange_name, symbol=record.symbol, backtest=False,

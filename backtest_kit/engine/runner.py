@@ -15,9 +15,10 @@ import contextlib
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
 from .bus import enter_run, leave_run
+from .channels import EXIT, Channel
 from .errors import RunStateError, SchemaError
 from .models import DoneEvent, InstanceInfo, InstanceStatus, TickResult
 from .ports import Services
@@ -143,7 +144,7 @@ class RunnerBase(Generic[R]):
 
     backtest: bool
     mode: str
-    done_channel: str
+    done_channel: ClassVar[Channel[DoneEvent]]
 
     def __init__(self, engine: Services, hooks: RunHooks) -> None:
         self.engine = engine
@@ -247,7 +248,7 @@ class RunnerBase(Generic[R]):
             except Exception as exc:
                 record.error = repr(exc)
                 self.engine.logger.warn(f"{self.mode} background run failed", repr(exc))
-                await self.engine.bus.emit("exit", exc)
+                await self.engine.bus.emit(EXIT, exc)
             finally:
                 await _aclose(body)
                 record.status = "done"

@@ -10,6 +10,23 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..engine.channels import (
+    DONE_BACKTEST,
+    DONE_LIVE,
+    ERROR,
+    EXIT,
+    PARTIAL_LOSS,
+    PARTIAL_PROFIT,
+    PERFORMANCE,
+    PROGRESS,
+    RISK,
+    SIGNAL,
+    SIGNAL_BACKTEST,
+    SIGNAL_LIVE,
+    VALIDATION,
+    Channel,
+)
+
 if TYPE_CHECKING:
     from ..engine.bus import EventBus
     from ..engine.models import (
@@ -34,92 +51,92 @@ class ListenMixin:
 
     bus: EventBus
 
-    def _listen(self, channel: str, callback: Callable[[Any], Any]) -> Unsubscribe:
+    def _listen(self, channel: Channel[E], callback: Callback[E]) -> Unsubscribe:
         return self.bus.subscribe(channel, callback)
 
-    def _once(self, channel: str, filter: Callable[[Any], Any], callback: Callable[[Any], Any]) -> Unsubscribe:
+    def _once(self, channel: Channel[E], filter: Filter[E], callback: Callback[E]) -> Unsubscribe:
         return self.bus.subscribe(channel, callback, filter=filter, once=True)
 
     # signals ------------------------------------------------------------------------------
     def listen_signal(self, callback: Callback[TickResult]) -> Unsubscribe:
         """Every tick result of both modes (after the mode channel's listeners got it)."""
-        return self._listen("signal", callback)
+        return self._listen(SIGNAL, callback)
 
     def listen_signal_once(self, filter: Filter[TickResult], callback: Callback[TickResult]) -> Unsubscribe:
-        return self._once("signal", filter, callback)
+        return self._once(SIGNAL, filter, callback)
 
     def listen_signal_live(self, callback: Callback[TickResult]) -> Unsubscribe:
         """Every live tick result, idle and active included."""
-        return self._listen("signal_live", callback)
+        return self._listen(SIGNAL_LIVE, callback)
 
     def listen_signal_live_once(self, filter: Filter[TickResult], callback: Callback[TickResult]) -> Unsubscribe:
-        return self._once("signal_live", filter, callback)
+        return self._once(SIGNAL_LIVE, filter, callback)
 
     def listen_signal_backtest(self, callback: Callback[TickResult]) -> Unsubscribe:
         """Every backtest tick and fast-forward result."""
-        return self._listen("signal_backtest", callback)
+        return self._listen(SIGNAL_BACKTEST, callback)
 
     def listen_signal_backtest_once(
         self, filter: Filter[TickResult], callback: Callback[TickResult]
     ) -> Unsubscribe:
-        return self._once("signal_backtest", filter, callback)
+        return self._once(SIGNAL_BACKTEST, filter, callback)
 
     # lifecycle ----------------------------------------------------------------------------
     def listen_done_live(self, callback: Callback[DoneEvent]) -> Unsubscribe:
-        return self._listen("done_live", callback)
+        return self._listen(DONE_LIVE, callback)
 
     def listen_done_live_once(self, filter: Filter[DoneEvent], callback: Callback[DoneEvent]) -> Unsubscribe:
-        return self._once("done_live", filter, callback)
+        return self._once(DONE_LIVE, filter, callback)
 
     def listen_done_backtest(self, callback: Callback[DoneEvent]) -> Unsubscribe:
-        return self._listen("done_backtest", callback)
+        return self._listen(DONE_BACKTEST, callback)
 
     def listen_done_backtest_once(
         self, filter: Filter[DoneEvent], callback: Callback[DoneEvent]
     ) -> Unsubscribe:
-        return self._once("done_backtest", filter, callback)
+        return self._once(DONE_BACKTEST, filter, callback)
 
     def listen_error(self, callback: Callback[BaseException]) -> Unsubscribe:
         """Recoverable errors: failed ticks, invalid signals, raising listeners and callbacks."""
-        return self._listen("error", callback)
+        return self._listen(ERROR, callback)
 
     def listen_exit(self, callback: Callback[BaseException]) -> Unsubscribe:
         """A background run died of an unexpected error."""
-        return self._listen("exit", callback)
+        return self._listen(EXIT, callback)
 
     def listen_progress(self, callback: Callback[ProgressEvent]) -> Unsubscribe:
         """Backtest progress (alias of `listen_backtest_progress`)."""
-        return self._listen("progress", callback)
+        return self._listen(PROGRESS, callback)
 
     listen_backtest_progress = listen_progress
 
     def listen_performance(self, callback: Callback[PerformanceEvent]) -> Unsubscribe:
-        return self._listen("performance", callback)
+        return self._listen(PERFORMANCE, callback)
 
     # risk and partial levels --------------------------------------------------------------
     def listen_risk(self, callback: Callback[RiskEvent]) -> Unsubscribe:
         """Signals a risk profile rejected."""
-        return self._listen("risk", callback)
+        return self._listen(RISK, callback)
 
     def listen_risk_once(self, filter: Filter[RiskEvent], callback: Callback[RiskEvent]) -> Unsubscribe:
-        return self._once("risk", filter, callback)
+        return self._once(RISK, filter, callback)
 
     def listen_validation(self, callback: Callback[BaseException]) -> Unsubscribe:
         """Errors raised by risk validation functions."""
-        return self._listen("validation", callback)
+        return self._listen(VALIDATION, callback)
 
     def listen_partial_profit(self, callback: Callback[PartialEvent]) -> Unsubscribe:
-        return self._listen("partial_profit", callback)
+        return self._listen(PARTIAL_PROFIT, callback)
 
     def listen_partial_profit_once(
         self, filter: Filter[PartialEvent], callback: Callback[PartialEvent]
     ) -> Unsubscribe:
-        return self._once("partial_profit", filter, callback)
+        return self._once(PARTIAL_PROFIT, filter, callback)
 
     def listen_partial_loss(self, callback: Callback[PartialEvent]) -> Unsubscribe:
-        return self._listen("partial_loss", callback)
+        return self._listen(PARTIAL_LOSS, callback)
 
     def listen_partial_loss_once(
         self, filter: Filter[PartialEvent], callback: Callback[PartialEvent]
     ) -> Unsubscribe:
-        return self._once("partial_loss", filter, callback)
+        return self._once(PARTIAL_LOSS, filter, callback)

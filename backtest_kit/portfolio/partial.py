@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Final, Literal
 import msgspec
 from msgspec import Struct
 
+from ..engine.channels import PARTIAL_LOSS, PARTIAL_PROFIT
 from ..engine.intervals import MINUTE_MS
 from ..engine.lifecycle import window_vwap
 from ..engine.models import Candle, PartialEvent, SignalRow
@@ -114,7 +115,7 @@ class LevelTracker:
         levels[side] = top
         if not self._backtest:
             await self._save()
-        channel = "partial_profit" if side == 0 else "partial_loss"
+        channel = PARTIAL_PROFIT if side == 0 else PARTIAL_LOSS
         for level in range(done + 10, top + 10, 10):
             await self._emit(channel, PartialEvent(
                 symbol=row.symbol, strategy_name=row.strategy_name, exchange_name=row.exchange_name,
@@ -157,7 +158,7 @@ class LevelTracker:
             levels = self._state[row.id] = [0, 0]
         for offset, side, level in found:
             levels[side] = max(levels[side], level)
-            await self._emit("partial_profit" if side == 0 else "partial_loss", PartialEvent(
+            await self._emit(PARTIAL_PROFIT if side == 0 else PARTIAL_LOSS, PartialEvent(
                 symbol=row.symbol, strategy_name=row.strategy_name, exchange_name=row.exchange_name,
                 signal=row, current_price=prices[offset], level=level, backtest=self._backtest,
                 timestamp=candles[start + offset].timestamp + MINUTE_MS,
@@ -305,8 +306,8 @@ class PartialService:
         self.engine = engine
         self.track_backtests = False
         self._events: dict[tuple[str, str], deque[PartialEntry]] = {}
-        engine.bus.subscribe("partial_profit", self._on_profit)
-        engine.bus.subscribe("partial_loss", self._on_loss)
+        engine.bus.subscribe(PARTIAL_PROFIT, self._on_profit)
+        engine.bus.subscribe(PARTIAL_LOSS, self._on_loss)
 
     def tracker(
         self, symbol: str, strategy_name: str, *, backtest: bool, callbacks: bool = False
@@ -324,8 +325,8 @@ class PartialService:
 
     def _backtest_listeners(self) -> bool:
         own = (self._on_profit, self._on_loss)
-        for channel in ("partial_profit", "partial_loss"):
-            for listener in self.engine.bus.emitter.listeners(channel):
+        for channel in (PARTIAL_PROFIT, PARTIAL_LOSS):
+            for listener in self.engine.bus.emitter.listeners(channel.name):
                 callback = getattr(listener, "callback", listener)
                 if callback not in own and not getattr(callback, "live_only", False):
                     return True

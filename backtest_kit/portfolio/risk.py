@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Final
 import msgspec
 from msgspec import Struct
 
+from ..engine.channels import RISK, VALIDATION
 from ..engine.models import RiskEvent, SignalRow
 from ..engine.naming import POSITION_SEPARATOR, legacy_pair_key, pair_key
 from ..engine.persist import ENTITY_RISK, ENTITY_SIGNALS, read_snapshot
@@ -397,8 +398,8 @@ class RiskGateImpl:
             return
         for error in verdict.errors:
             engine.logger.warn(f"risk {self.state.name}: validation raised for {args.symbol}", repr(error))
-            await engine.bus.emit("validation", error)
-        await engine.bus.emit("risk", RiskEvent(
+            await engine.bus.emit(VALIDATION, error)
+        await engine.bus.emit(RISK, RiskEvent(
             symbol=args.symbol, strategy_name=args.strategy_name, exchange_name=args.exchange_name,
             pending_signal=args.pending_signal, current_price=args.current_price,
             active_position_count=args.active_position_count, comment=verdict.comment,
@@ -439,7 +440,7 @@ class RiskManager:
         self.backtest_ended: Callable[[str, str], bool] = backtest_ended or (lambda symbol, strategy_name: False)
         self._states: dict[tuple[str, bool], RiskState] = {}
         self._events: dict[tuple[str, str], deque[RiskEvent]] = {}
-        engine.bus.subscribe("risk", self._record)
+        engine.bus.subscribe(RISK, self._record)
 
     def state(self, risk_name: str, *, backtest: bool, source: str = "") -> RiskState:
         key = (risk_name, backtest)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Final
 
 from msgspec import Struct
 
+from ..engine.channels import PERFORMANCE
 from ..engine.models import PerformanceEvent
 
 if TYPE_CHECKING:
@@ -274,7 +275,7 @@ class PerformanceFacade:
     def enable(self) -> Callable[[], None]:
         """Start collecting timing events; returns `disable`. Calling it again changes nothing."""
         if self._unsubscribe is None:
-            self._unsubscribe = self.engine.bus.subscribe("performance", self._on_event)
+            self._unsubscribe = self.engine.bus.subscribe(PERFORMANCE, self._on_event)
         return self.disable
 
     def disable(self) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.bus import EventBus
+from ..engine.channels import ERROR
 from ..engine.clock import Clock, SystemClock, clock_now_ms
 from ..engine.config import DEFAULT_CONFIG, Config, merge_config
 from ..engine.errors import ConfigError, SchemaError
@@ -346,7 +347,7 @@ class Engine(ListenMixin):
     async def report_error(self, error: BaseException) -> None:
         """Log a recoverable error and publish it on the `error` channel."""
         self.logger.warn("error", repr(error))
-        await self.bus.emit("error", error)
+        await self.bus.emit(ERROR, error)
 
     def _track_task(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)

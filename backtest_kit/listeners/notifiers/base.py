@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from ...engine.bus import CHANNELS
+from ...engine.channels import DONE_LIVE, ERROR, PARTIAL_LOSS, PARTIAL_PROFIT, RISK, SIGNAL_LIVE
 from ...engine.errors import SchemaError
 from .format import default_filter, default_format
 from .http import DeliveryError
@@ -39,7 +40,9 @@ __all__ = [
     "attach_notifier",
 ]
 
-DEFAULT_CHANNELS: tuple[str, ...] = ("signal_live", "error", "risk", "partial_profit", "partial_loss", "done_live")
+DEFAULT_CHANNELS: tuple[str, ...] = tuple(
+    channel.name for channel in (SIGNAL_LIVE, ERROR, RISK, PARTIAL_PROFIT, PARTIAL_LOSS, DONE_LIVE)
+)
 """Channels `add_notifier` subscribes to by default (with `default_filter`: no idle/active ticks,
 nothing from backtests)."""
 
