@@ -1,10 +1,11 @@
 """Event bus throughput: awaited, ordered delivery through `bk.Engine().bus`.
 
 Run: ``python benchmarks/bench_bus.py [--seconds S | --events N]``. Each case publishes events on
-the `signal` channel, awaiting each delivery the way the engine does (`pending = bus.publish(...)`;
-`await pending` when it is not None), and prints events/s. By default a short calibration run sizes
-each case to last about one second (~500k events for one async listener); `--events N` fixes the
-count instead. The async case is compared with the 400k events/s target.
+the `signal` channel through its typed constant (`engine/channels.py`'s `SIGNAL`, as the runners do;
+the plain name `"signal"` is the same single dict lookup), awaiting each delivery the way the
+engine does (`pending = bus.publish(...)`; `await pending` when it is not None), and prints
+events/s. By default a short calibration run sizes each case to last about one second (~500k events
+for one async listener); `--events N` fixes the count instead. The async case is compared with the 400k events/s target.
 
 Cases:
 - 1 sync listener   (the synchronous fast path: `publish` returns None);
@@ -30,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import backtest_kit as bk
+from backtest_kit.engine.channels import SIGNAL
 
 TARGET = 400_000  # events/s for one async listener
 
@@ -52,12 +54,12 @@ async def _run(listeners: list[Callable[[Any], Any]], counters: list[list[int]],
     engine = bk.Engine()
     bus = engine.bus
     for fn in listeners:
-        bus.subscribe("signal", fn)
+        bus.subscribe(SIGNAL, fn)
     publish = bus.publish
     event = object()
     start = time.perf_counter()
     for _ in range(n):
-        pending = publish("signal", event)
+        pending = publish(SIGNAL, event)
         if pending is not None:
             await pending
     elapsed = time.perf_counter() - start
@@ -82,12 +84,12 @@ async def _run_emit(n: int) -> float:
     """Same as the async case, through the convenience `await bus.emit(...)`."""
     engine = bk.Engine()
     counter = [0]
-    engine.bus.subscribe("signal", _async_listener(counter))
+    engine.bus.subscribe(SIGNAL, _async_listener(counter))
     emit = engine.bus.emit
     event = object()
     start = time.perf_counter()
     for _ in range(n):
-        await emit("signal", event)
+        await emit(SIGNAL, event)
     elapsed = time.perf_counter() - start
     assert counter[0] == n
     return elapsed
@@ -96,15 +98,15 @@ async def _run_emit(n: int) -> float:
 def _churn(n: int, *, reverse: bool = False) -> tuple[float, float]:
     """Seconds to subscribe `n` listeners one by one, then to unsubscribe them one by one."""
     bus = bk.Engine().bus
-    before = bus.listener_count("signal")
+    before = bus.listener_count(SIGNAL)
     callbacks = [_sync_listener([0]) for _ in range(n)]
     start = time.perf_counter()
-    offs = [bus.subscribe("signal", fn) for fn in callbacks]
+    offs = [bus.subscribe(SIGNAL, fn) for fn in callbacks]
     subscribed = time.perf_counter()
     for off in reversed(offs) if reverse else offs:
         off()
     elapsed = time.perf_counter()
-    assert bus.listener_count("signal") == before
+    assert bus.listener_count(SIGNAL) == before
     return subscribed - start, elapsed - subscribed
 
 
