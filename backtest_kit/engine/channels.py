@@ -82,8 +82,9 @@ SIGNAL_BACKTEST: Final[Channel[TickResult]] = Channel("signal_backtest")
 runner; `listen_signal_backtest`."""
 
 ERROR: Final[Channel[BaseException]] = Channel("error")
-"""Recoverable errors (`BaseException`): failed ticks, invalid signals (`Engine.report_error`), and
-raising or timed-out listeners (the bus itself); `listen_error`. A raising error listener is only logged."""
+"""Recoverable errors (`BaseException`), published by `Engine.report_error` (failed ticks, invalid
+signals, raising callbacks) and by the bus itself for raising or timed-out listeners; `listen_error`.
+A raising error listener is only logged."""
 
 EXIT: Final[Channel[BaseException]] = Channel("exit")
 """The error (`BaseException`) that ended a background run, published by `engine/runner.py` before
