@@ -29,7 +29,7 @@ import pytest
 from helpers import T0, M, MemoryPersist, candle, dt, flat_candles, long, make_engine, once
 
 import backtest_kit as bk
-from backtest_kit.portfolio.risk import RiskGateImpl
+from backtest_kit.portfolio.risk import PairRiskGate
 from backtest_kit.portfolio.risk_facade import risk_report
 
 SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT", "SOLUSDT")
@@ -54,7 +54,7 @@ async def save_signal(engine: bk.Engine, row: bk.SignalRow) -> None:
                                               encode_signal_row(row))
 
 
-def gate(engine: bk.Engine, risk: str, symbol: str, strategy: str, *, backtest: bool = True) -> RiskGateImpl:
+def gate(engine: bk.Engine, risk: str, symbol: str, strategy: str, *, backtest: bool = True) -> PairRiskGate:
     return engine._risk.gate(risk, symbol, strategy, "ex", backtest=backtest)
 
 

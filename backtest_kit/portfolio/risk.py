@@ -67,9 +67,9 @@ __all__ = [
     "MAX_REPORT_EVENTS",
     "NA",
     "ActivePosition",
+    "PairRiskGate",
     "RiskCheckArgs",
-    "RiskGateImpl",
-    "RiskManager",
+    "RiskService",
     "RiskState",
 ]
 
@@ -142,8 +142,8 @@ def position_key(strategy_name: str, symbol: str) -> str:
 class RiskState:
     """The shared registry of one (profile, mode): positions, lock, lazy live restore."""
 
-    def __init__(self, manager: RiskManager, schema: RiskSchema, backtest: bool) -> None:
-        self.manager = manager
+    def __init__(self, service: RiskService, schema: RiskSchema, backtest: bool) -> None:
+        self.service = service
         self.schema = schema
         self.name = schema.risk_name
         self.backtest = backtest
@@ -168,14 +168,14 @@ class RiskState:
     def purge_finished_backtests(self) -> None:
         """Drop backtest positions whose run has ended (e.g. a consumer that stopped iterating while
         a position was open): a finished backtest must not hold a slot of the profile (rule 12)."""
-        ended = self.manager.backtest_ended
+        ended = self.service.backtest_ended
         stale = [key for key, p in self.positions.items() if ended(p.symbol, p.strategy_name)]
         for key in stale:
             del self.positions[key]
 
     # ------------------------------------------------------------------ persistence (live only)
     def _backend(self) -> Any:
-        return self.manager.engine.persist_for(ENTITY_RISK)
+        return self.service.engine.persist_for(ENTITY_RISK)
 
     async def ensure_loaded(self) -> None:
         """Load the live registry once; must be called with the lock held.
@@ -189,7 +189,7 @@ class RiskState:
         """
         if self.loaded:
             return
-        engine = self.manager.engine
+        engine = self.service.engine
         document = await self._read_document()
         counted = await self._with_stored_signals(await self._without_orphans(document))
         self.positions = counted
@@ -200,7 +200,7 @@ class RiskState:
 
     async def _read_document(self) -> dict[str, ActivePosition]:
         """The stored registry, or {} when absent or set aside as invalid (reported)."""
-        engine = self.manager.engine
+        engine = self.service.engine
 
         def parse(data: bytes) -> dict[str, ActivePosition]:
             restored: dict[str, ActivePosition] = {}
@@ -223,7 +223,7 @@ class RiskState:
         instance sets them aside. A strategy this engine does not know cannot be attributed to a
         profile, so only the risk document speaks for it.
         """
-        engine = self.manager.engine
+        engine = self.service.engine
         strategies = engine.registry.strategies
         backend = engine.persist_for(ENTITY_SIGNALS)
         counted = dict(positions)
@@ -253,7 +253,7 @@ class RiskState:
     async def _without_orphans(self, positions: dict[str, ActivePosition]) -> dict[str, ActivePosition]:
         """Drop positions whose signal was never saved (a crash between the risk write and the
         signal write): nothing will ever close them, so they would block other pairs for good."""
-        engine = self.manager.engine
+        engine = self.service.engine
         signals = engine.persist_for(ENTITY_SIGNALS)
         kept: dict[str, ActivePosition] = {}
         for key, pos in positions.items():
@@ -278,7 +278,7 @@ class RiskState:
             else:
                 await backend.delete(ENTITY_RISK, self.name)
         except Exception as exc:
-            await self.manager.engine.report_error(exc)
+            await self.service.engine.report_error(exc)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -296,7 +296,7 @@ class _Verdict:
         self.errors = errors
 
 
-class RiskGateImpl:
+class PairRiskGate:
     """The `RiskGate` of one (mode, symbol, strategy) instance over its profile's shared state."""
 
     def __init__(self, state: RiskState, symbol: str, strategy_name: str, exchange_name: str) -> None:
@@ -389,12 +389,12 @@ class RiskGateImpl:
 
     async def _conclude(self, verdict: _Verdict) -> None:
         """Events and callbacks, outside the lock (a listener may itself use the profile)."""
-        manager = self.state.manager
-        engine = manager.engine
+        service = self.state.service
+        engine = service.engine
         callbacks = self.state.schema.callbacks
         args = verdict.args
         if verdict.ok:
-            await manager.callback(callbacks.get("on_allowed"), args)
+            await service.callback(callbacks.get("on_allowed"), args)
             return
         for error in verdict.errors:
             engine.logger.warn(f"risk {self.state.name}: validation raised for {args.symbol}", repr(error))
@@ -405,7 +405,7 @@ class RiskGateImpl:
             active_position_count=args.active_position_count, comment=verdict.comment,
             timestamp=args.timestamp, backtest=args.backtest,
         ))
-        await manager.callback(callbacks.get("on_rejected"), args)
+        await service.callback(callbacks.get("on_rejected"), args)
 
 
 async def _run_validation(item: RiskValidation, args: RiskCheckArgs) -> tuple[bool, str, BaseException | None]:
@@ -427,11 +427,11 @@ async def _run_validation(item: RiskValidation, args: RiskCheckArgs) -> tuple[bo
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Engine-level manager, rejection store and facade
+# Engine-level service (risk states and the rejection store)
 # ---------------------------------------------------------------------------------------------------------
 
 
-class RiskManager:
+class RiskService:
     """The engine's risk states and the rejection report store (subscribed at engine creation)."""
 
     def __init__(self, engine: Services, *, backtest_ended: Callable[[str, str], bool] | None = None) -> None:
@@ -453,8 +453,8 @@ class RiskManager:
     def gate(
         self, risk_name: str, symbol: str, strategy_name: str, exchange_name: str, *, backtest: bool,
         source: str = "",
-    ) -> RiskGateImpl:
-        return RiskGateImpl(self.state(risk_name, backtest=backtest, source=source), symbol, strategy_name,
+    ) -> PairRiskGate:
+        return PairRiskGate(self.state(risk_name, backtest=backtest, source=source), symbol, strategy_name,
                             exchange_name)
 
     async def callback(self, fn: Callable[..., Any] | None, args: RiskCheckArgs) -> None:

@@ -14,7 +14,7 @@ from msgspec import Struct
 
 from ..engine.models import RiskEvent
 from ..reports.report import format_price, format_timestamp, markdown_table, save_pair_report
-from .risk import NA, ActivePosition, RiskManager
+from .risk import NA, ActivePosition, RiskService
 
 __all__ = ["RiskFacade", "RiskStatistics", "risk_report"]
 
@@ -33,16 +33,16 @@ class RiskStatistics(Struct, frozen=True, kw_only=True):
 class RiskFacade:
     """`bk.Risk`: rejection statistics and reports per (symbol, strategy), and profile introspection."""
 
-    def __init__(self, manager: RiskManager) -> None:
-        self._manager = manager
+    def __init__(self, service: RiskService) -> None:
+        self._service = service
 
     def _validate(self, strategy_name: str, source: str) -> None:
-        self._manager.engine.check_strategy(strategy_name, source)
+        self._service.engine.check_strategy(strategy_name, source)
 
     async def get_data(self, symbol: str, strategy_name: str) -> RiskStatistics:
         """Rejections of the pair, newest first (at most 250), with counts by symbol and strategy."""
         self._validate(strategy_name, "Risk.get_data")
-        events = self._manager.events(symbol, strategy_name)
+        events = self._service.events(symbol, strategy_name)
         by_symbol: dict[str, int] = {}
         by_strategy: dict[str, int] = {}
         for e in events:
@@ -53,21 +53,21 @@ class RiskFacade:
 
     async def get_report(self, symbol: str, strategy_name: str) -> str:
         data = await self.get_data(symbol, strategy_name)
-        show_note = self._manager.engine.config.CC_REPORT_SHOW_SIGNAL_NOTE
+        show_note = self._service.engine.config.CC_REPORT_SHOW_SIGNAL_NOTE
         return risk_report(symbol, strategy_name, data, show_note=show_note)
 
     async def dump(self, symbol: str, strategy_name: str, path: str | Path | None = None) -> Path | None:
         """Write the report to `<path or dump_dir/risk>/<symbol>_<strategy>.md`; None if it failed."""
         text = await self.get_report(symbol, strategy_name)
-        return await save_pair_report(self._manager.engine, "risk", symbol, strategy_name, path, text)
+        return await save_pair_report(self._service.engine, "risk", symbol, strategy_name, path, text)
 
     def clear(self, symbol: str | None = None, strategy_name: str | None = None) -> None:
         """Forget recorded rejections (all, or of one symbol and/or strategy); positions are untouched."""
-        self._manager.clear_events(symbol, strategy_name)
+        self._service.clear_events(symbol, strategy_name)
 
     async def get_positions(self, risk_name: str, *, backtest: bool = False) -> list[ActivePosition]:
         """The open positions of a profile in one mode, in open order (loads the live state if needed)."""
-        state = self._manager.state(risk_name, backtest=backtest, source="Risk.get_positions")
+        state = self._service.state(risk_name, backtest=backtest, source="Risk.get_positions")
         async with state.lock:
             await state.ensure_loaded()
             if backtest:

@@ -40,6 +40,7 @@ __all__ = [
     "Constant",
     "CustomSizer",
     "PositionSize",
+    "PositionSizeFacade",
     "SizingError",
     "apply_limits",
     "atr_based_quantity",
@@ -199,7 +200,7 @@ async def _on_calculate(engine: Services, schema: SizingSchema, quantity: float,
         await engine.report_error(exc)
 
 
-class PositionSize:
+class PositionSizeFacade:
     """`bk.PositionSize`: the built-in calculators of registered sizings
     ([risk-sizing §2.3](../../docs/design/risk-sizing-portfolio.md#23-the-positionsize-helper))."""
 
@@ -275,6 +276,10 @@ async def format_quantities(
             engine.logger.warn(f"format_quantity failed for {symbol} on {exchange_name!r}", repr(exc))
             out[signal_id] = f"{quantity:.8f}".rstrip("0").rstrip(".") or "0"
     return out
+
+
+PositionSize = PositionSizeFacade
+"""The class's name before the `…Facade` naming convention (README, Architecture); kept importable."""
 
 
 class CustomSizer:

@@ -45,9 +45,9 @@ from ..engine.validation import restored_row_problems
 from ..listeners.notifiers import attach_notifier
 from ..listeners.subscriptions import ListenMixin
 from ..portfolio.partial import PartialFacade, PartialService
-from ..portfolio.risk import RiskManager
+from ..portfolio.risk import RiskService
 from ..portfolio.risk_facade import RiskFacade
-from ..portfolio.sizing import CustomSizer, PositionSize, check_sizing_schema
+from ..portfolio.sizing import CustomSizer, PositionSizeFacade, check_sizing_schema
 from ..reports.performance_stats import PerformanceFacade
 from ..reports.schedule_stats import ScheduleFacade
 from .modes import BacktestFacade, LiveFacade
@@ -90,11 +90,11 @@ class Engine(ListenMixin):
         self.live = LiveFacade(self, hooks, self.schedule)
         self.performance = PerformanceFacade(self)
         # its report store subscribes before any user listener
-        self._risk = RiskManager(self, backtest_ended=self.backtest.ended)
+        self._risk = RiskService(self, backtest_ended=self.backtest.ended)
         self._partials = PartialService(self)
         self.risk = RiskFacade(self._risk)
         self.partial = PartialFacade(self._partials)
-        self.position_size = PositionSize(self)
+        self.position_size = PositionSizeFacade(self)
         self._env = RunEnv(config=self._get_config, logger=self.logger, report_error=self.report_error)
         self._persist: PersistBackend | None = None
         self._persist_by_entity: dict[str, PersistBackend] = {}
@@ -133,7 +133,7 @@ class Engine(ListenMixin):
         return self.partial
 
     @property
-    def PositionSize(self) -> PositionSize:
+    def PositionSize(self) -> PositionSizeFacade:
         return self.position_size
 
     # ------------------------------------------------------------------ config and logging
