@@ -110,6 +110,9 @@ def test_old_import_locations_are_the_same_classes() -> None:
         assert getattr(ccxt_exchange, name) is getattr(errors, name) is getattr(ccxt_facade, name)
     assert http.DeliveryError is notifiers.DeliveryError is errors.DeliveryError
     assert loader.CliError is errors.CliError
+    # renamed for the suffix convention (README, Architecture); the old name stays importable
+    assert sizing.PositionSize is sizing.PositionSizeFacade
+    assert isinstance(bk.PositionSize, sizing.PositionSizeFacade)
 
 
 @pytest.mark.parametrize(("error", "builtin"), [
