@@ -38,6 +38,7 @@ __all__ = [
     "format_signed_percent",
     "format_timestamp",
     "live_report",
+    "write_atomic",
     "write_report",
 ]
 
@@ -353,12 +354,21 @@ def write_report(path: Path, text: str) -> Path:
     report gets the default permissions (umask), not mkstemp's 0600. Errors propagate: `dump`
     decides to log and swallow them.
     """
-    path = Path(path)
+    return write_atomic(Path(path), text)
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write `data` (a str as UTF-8, newlines untranslated) to `path` atomically; returns `path`.
+
+    Parent directories are created; a temp file next to the target, created with `open(..., "x")`
+    (default permissions), is renamed over it and removed when anything fails. Serves
+    `write_report` and the equity chart (`plots.write_equity_png`).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "x", encoding="utf-8", newline="\n") as f:
-            f.write(text)
+        with open(tmp, "xb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
