@@ -2,30 +2,9 @@
 
 The top-level `ccxt` package is unaffected: imports are absolute, so inside this package
 `import ccxt` still means the ccxt library.
+
+The public names are those of `ccxt_exchange.__all__`, the one list of them.
 """
 
-from __future__ import annotations
-
-from .ccxt_exchange import (
-    CcxtExchange,
-    CcxtExchangeError,
-    ExchangeRateLimitError,
-    ExchangeResponseError,
-    ExchangeTimeoutError,
-    ExchangeUnavailableError,
-    Secret,
-    add_ccxt_exchange,
-    read_env_file,
-)
-
-__all__ = [
-    "CcxtExchange",
-    "CcxtExchangeError",
-    "ExchangeRateLimitError",
-    "ExchangeResponseError",
-    "ExchangeTimeoutError",
-    "ExchangeUnavailableError",
-    "Secret",
-    "add_ccxt_exchange",
-    "read_env_file",
-]
+from .ccxt_exchange import *  # noqa: F403  (re-exports exactly ccxt_exchange.__all__)
+from .ccxt_exchange import __all__ as __all__

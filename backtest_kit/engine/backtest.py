@@ -85,9 +85,9 @@ class BacktestRunner(RunnerBase[FinishedResult]):
         self, symbol: str, *, strategy_name: str, exchange_name: str, frame_name: str
     ) -> CancelHandle:
         """Run without a consumer; returns the cancel handle. `done_backtest` fires at the end."""
-        existing = self._records.get((symbol, strategy_name))
-        if existing is not None and existing.status == "running" and existing.task is not None:
-            return CancelHandle(existing, existing.task)
+        existing = self._running_handle(symbol, strategy_name)
+        if existing is not None:
+            return existing
         record, body = self._prepare(symbol, strategy_name, exchange_name, frame_name, "background")
         return self._background(record, body)
 

@@ -91,9 +91,9 @@ class LiveRunner(RunnerBase[TickResult]):
 
     def background(self, symbol: str, *, strategy_name: str, exchange_name: str) -> CancelHandle:
         """Start the pair as a task on the running loop; returns its cancel handle."""
-        existing = self._records.get((symbol, strategy_name))
-        if existing is not None and existing.status == "running" and existing.task is not None:
-            return CancelHandle(existing, existing.task)
+        existing = self._running_handle(symbol, strategy_name)
+        if existing is not None:
+            return existing
         record, body = self._prepare(symbol, strategy_name, exchange_name, "background")
         return self._background(record, body)
 

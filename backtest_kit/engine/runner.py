@@ -235,6 +235,14 @@ class RunnerBase(Generic[R]):
 
         return foreground()
 
+    def _running_handle(self, symbol: str, strategy_name: str) -> CancelHandle | None:
+        """The cancel handle of the pair's background run when it is running already (`background`
+        called again returns it instead of failing), else None."""
+        existing = self._records.get((symbol, strategy_name))
+        if existing is not None and existing.status == "running" and existing.task is not None:
+            return CancelHandle(existing, existing.task)
+        return None
+
     def _background(self, record: RunRecord, body: AsyncIterator[R]) -> CancelHandle:
         loop = record.loop
         if loop is None:

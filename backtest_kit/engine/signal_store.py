@@ -192,14 +192,7 @@ class PersistedSignalStore:
         for entity in list(self._unsynced):
             if entity not in self._unsynced:
                 continue
-            row = self._unsynced[entity]
-            try:
-                await self._apply(entity, row)
-            except PersistError:
-                self._failed = True
-                raise
-            if self._unsynced.get(entity, _MISSING) is row:
-                del self._unsynced[entity]
+            await self._sync(entity, self._unsynced[entity])
         self._failed = False
 
     # ------------------------------------------------------------------ internals
@@ -208,6 +201,10 @@ class PersistedSignalStore:
         self._unsynced[entity] = row  # (re)insert: a newer intention replaces an older one
         if row is None:
             return  # deferred until the tick's event was delivered (module docstring)
+        await self._sync(entity, row)
+
+    async def _sync(self, entity: str, row: SignalRow | None) -> None:
+        """Apply `row`; on success it is synced unless a newer intention replaced it meanwhile."""
         try:
             await self._apply(entity, row)
         except PersistError:

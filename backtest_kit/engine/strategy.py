@@ -373,11 +373,8 @@ class StrategyInstance:
         except Exception as exc:
             await self.env.report_error(exc)
             return None
+        await self._opened(row, now_ms)
         cb = self.callbacks
-        if cb.on_write is not None:
-            await self._callback(cb.on_write, now_ms, self.symbol, row, self.backtest)
-        if cb.on_open is not None:
-            await self._callback(cb.on_open, now_ms, self.symbol, row, row.price_open, self.backtest)
         result = OpenedResult(
             symbol=self.symbol, strategy_name=self.strategy_name, exchange_name=self.exchange_name,
             current_price=row.price_open, backtest=self.backtest, signal=row,
@@ -479,12 +476,16 @@ class StrategyInstance:
                 await self.risk.release(activated)
             await self.env.report_error(exc)
             return None
+        await self._opened(activated, now_ms)
+        return activated
+
+    async def _opened(self, row: SignalRow, now_ms: int) -> None:
+        """A position opened (at once, or its limit order filled): `on_write`, then `on_open`."""
         cb = self.callbacks
         if cb.on_write is not None:
-            await self._callback(cb.on_write, now_ms, self.symbol, activated, self.backtest)
+            await self._callback(cb.on_write, now_ms, self.symbol, row, self.backtest)
         if cb.on_open is not None:
-            await self._callback(cb.on_open, now_ms, self.symbol, activated, activated.price_open, self.backtest)
-        return activated
+            await self._callback(cb.on_open, now_ms, self.symbol, row, row.price_open, self.backtest)
 
     async def _cancel(self, row: SignalRow, price: float, when_ms: int) -> CancelledResult:
         self.scheduled = None

@@ -43,6 +43,7 @@ from ..engine.models import Candle, PartialEvent, SignalRow
 from ..engine.naming import pair_key
 from ..engine.persist import ENTITY_PARTIAL, read_snapshot
 from ..reports.report import markdown_table, save_pair_report
+from .pair_events import add_pair_event, clear_pair_events
 
 if TYPE_CHECKING:
     from ..engine.ports import Services
@@ -339,23 +340,18 @@ class PartialService:
         self._record("loss", event)
 
     def _record(self, action: Literal["profit", "loss"], e: PartialEvent) -> None:
-        key = (e.symbol, e.strategy_name)
-        events = self._events.get(key)
-        if events is None:
-            events = self._events[key] = deque(maxlen=MAX_REPORT_EVENTS)
-        events.appendleft(PartialEntry(
+        entry = PartialEntry(
             timestamp=e.timestamp, action=action, symbol=e.symbol, strategy_name=e.strategy_name,
             signal_id=e.signal.id, position=e.signal.position, current_price=e.current_price,
             level=e.level, backtest=e.backtest,
-        ))
+        )
+        add_pair_event(self._events, e.symbol, e.strategy_name, entry, MAX_REPORT_EVENTS)
 
     def events(self, symbol: str, strategy_name: str) -> list[PartialEntry]:
         return list(self._events.get((symbol, strategy_name), ()))
 
     def clear(self, symbol: str | None = None, strategy_name: str | None = None) -> None:
-        for key in list(self._events):
-            if (symbol is None or key[0] == symbol) and (strategy_name is None or key[1] == strategy_name):
-                del self._events[key]
+        clear_pair_events(self._events, symbol, strategy_name)
 
 
 class PartialFacade:

@@ -59,6 +59,7 @@ from ..engine.naming import POSITION_SEPARATOR, legacy_pair_key, pair_key
 from ..engine.persist import ENTITY_RISK, ENTITY_SIGNALS, read_snapshot
 from ..engine.registry import RiskSchema, RiskValidation
 from ..engine.signal_store import decode_signal_row, signal_key
+from .pair_events import add_pair_event, clear_pair_events
 
 if TYPE_CHECKING:
     from ..engine.ports import Services
@@ -468,19 +469,13 @@ class RiskService:
             await self.engine.report_error(exc)
 
     def _record(self, event: RiskEvent) -> None:
-        key = (event.symbol, event.strategy_name)
-        events = self._events.get(key)
-        if events is None:
-            events = self._events[key] = deque(maxlen=MAX_REPORT_EVENTS)
-        events.appendleft(event)
+        add_pair_event(self._events, event.symbol, event.strategy_name, event, MAX_REPORT_EVENTS)
 
     def events(self, symbol: str, strategy_name: str) -> list[RiskEvent]:
         return list(self._events.get((symbol, strategy_name), ()))
 
     def clear_events(self, symbol: str | None = None, strategy_name: str | None = None) -> None:
-        for key in list(self._events):
-            if (symbol is None or key[0] == symbol) and (strategy_name is None or key[1] == strategy_name):
-                del self._events[key]
+        clear_pair_events(self._events, symbol, strategy_name)
 
     def forget_live(self) -> None:
         """Drop the cached live registries: the next live use reads (and recounts) the stored state."""

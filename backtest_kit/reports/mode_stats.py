@@ -42,21 +42,15 @@ __all__ = ["BacktestStats", "LiveStats", "closed_event", "with_open_position"]
 def closed_event(result: ClosedResult) -> LiveEvent:
     """The table row of a closed trade (timestamp = close_timestamp)."""
     s = result.signal
-    return LiveEvent(
-        timestamp=result.close_timestamp,
-        action="closed",
-        symbol=result.symbol,
-        current_price=result.current_price,
-        signal_id=s.id,
-        position=s.position,
-        note=s.note,
-        open_price=s.price_open,
-        take_profit=s.price_take_profit,
-        stop_loss=s.price_stop_loss,
+    return _signal_event(
+        result.close_timestamp,
+        "closed",
+        result.symbol,
+        result.current_price,
+        s,
+        round_minutes(result.close_timestamp - s.pending_at),
         pnl=result.pnl.pnl_percentage,
         close_reason=result.close_reason,
-        duration=round_minutes(result.close_timestamp - s.pending_at),
-        quantity=s.quantity,
     )
 
 
@@ -67,7 +61,11 @@ def _signal_event(
     current_price: float,
     s: SignalRow,
     duration: int | None = None,
+    *,
+    pnl: float | None = None,
+    close_reason: str | None = None,
 ) -> LiveEvent:
+    """The table row of a signal's event: the signal's own fields plus what the event knows."""
     return LiveEvent(
         timestamp=timestamp,
         action=action,
@@ -79,6 +77,8 @@ def _signal_event(
         open_price=s.price_open,
         take_profit=s.price_take_profit,
         stop_loss=s.price_stop_loss,
+        pnl=pnl,
+        close_reason=close_reason,
         duration=duration,
         quantity=s.quantity,
     )

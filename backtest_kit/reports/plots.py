@@ -23,14 +23,14 @@ import asyncio
 import importlib
 import importlib.util
 import io
-import os
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from msgspec import Struct
+
+from .report import write_atomic
 
 if TYPE_CHECKING:
     from ..engine.logger import EngineLogger
@@ -152,25 +152,12 @@ def equity_png_path(md_path: Path) -> Path:
     return md_path.with_name(f"{md_path.stem}-equity.png")
 
 
-def _write_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_equity_png(stats: Statistics, path: Path, *, title: str, live: bool = False) -> Path | None:
     """Render and write the chart to `path` (atomically); None when there is no trade to draw."""
     data = render_equity_png(stats, title=title, live=live)
     if data is None:
         return None
-    return _write_bytes(Path(path), data)
+    return write_atomic(Path(path), data)
 
 
 def link_image(text: str, file_name: str) -> str:

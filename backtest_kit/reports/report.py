@@ -38,6 +38,7 @@ __all__ = [
     "format_signed_percent",
     "format_timestamp",
     "live_report",
+    "write_atomic",
     "write_report",
 ]
 
@@ -227,6 +228,17 @@ def _close_reasons(counts: dict[str, int]) -> str | None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _columns(lead: list[str], quantity: str | None, note: str | None, rest: list[str]) -> list[str]:
+    """A header or row of a report table: `lead`, the Quantity column when `quantity` is not None
+    (a run with sized trades), the Note column when `note` is not None (`show_note`), then `rest`."""
+    if quantity is not None:
+        lead.append(quantity)
+    if note is not None:
+        lead.append(note)
+    lead += rest
+    return lead
+
+
 def backtest_report(
     strategy_name: str, stats: Statistics, *, show_note: bool = False, quantities: Mapping[str, str] | None = None
 ) -> str:
@@ -239,41 +251,41 @@ def backtest_report(
     title = f"# Backtest Report: {strategy_name}"
     if stats.total_trades == 0:
         return "\n".join(_with_open([title, "", "No signals closed yet."], stats))
-    header = ["Signal ID", "Symbol", "Position"]
-    if quantities:
-        header.append("Quantity")
-    if show_note:
-        header.append("Note")
-    header += [
-        "Open Price",
-        "Close Price",
-        "Take Profit",
-        "Stop Loss",
-        "PNL (net)",
-        "Close Reason",
-        "Duration (min)",
-        "Open Time",
-        "Close Time",
-    ]
+    header = _columns(
+        ["Signal ID", "Symbol", "Position"],
+        "Quantity" if quantities else None,
+        "Note" if show_note else None,
+        [
+            "Open Price",
+            "Close Price",
+            "Take Profit",
+            "Stop Loss",
+            "PNL (net)",
+            "Close Reason",
+            "Duration (min)",
+            "Open Time",
+            "Close Time",
+        ],
+    )
     rows: list[list[str]] = []
     for r in stats.signals:
         s = r.signal
-        cells = [s.id, r.symbol, s.position.upper()]
-        if quantities:
-            cells.append(quantities.get(s.id, NA))
-        if show_note:
-            cells.append(_text(s.note))
-        cells += [
-            format_price(s.price_open),
-            format_price(r.current_price),
-            format_price(s.price_take_profit),
-            format_price(s.price_stop_loss),
-            format_signed_percent(r.pnl.pnl_percentage),
-            r.close_reason,
-            str(round_minutes(r.close_timestamp - s.pending_at)),
-            format_timestamp(s.pending_at),
-            format_timestamp(r.close_timestamp),
-        ]
+        cells = _columns(
+            [s.id, r.symbol, s.position.upper()],
+            quantities.get(s.id, NA) if quantities else None,
+            _text(s.note) if show_note else None,
+            [
+                format_price(s.price_open),
+                format_price(r.current_price),
+                format_price(s.price_take_profit),
+                format_price(s.price_stop_loss),
+                format_signed_percent(r.pnl.pnl_percentage),
+                r.close_reason,
+                str(round_minutes(r.close_timestamp - s.pending_at)),
+                format_timestamp(s.pending_at),
+                format_timestamp(r.close_timestamp),
+            ],
+        )
         rows.append(cells)
     lines = [title, "", *markdown_table(header, rows), ""]
     lines.append(f"**Total signals:** {stats.total_trades}")
@@ -283,29 +295,28 @@ def backtest_report(
 
 
 def _live_cells(e: LiveEvent, show_note: bool, quantities: Mapping[str, str] | None = None) -> list[str]:
-    cells = [
-        format_timestamp(e.timestamp),
-        _upper(e.action),
-        _text(e.symbol),
-        _text(e.signal_id),
-        _upper(e.position),
-    ]
-    if quantities:
-        cells.append(quantities.get(e.signal_id or "", NA))
-    if show_note:
-        cells.append(_text(e.note))
-    cells += [
-        format_price(e.current_price),
-        format_price(e.open_price),
-        format_price(e.take_profit),
-        format_price(e.stop_loss),
-        format_percent(e.percent_tp),
-        format_percent(e.percent_sl),
-        format_signed_percent(e.pnl),
-        _text(e.close_reason),
-        _int(e.duration),
-    ]
-    return cells
+    return _columns(
+        [
+            format_timestamp(e.timestamp),
+            _upper(e.action),
+            _text(e.symbol),
+            _text(e.signal_id),
+            _upper(e.position),
+        ],
+        quantities.get(e.signal_id or "", NA) if quantities else None,
+        _text(e.note) if show_note else None,
+        [
+            format_price(e.current_price),
+            format_price(e.open_price),
+            format_price(e.take_profit),
+            format_price(e.stop_loss),
+            format_percent(e.percent_tp),
+            format_percent(e.percent_sl),
+            format_signed_percent(e.pnl),
+            _text(e.close_reason),
+            _int(e.duration),
+        ],
+    )
 
 
 def live_report(
@@ -321,22 +332,22 @@ def live_report(
     title = f"# Live Trading Report: {strategy_name}"
     if not stats.events and stats.total_trades == 0:
         return f"{title}\n\nNo events recorded yet."
-    header = ["Timestamp", "Action", "Symbol", "Signal ID", "Position"]
-    if quantities:
-        header.append("Quantity")
-    if show_note:
-        header.append("Note")
-    header += [
-        "Current Price",
-        "Open Price",
-        "Take Profit",
-        "Stop Loss",
-        "% to TP",
-        "% to SL",
-        "PNL (net)",
-        "Close Reason",
-        "Duration (min)",
-    ]
+    header = _columns(
+        ["Timestamp", "Action", "Symbol", "Signal ID", "Position"],
+        "Quantity" if quantities else None,
+        "Note" if show_note else None,
+        [
+            "Current Price",
+            "Open Price",
+            "Take Profit",
+            "Stop Loss",
+            "% to TP",
+            "% to SL",
+            "PNL (net)",
+            "Close Reason",
+            "Duration (min)",
+        ],
+    )
     rows = [_live_cells(e, show_note, quantities) for e in stats.events]
     lines = [title, "", *markdown_table(header, rows), ""]
     lines.append(f"**Total events:** {len(stats.events)}")
@@ -353,12 +364,21 @@ def write_report(path: Path, text: str) -> Path:
     report gets the default permissions (umask), not mkstemp's 0600. Errors propagate: `dump`
     decides to log and swallow them.
     """
-    path = Path(path)
+    return write_atomic(Path(path), text)
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write `data` (a str as UTF-8, newlines untranslated) to `path` atomically; returns `path`.
+
+    Parent directories are created; a temp file next to the target, created with `open(..., "x")`
+    (default permissions), is renamed over it and removed when anything fails. Serves
+    `write_report` and the equity chart (`plots.write_equity_png`).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
     try:
-        with open(tmp, "x", encoding="utf-8", newline="\n") as f:
-            f.write(text)
+        with open(tmp, "xb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -86,6 +86,20 @@ def _with_open(engine: Services, store: BacktestStats | LiveStats) -> Statistics
                               slippage_percent=config.CC_PERCENT_SLIPPAGE, fee_percent=config.CC_PERCENT_FEE)
 
 
+async def _dump(
+    facade: BacktestFacade | LiveFacade, symbol: str, strategy_name: str, path: str | Path | None, plot: bool,
+    *, title: str, live: bool,
+) -> Path | None:
+    """`dump` of both modes: the report, with the equity chart when `plot` (titled `title strategy · symbol`)."""
+    engine = facade.engine
+    text = await facade.get_report(symbol, strategy_name)
+    target = _dump_path(engine, facade.mode, symbol, strategy_name, path)
+    if plot:
+        text = await attach_equity_plot(text, await facade.get_data(symbol, strategy_name), target,
+                                        title=f"{title} {strategy_name} · {symbol}", logger=engine.logger, live=live)
+    return await save_report(target, text, engine.logger, facade.mode)
+
+
 class BacktestFacade(BacktestRunner):
     """`bk.Backtest`: run / background / stop / get_data / get_report / dump / list."""
 
@@ -113,12 +127,7 @@ class BacktestFacade(BacktestRunner):
         With `plot` and matplotlib importable (the `plot` extra), the equity/drawdown chart is
         written next to it as `<symbol>_<strategy>-equity.png` and linked below the title.
         """
-        text = await self.get_report(symbol, strategy_name)
-        target = _dump_path(self.engine, self.mode, symbol, strategy_name, path)
-        if plot:
-            text = await attach_equity_plot(text, await self.get_data(symbol, strategy_name), target,
-                                            title=f"Backtest {strategy_name} · {symbol}", logger=self.engine.logger)
-        return await save_report(target, text, self.engine.logger, self.mode)
+        return await _dump(self, symbol, strategy_name, path, plot, title="Backtest", live=False)
 
 
 class LiveFacade(LiveRunner):
@@ -149,10 +158,4 @@ class LiveFacade(LiveRunner):
         With `plot` and matplotlib importable, the equity/drawdown chart of the recent closed trades
         is written next to it as `<symbol>_<strategy>-equity.png` and linked below the title.
         """
-        text = await self.get_report(symbol, strategy_name)
-        target = _dump_path(self.engine, self.mode, symbol, strategy_name, path)
-        if plot:
-            text = await attach_equity_plot(text, await self.get_data(symbol, strategy_name), target,
-                                            title=f"Live {strategy_name} · {symbol}", logger=self.engine.logger,
-                                            live=True)
-        return await save_report(target, text, self.engine.logger, self.mode)
+        return await _dump(self, symbol, strategy_name, path, plot, title="Live", live=True)

@@ -66,6 +66,11 @@ def _mode(event: Any) -> str:
     return "backtest" if getattr(event, "backtest", False) else "live"
 
 
+def _origin(event: Any) -> str:
+    """`strategy/exchange [mode]`: where an event came from, the tail of most lines."""
+    return f"{event.strategy_name}/{event.exchange_name} [{_mode(event)}]"
+
+
 def _signal_text(s: SignalRow) -> str:
     parts = [f"TP {format_number(s.price_take_profit)}", f"SL {format_number(s.price_stop_loss)}"]
     if s.quantity is not None:
@@ -82,25 +87,25 @@ def default_format(event: Any) -> str | None:
         return (
             f"CLOSED {s.position.upper()} {event.symbol} {event.close_reason} | "
             f"PnL {event.pnl.pnl_percentage:+.2f}% | {format_number(s.price_open)} -> "
-            f"{format_number(event.current_price)} | {event.strategy_name}/{event.exchange_name} [{_mode(event)}]"
+            f"{format_number(event.current_price)} | {_origin(event)}"
         )
     if isinstance(event, OpenedResult):
         s = event.signal
         return (
             f"OPENED {s.position.upper()} {event.symbol} @ {format_number(s.price_open)} | {_signal_text(s)} | "
-            f"{event.strategy_name}/{event.exchange_name} [{_mode(event)}]"
+            f"{_origin(event)}"
         )
     if isinstance(event, ScheduledResult):
         s = event.signal
         return (
             f"SCHEDULED {s.position.upper()} {event.symbol} limit {format_number(s.price_open)} | "
-            f"{_signal_text(s)} | {event.strategy_name}/{event.exchange_name} [{_mode(event)}]"
+            f"{_signal_text(s)} | {_origin(event)}"
         )
     if isinstance(event, CancelledResult):
         s = event.signal
         return (
             f"CANCELLED {s.position.upper()} {event.symbol} limit {format_number(s.price_open)} | "
-            f"{event.strategy_name}/{event.exchange_name} [{_mode(event)}]"
+            f"{_origin(event)}"
         )
     if isinstance(event, IdleResult):
         return f"IDLE {event.symbol} @ {format_number(event.current_price)} | {event.strategy_name} [{_mode(event)}]"
@@ -116,7 +121,7 @@ def default_format(event: Any) -> str | None:
         return (
             f"RISK REJECTED{side} {event.symbol}: {event.comment} | active positions "
             f"{event.active_position_count} | price {format_number(event.current_price)} | "
-            f"{event.strategy_name}/{event.exchange_name} [{_mode(event)}]"
+            f"{_origin(event)}"
         )
     if isinstance(event, PartialEvent):
         side = partial_side(event)
@@ -126,7 +131,7 @@ def default_format(event: Any) -> str | None:
             f"{format_number(event.current_price)} | {event.strategy_name} [{_mode(event)}]"
         )
     if isinstance(event, DoneEvent):
-        return f"DONE {event.symbol} {event.strategy_name}/{event.exchange_name} [{_mode(event)}]"
+        return f"DONE {event.symbol} {_origin(event)}"
     return str(event)
 
 
