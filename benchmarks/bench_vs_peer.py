@@ -29,8 +29,9 @@ The peer: when ``node`` is on PATH, ``../shared/peer`` (read-only) is copied to
 ``$TMPDIR/bk-peer-<hash of package-lock.json>`` and ``npm ci`` runs there once (the folder is
 reused by later runs); each peer run is ``node run_peer.mjs <csv> --out <tmp>`` and its summary
 JSON gives frames/s. Without node, or when ``npm ci`` fails (no registry), the peer is skipped with
-a message. Runs alternate peer, plain, csv for ``--rounds`` rounds; the medians and the ratios to
-the peer's median are printed.
+a message. Runs alternate peer, plain, csv for ``--rounds`` rounds; the medians, the ratios to
+the peer's median and the median of the per-round ratios (each run against the peer run of its own
+round, steadier when the machine's load drifts) are printed.
 """
 
 from __future__ import annotations
@@ -346,7 +347,11 @@ def bench_file(label: str, path: Path, peer: Path | None, results: Path, rounds:
         if not runs[name]:
             continue
         fps = [r["fps"] for r in runs[name]]
-        ratio = f"   {med[name] / peer_med:6.1f}x the peer" if peer_med and name != "peer" else ""
+        ratio = ""
+        if peer_med and name != "peer":
+            paired = [r["fps"] / p["fps"] for r, p in zip(runs[name], runs["peer"], strict=False)]
+            ratio = (f"   {med[name] / peer_med:6.1f}x the peer (median of per-round ratios "
+                     f"{median(paired):.1f}x)")
         print(f"    {name:<5} {med[name]:>11,.0f} frames/s  (range {min(fps):,.0f}-{max(fps):,.0f}){ratio}")
 
 
