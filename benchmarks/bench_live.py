@@ -45,7 +45,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import backtest_kit as bk
 
@@ -99,7 +99,7 @@ def current_rss_mb() -> float:
         return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-async def sma_check(symbol: str) -> str | None:
+async def sma_check(symbol: str) -> Literal["long", "short"] | None:
     """The peer's SMA(10)/SMA(30) cross on the last 50 closed 1m candles: "long", "short" or None."""
     candles = await bk.get_candles(symbol, "1m", 50)
     if len(candles) < 35:
