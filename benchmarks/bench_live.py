@@ -2,6 +2,8 @@
 
     python benchmarks/bench_live.py                     # 1000 pairs, 1 s tick period, 30 s
     python benchmarks/bench_live.py --pairs 2000 --seconds 10 --active --stagger
+    python benchmarks/bench_live.py --sweep                    # 1,000 / 5,000 / 10,000 pairs, sma50 signal
+    python benchmarks/bench_live.py --signal sma50 --pairs 5000 --seconds 20
 
 Every pair is one `Live.background` task on this loop, ticking every `CC_TICK_TTL_MS` (here 1 s
 instead of the 60 001 ms default) on the `SystemClock`, over in-memory candles. The strategy is
@@ -14,6 +16,18 @@ to end (sleep start + period) and the moment the next tick reads the clock. It i
 the event loop while the other pairs' ticks run. The first `--warmup` seconds are not measured.
 CPU % = process CPU time / wall time over the measured window (100 % = one core).
 
+`--signal sma50` is a real signal check: on every tick the pair reads its last 50 closed 1m candles
+(`bk.get_candles`) and compares SMA(10)/SMA(30) with the same SMAs five candles earlier (the peer's
+strategy). The engine calls `get_signal` at most once per strategy interval (1m at least), so with a
+1 s tick the per-tick read runs in the strategy's `on_tick` callback (inside the tick's context), and
+`get_signal` (interval 1m) runs the same check and opens a position on a cross (TP/SL +-1 %, 240 min),
+after which ticks also monitor it. `--sweep` runs 1,000, 5,000 and 10,000 pairs one after the other
+(or `--sweep 2000,4000`), with `--signal sma50` unless another signal is given.
+
+Figures: tick lag p50/p99/max, ticks delivered in the measured window (% of pairs x seconds / period),
+CPU % and CPU per delivered tick, and memory per pair = (RSS after the run's window - RSS before the
+pairs started, candles already built) / pairs.
+
 `--stagger` spreads the pairs' first ticks over one period (pair i starts i/N s late), so ticks are
 not all due at the same instant; by default all pairs start together, the worst case for lag.
 """
@@ -23,13 +37,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextvars
+import gc
+import resource
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import backtest_kit as bk
 
@@ -74,13 +90,40 @@ def synthetic_candles(symbols: Sequence[str], now_ms: int, minutes: int = 240) -
     return bk.MemoryCandles(data)
 
 
-async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, active: bool, stagger: bool) -> None:
+def current_rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * resource.getpagesize() / (1024 * 1024)
+    except OSError:  # not Linux: the peak instead
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+async def sma_check(symbol: str) -> Literal["long", "short"] | None:
+    """The peer's SMA(10)/SMA(30) cross on the last 50 closed 1m candles: "long", "short" or None."""
+    candles = await bk.get_candles(symbol, "1m", 50)
+    if len(candles) < 35:
+        return None
+    closes = [c.close for c in candles]
+    fast, slow = sum(closes[-10:]) / 10, sum(closes[-30:]) / 30
+    prev_fast, prev_slow = sum(closes[-15:-5]) / 10, sum(closes[-35:-5]) / 30
+    if prev_fast <= prev_slow and fast > slow:
+        return "long"
+    if prev_fast >= prev_slow and fast < slow:
+        return "short"
+    return None
+
+
+async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, signal: str, stagger: bool) -> None:
     clock = LagClock()
+    active = signal == "hold"
     with tempfile.TemporaryDirectory(prefix="bench-live-") as scratch:
         engine = bk.Engine(clock=clock, persist_dir=scratch, dump_dir=scratch)
         engine.set_config(CC_TICK_TTL_MS=period_ms)
         symbols = [f"S{i:04d}USDT" for i in range(pairs)]
         engine.add_exchange(exchange_name="mem", get_candles=synthetic_candles(symbols, int(time.time() * 1000)))
+        gc.collect()
+        rss_before = current_rss_mb()
 
         async def idle(symbol: str, when: datetime) -> None:
             return None
@@ -90,7 +133,27 @@ async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, activ
             return bk.SignalDto(position="long", price_take_profit=price * 1.15, price_stop_loss=price * 0.85,
                                 minute_estimated_time=600)
 
-        engine.add_strategy(strategy_name="trivial", interval="1h", get_signal=hold if active else idle)
+        async def sma50(symbol: str, when: datetime) -> bk.SignalDto | None:
+            side = await sma_check(symbol)
+            if side is None:
+                return None
+            price = await bk.get_average_price(symbol)
+            up = 1.01 if side == "long" else 0.99
+            return bk.SignalDto(position=side, price_take_profit=price * up, price_stop_loss=price * (2 - up),
+                                minute_estimated_time=240)
+
+        sma_reads = 0
+
+        async def read_every_tick(symbol: str, result: bk.TickResult, backtest: bool) -> None:
+            nonlocal sma_reads
+            await sma_check(symbol)
+            sma_reads += 1
+
+        if signal == "sma50":
+            engine.add_strategy(strategy_name="trivial", interval="1m", get_signal=sma50,
+                                callbacks={"on_tick": read_every_tick})
+        else:
+            engine.add_strategy(strategy_name="trivial", interval="1h", get_signal=hold if active else idle)
         ticks = 0
         errors: list[BaseException] = []
 
@@ -116,9 +179,10 @@ async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, activ
         cpu1, wall1 = time.process_time(), time.perf_counter()
         clock.measuring = False
         measured_ticks = ticks - ticks_before
+        rss_after = current_rss_mb()
 
         for handle in handles:
-            if active:
+            if active or signal == "sma50":
                 handle.task.cancel()  # abandon: a graceful stop would monitor the positions for hours
             else:
                 handle()
@@ -132,12 +196,17 @@ async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, activ
         return
     q = statistics.quantiles(lags, n=100, method="inclusive")
     wall = wall1 - wall0
+    kind = {"idle": "idle", "hold": "active positions", "sma50": "sma50 signal (50 candles read every tick)"}
+    expected = pairs * wall * 1000 / period_ms
     print(f"pairs {pairs}, tick period {period_ms} ms, measured {wall:.1f} s after {warmup:.0f} s warm-up, "
-          f"{'active positions' if active else 'idle'}, {'staggered' if stagger else 'aligned'} starts")
-    print(f"ticks {measured_ticks} ({measured_ticks / wall:.0f}/s, expected ~{pairs * 1000 / period_ms:.0f}/s), "
-          f"errors {len(errors)}, events kept per pair {len(stats.events)}")
+          f"{kind[signal]}, {'staggered' if stagger else 'aligned'} starts")
+    print(f"ticks {measured_ticks} ({measured_ticks / wall:.0f}/s, expected ~{pairs * 1000 / period_ms:.0f}/s; "
+          f"delivered {100 * measured_ticks / expected:.1f} %), errors {len(errors)}, "
+          f"events kept per pair {len(stats.events)}" + (f", 50-candle reads {sma_reads}" if signal == "sma50" else ""))
     print(f"tick lag  p50 {q[49] * 1000:.2f} ms   p99 {q[98] * 1000:.2f} ms   max {lags[-1] * 1000:.2f} ms")
     print(f"CPU {100 * (cpu1 - cpu0) / wall:.1f} %  ({(cpu1 - cpu0) / max(1, measured_ticks) * 1e6:.0f} us per tick)")
+    print(f"memory {rss_after - rss_before:+.1f} MB RSS over {pairs} pairs = "
+          f"{(rss_after - rss_before) * 1024 / pairs:.1f} KiB per pair (candles excluded)")
     if errors:
         print(f"first error: {errors[0]!r}", file=sys.stderr)
 
@@ -148,11 +217,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=30.0, help="measured duration (default 30)")
     parser.add_argument("--period-ms", type=int, default=1000, help="tick period, CC_TICK_TTL_MS (default 1000)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring (default 3)")
-    parser.add_argument("--active", action="store_true", help="every pair holds an open position")
+    parser.add_argument("--active", action="store_true", help="every pair holds an open position (--signal hold)")
+    parser.add_argument("--signal", choices=("idle", "hold", "sma50"), default=None,
+                        help="idle (default), hold (= --active) or sma50 (50-candle SMA check on every tick)")
+    parser.add_argument("--sweep", nargs="?", const="1000,5000,10000", default=None, metavar="N,N,...",
+                        help="run these pair counts in turn (default 1000,5000,10000; --signal sma50 by default)")
     parser.add_argument("--stagger", action="store_true", help="spread the first ticks over one period")
     args = parser.parse_args(argv)
+    signal = args.signal or ("hold" if args.active else "sma50" if args.sweep else "idle")
     print(f"started {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC, Python {sys.version.split()[0]}")
-    asyncio.run(bench(args.pairs, args.seconds, args.period_ms, args.warmup, args.active, args.stagger))
+    counts = [int(n) for n in args.sweep.split(",")] if args.sweep else [args.pairs]
+    for n in counts:
+        if len(counts) > 1:
+            print(f"\n== {n} pairs")
+        asyncio.run(bench(n, args.seconds, args.period_ms, args.warmup, signal, args.stagger))
+        gc.collect()
 
 
 if __name__ == "__main__":
