@@ -118,39 +118,27 @@ def _reference(prices: list[float], count: int, symbol: str, config: Config) -> 
     return sum(prices) / len(prices)
 
 
-def validate_candles(
-    candles: Sequence[Candle], symbol: str, step: int, config: Config,
-    context: Sequence[Candle] = (),
-) -> None:
+def validate_candles(candles: Sequence[Candle], symbol: str, step: int, config: Config) -> None:
     """Reject the whole answer on the first bad candle: values, OHLC consistency, grid, order, anomaly.
 
     The anomaly filter is symmetric in log space: a price below reference / factor or above
     reference x factor is rejected, the same factor both ways, so one spiked print (a bad tick, a
     unit mix-up) can neither fake a stop loss nor a take profit.
 
-    `context`: already validated candles that precede `candles` in the read being served (the
-    candle store's cached part of the window). The reference is taken over ``context + candles``, the
-    same candles a fetch of the whole window would validate, in the same order (so the mean, too, is
-    bit-identical); candles are numbered from ``len(context)`` and must ascend after the last context
-    candle. Context candles are not judged again: a closed candle accepted once stays accepted.
+    A first pass checks each candle with one chained comparison (NaN fails every comparison, inf
+    fails the ceiling, a positive threshold implies positive prices); only when it fails do the named
+    checks run, so a bad answer gets the same message, candle and field as always.
     """
     if not candles:
         return
-    if context:
-        prices = [p for c in context for p in (c.open, c.high, c.low, c.close) if p > 0]
-        prices += [p for c in candles for p in (c.open, c.high, c.low, c.close) if p > 0]
-    else:
-        prices = [p for c in candles for p in (c.open, c.high, c.low, c.close) if p > 0]
-    reference = _reference(prices, len(context) + len(candles), symbol, config)
+    prices = [p for c in candles for p in (c.open, c.high, c.low, c.close) if p > 0]
+    reference = _reference(prices, len(candles), symbol, config)
     factor = config.CC_GET_CANDLES_PRICE_ANOMALY_THRESHOLD_FACTOR
     threshold = reference / factor
     # symmetric: a x100 print is as wrong as a /100 one
     # ([hardening #7](../../docs/design/decisions.md#hardening-7-symmetric-candle-anomaly-filter-default-factor-20))
     ceiling = reference * factor
-    previous = context[-1].timestamp if context else None
-    # fast pass: one chained comparison per candle (NaN fails every comparison, inf fails the ceiling,
-    # threshold > 0 implies positive prices); any failure re-runs the named checks below for the message
-    prev = -1 if previous is None else previous
+    prev = -1
     for c in candles:
         ts = c.timestamp
         lo = c.low
@@ -163,8 +151,8 @@ def validate_candles(
         prev = ts
     else:
         return
-    first_index = len(context)
-    for i, c in enumerate(candles, first_index):
+    previous: int | None = None
+    for i, c in enumerate(candles):
         where = f"{symbol} candle #{i} (timestamp {c.timestamp})"
         for name in _FIELDS:
             value = getattr(c, name)
@@ -254,9 +242,10 @@ class ExchangeClient:
         """Ask the source (with retries), convert and validate its whole answer.
 
         `context`: the candle store's cached candles that precede `since_ms` in the read being
-        served; they take part in the anomaly reference and number the candles in error messages as
-        a fetch of the whole window would (see `validate_candles`). `read_limit`: the limit of that
-        read, named in the give-up message instead of the tail's limit.
+        served. They are not converted again, but they are validated again together with the answer,
+        so the anomaly reference (the median of the window), every verdict and the candle numbers in
+        error messages are those of a fetch of the whole window; the first-pass check makes that
+        cheap. `read_limit`: the limit of that read, named in the give-up message instead of the tail's.
         """
         config = self._config()
         attempts = config.CC_GET_CANDLES_RETRY_COUNT
@@ -270,7 +259,8 @@ class ExchangeClient:
                 if raw is None or isinstance(raw, str | bytes) or not isinstance(raw, Sequence):
                     raise CandleError(f"{symbol}: get_candles must return a list of candles, got {raw!r:.200}")
                 candles = coerce_candles(raw, symbol, len(context))
-                validate_candles(candles, symbol, step, config, context)
+                # the head joins the checks: the whole window is judged as a fetch of it would be
+                validate_candles([*context, *candles] if context else candles, symbol, step, config)
                 return candles
             except Exception as exc:
                 last = exc
@@ -308,11 +298,20 @@ class ExchangeClient:
 
         A callback source goes through the key's `CandleStore` (see engine/candle_store.py): a
         window it fully knows is served from memory without calling the source; a window whose head it
-        knows asks the source only for the tail ``[store.hi, stop)``, validated with the cached head as
-        context; any other window is fetched whole, exactly as without a store. The source is asked
-        for `since` and a limit as before, and every candle it answers still goes through the same
-        conversion and checks, so errors are the same ones; only closed candles (``ts + step <= when``)
-        are stored, so what a tick sees is unchanged.
+        knows asks the source only for what follows the head: ``limit - len(head)`` candles from
+        ``store.hi``, which are exactly the rest of what a whole-window fetch would answer (the known
+        range holds every candle of the head, and the source answers ascending from `since`), validated
+        together with the cached head (same reference, verdicts and candle numbers); any other window is
+        fetched whole, exactly as without a store. Only closed candles (``ts + step <= when``) are
+        stored, so what a tick sees is unchanged.
+
+        The one difference: a window served from memory calls no source and validates nothing again.
+        (a) Its candles passed validation in an earlier window and keep that verdict, not re-judged
+        against this window's median (a closed candle accepted once stays accepted; with the factor-20
+        band only a market moving 20x inside one window could tell). (b) The candles a source pads a
+        gapped window with (it answers `limit` candles from `since`, reaching past `when` by as many
+        as the window lacks) are not validated with it: they have not closed by `when`, and the store
+        never lets a future candle fail or shift the reference of a read.
         """
         step = step_ms(interval)
         check_limit(limit)
@@ -333,15 +332,18 @@ class ExchangeClient:
             if store.lo < hi and store.lo <= since < hi:
                 head = store.window(since, hi)
                 start = hi
-                fetched = await self._fetch(symbol, interval, hi, (stop - hi) // step, step, head, limit)
+                # the source's first limit - len(head) candles from hi are what a whole-window fetch
+                # would answer after the head: the same batch, in two parts
+                fetched = await self._fetch(symbol, interval, hi, limit - len(head), step, head, limit)
             else:
                 head = []
                 start = since
                 fetched = await self._fetch(symbol, interval, since, limit, step)
             new = [c for c in fetched if start <= c.timestamp < stop]
-            if fetched:
+            if fetched and fetched[0].timestamp >= start:
                 # known up to the newest candle the source answered (gaps before it are real gaps),
-                # never past stop: later slots may not have closed by when_ms
+                # never past stop: later slots may not have closed by when_ms. A source that answers
+                # candles from before `since` does not answer by open time: nothing is taken as known
                 store.merge(start, min(stop, fetched[-1].timestamp + step), new)
             kept = head + new if head else new
         if len(kept) < limit:
