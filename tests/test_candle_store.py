@@ -128,7 +128,7 @@ class Source:
         return [self.rows[s] for s in self.slots if s >= first][:limit]
 
 
-def client(source: Source, store: int) -> ExchangeClient:
+def client(source: Any, store: int) -> ExchangeClient:
     engine = bk.Engine()
     engine.set_config(CC_GET_CANDLES_RETRY_COUNT=1, CC_GET_CANDLES_RETRY_DELAY_MS=0,
                       CC_CANDLE_STORE_MAX_CANDLES=store)
@@ -303,3 +303,29 @@ def test_anomaly_reference_uses_the_whole_window(store: int) -> None:
     plain, stored = run_both(rows, [(5, T0 + 40 * M), (5, T0 + 41 * M)], store)
     assert stored == plain
     assert isinstance(stored[0], list) and "anomalously high price open=3000.0" in stored[1][1]
+
+
+def test_a_numpy_array_answer_is_read_like_rows_of_numbers() -> None:
+    np = pytest.importorskip("numpy")
+    rows = [make_row(s, 100.0, "tuple", None) for s in range(10)]
+    array = np.array(rows, dtype=np.float64)
+
+    async def arrays(symbol: str, interval: str, since: datetime, limit: int) -> Any:
+        first = (int(since.timestamp() * 1000) - T0) // M
+        return array[max(0, first):max(0, first) + limit]
+
+    async def go() -> None:
+        got = await client(arrays, 1000).get_candles("BTCUSDT", "1m", 5, T0 + 10 * M)
+        assert got == [coerce_candle(r, 0, "X") for r in rows[5:]]
+        assert all(type(c.timestamp) is int for c in got)
+        bad = array.copy()
+        bad[7, 4] = np.nan
+
+        async def nan_source(symbol: str, interval: str, since: datetime, limit: int) -> Any:
+            first = (int(since.timestamp() * 1000) - T0) // M
+            return bad[first:first + limit]
+
+        with pytest.raises(CandleError, match=r"candle #2 \(timestamp \d+\): close is not finite: nan"):
+            await client(nan_source, 1000).get_candles("BTCUSDT", "1m", 5, T0 + 10 * M)
+
+    asyncio.run(go())
