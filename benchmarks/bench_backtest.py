@@ -1,6 +1,15 @@
 """Backtest throughput of the SMA example strategy over real BTCUSDT 1m candles.
 
-Run: ``python benchmarks/bench_backtest.py [--data DIR] [--only 30d|90d|memory]``.
+Run: ``python benchmarks/bench_backtest.py [--data DIR] [--only 30d|90d|memory] [--source csv|callback]``.
+
+Before/after: ``python benchmarks/bench_backtest.py --compare /tmp/base-checkout [--rounds 5]`` runs the
+30-day and 90-day throughput of both source paths in fresh subprocesses, alternating the base checkout
+and this one each round, and prints the median frames/s of each and the ratio.
+
+Two source paths: ``csv`` registers the `bk.CsvCandles` object (a `SyncCandleSource`, validated at
+load time); ``callback`` registers a plain ``async def get_candles(symbol, interval, since, limit)``
+returning tuples ``(timestamp, open, high, low, close, volume)`` sliced from a list, the way most users
+wrap a database, a REST API or a cache: the engine converts and validates what it returns.
 
 For the 30-day CSV and the 90-day gzip file (from `../shared/data` next to the repository, or
 `--data DIR`) it loads the candles with `bk.CsvCandles` (timed separately, including the one-off
@@ -20,9 +29,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import gc
 import importlib.util
+import json
+import os
 import resource
+import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -31,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+# run from a checkout without installing; --compare points BENCH_KIT_ROOT at the other checkout
+sys.path.insert(0, os.environ.get("BENCH_KIT_ROOT", str(ROOT)))
 
 import backtest_kit as bk  # noqa: E402
 
@@ -78,8 +93,23 @@ def load(path: Path) -> tuple[bk.CsvCandles, str, float]:
     return source, symbol, time.perf_counter() - started
 
 
+def plain_callback(source: bk.CsvCandles, symbol: str) -> Callable[..., Any]:
+    """A user's own exchange callback: tuples from a list, no engine types, no validation."""
+    rows = [(c.timestamp, c.open, c.high, c.low, c.close, c.volume)
+            for c in source.next_candles(symbol, "1m", 0, 10**9)]
+    stamps = [r[0] for r in rows]
+
+    async def get_candles(sym: str, interval: str, since: datetime, limit: int) -> list[tuple[Any, ...]]:
+        if sym != symbol or interval != "1m":
+            raise ValueError(f"no data for {sym} {interval}")
+        i = bisect.bisect_left(stamps, int(since.timestamp() * 1000))
+        return rows[i:i + limit]
+
+    return get_candles
+
+
 async def run_backtest(
-    source: bk.CsvCandles, symbol: str, get_signal: Callable[..., Any], start_ms: int, end_ms: int
+    source: Any, symbol: str, get_signal: Callable[..., Any], start_ms: int, end_ms: int
 ) -> dict[str, Any]:
     engine = bk.Engine()
     engine.add_exchange(exchange_name="csv", get_candles=source)
@@ -122,12 +152,43 @@ def report(label: str, load_s: float, r: dict[str, Any]) -> None:
     print(f"  peak RSS      {peak_rss_mb():>12.1f} MB")
 
 
-async def throughput(path: Path, get_signal: Callable[..., Any]) -> None:
+async def throughput(path: Path, get_signal: Callable[..., Any], kind: str = "csv",
+                     as_json: bool = False) -> None:
     source, symbol, load_s = load(path)
     start = source.first_timestamp(symbol) + WARMUP_MINUTES * MINUTE
     end = source.last_timestamp(symbol)
-    result = await run_backtest(source, symbol, get_signal, start, end)
-    report(path.name, load_s, result)
+    registered: Any = source if kind == "csv" else plain_callback(source, symbol)
+    result = await run_backtest(registered, symbol, get_signal, start, end)
+    if as_json:
+        print(json.dumps(result))
+        return
+    report(f"{path.name} ({'bk.CsvCandles' if kind == 'csv' else 'plain async callback returning tuples'})",
+           load_s, result)
+
+
+def compare(base: Path, data: Path, rounds: int) -> None:
+    """Base checkout and this one alternately, each run a fresh process; medians and ratios."""
+    cases = [(kind, span) for span in ("30d", "90d") for kind in ("callback", "csv")]
+    fps: dict[tuple[str, str, str], list[float]] = {}
+    trades: dict[tuple[str, str, str], set[tuple[int, float]]] = {}
+    for r in range(rounds):
+        for kind, span in cases:
+            for label, root in (("base", base), ("head", ROOT)):
+                env = dict(os.environ, BENCH_KIT_ROOT=str(root))
+                out = subprocess.run(
+                    [sys.executable, str(Path(__file__).resolve()), "--data", str(data), "--only", span,
+                     "--source", kind, "--json"], env=env, capture_output=True, text=True, check=True)
+                res = json.loads(out.stdout.strip().splitlines()[-1])
+                fps.setdefault((kind, span, label), []).append(res["fps"])
+                trades.setdefault((kind, span, label), set()).add((res["trades"], round(res["total_pnl"], 9)))
+        print(f"round {r + 1}/{rounds} done", file=sys.stderr)
+    print(f"{'path':<10} {'span':<5} {'base frames/s':>14} {'head frames/s':>14} {'head/base':>10}  trades/pnl")
+    for kind, span in cases:
+        b = statistics.median(fps[(kind, span, "base")])
+        h = statistics.median(fps[(kind, span, "head")])
+        same = "same" if trades[(kind, span, "base")] == trades[(kind, span, "head")] else "DIFFER"
+        print(f"{kind:<10} {span:<5} {b:>14,.0f} {h:>14,.0f} {h / b:>9.2f}x  {same} "
+              f"{sorted(trades[(kind, span, 'head')])}")
 
 
 async def memory_check(path: Path, get_signal: Callable[..., Any]) -> None:
@@ -152,16 +213,25 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data",
                         help="folder holding the BTCUSDT 1m files (default: ../shared/data)")
     parser.add_argument("--only", choices=("30d", "90d", "memory"), default=None)
+    parser.add_argument("--source", choices=("csv", "callback"), default="csv",
+                        help="bk.CsvCandles, or a plain async callback returning tuples")
+    parser.add_argument("--json", action="store_true", help="one JSON line per throughput run")
+    parser.add_argument("--compare", type=Path, default=None, metavar="BASE",
+                        help="alternate runs of the checkout at BASE and this one; print medians")
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     data: Path = args.data
+    if args.compare is not None:
+        compare(args.compare, data, args.rounds)
+        return
     missing = [name for name in (FILE_30D, FILE_90D) if not (data / name).is_file()]
     if missing:
         raise SystemExit(f"missing {', '.join(missing)} in {data}; pass --data DIR")
     get_signal = example_get_signal()
     if args.only in (None, "30d"):
-        asyncio.run(throughput(data / FILE_30D, get_signal))
+        asyncio.run(throughput(data / FILE_30D, get_signal, args.source, args.json))
     if args.only in (None, "90d"):
-        asyncio.run(throughput(data / FILE_90D, get_signal))
+        asyncio.run(throughput(data / FILE_90D, get_signal, args.source, args.json))
     if args.only in (None, "memory"):
         asyncio.run(memory_check(data / FILE_90D, get_signal))
 

@@ -633,7 +633,8 @@ async def test_live_through_ccxt_trades_like_the_replay_exchange(
     _same_trades(via_ccxt, via_replay)
     assert clock_a.now_ms() == clock_b.now_ms()
     assert srv.counts[EXCHANGE_INFO] == 1 and exchange.markets_loads == 1  # once, over a day of ticks
-    assert srv.counts[KLINES] > 1000
+    # every 1m tick asks the server for the candle that just closed; the candle store serves the rest
+    assert srv.counts[KLINES] >= LIVE_HOURS * 60 * 0.6
     only_spot_endpoints(srv)
     assert exchange.client is None
 

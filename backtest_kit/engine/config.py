@@ -35,6 +35,8 @@ class Config(Struct, frozen=True):
     CC_GET_CANDLES_RETRY_DELAY_MS: int = 5000
     CC_GET_CANDLES_PRICE_ANOMALY_THRESHOLD_FACTOR: float = 20  # both ways; the reference has 1000, downward only
     CC_GET_CANDLES_MIN_CANDLES_FOR_MEDIAN: int = 5
+    # per (exchange, symbol, interval): the most closed candles kept converted and validated; 0 = no store
+    CC_CANDLE_STORE_MAX_CANDLES: int = 1000
     CC_REPORT_SHOW_SIGNAL_NOTE: bool = False
     CC_TICK_TTL_MS: int = 60_001
     MAX_EVENTS: int = 25
@@ -65,6 +67,7 @@ _RULES: dict[str, tuple[str, float | None, bool]] = {
     "CC_GET_CANDLES_RETRY_DELAY_MS": (_INT, 0, True),
     "CC_GET_CANDLES_PRICE_ANOMALY_THRESHOLD_FACTOR": (_NUM, 0, False),
     "CC_GET_CANDLES_MIN_CANDLES_FOR_MEDIAN": (_INT, 1, True),
+    "CC_CANDLE_STORE_MAX_CANDLES": (_INT, 0, True),
     "CC_REPORT_SHOW_SIGNAL_NOTE": (_BOOL, None, True),
     "CC_TICK_TTL_MS": (_INT, 1, True),
     "MAX_EVENTS": (_INT, 1, True),
