@@ -11,9 +11,7 @@ days of ticks take milliseconds.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
-import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Protocol
@@ -31,47 +29,6 @@ __all__ = ["LiveRunner", "LiveSink"]
 
 _YIELDED = frozenset({"opened", "closed", "cancelled"})
 _NEVER = 2**63  # "no data end": later than any clock reading
-
-
-class _TickWheel:
-    """Inter-tick wake-ups of every live pair on one loop, one `loop.call_at` per millisecond bucket.
-
-    Why: a task per tick (`ensure_future(clock.sleep)`) was ~23 % of a live tick's samples, and each
-    pair's own timer handle costs a push on the loop's heap. Pairs sharing a period mostly land in
-    the same few buckets, so 10,000 pairs cost a handful of handles per period and one future each.
-    A wake-up is rounded up to the next millisecond: never early, at most 1 ms late.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.buckets: dict[int, list[asyncio.Future[None]]] = {}
-
-    def after(self, seconds: float) -> asyncio.Future[None]:
-        loop = self.loop
-        fut: asyncio.Future[None] = loop.create_future()
-        slot = math.ceil((loop.time() + max(0.0, seconds)) * 1000)
-        bucket = self.buckets.get(slot)
-        if bucket is None:
-            bucket = self.buckets[slot] = []
-            loop.call_at(slot / 1000, self._fire, slot)
-        bucket.append(fut)
-        return fut
-
-    def _fire(self, slot: int) -> None:
-        for fut in self.buckets.pop(slot, ()):
-            if not fut.done():  # a stop may have cancelled it
-                fut.set_result(None)
-
-
-_WHEELS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _TickWheel] = weakref.WeakKeyDictionary()
-
-
-def _wheel() -> _TickWheel:
-    loop = asyncio.get_running_loop()
-    wheel = _WHEELS.get(loop)
-    if wheel is None:
-        wheel = _WHEELS[loop] = _TickWheel(loop)
-    return wheel
 
 
 class LiveSink(Protocol):
@@ -233,9 +190,11 @@ class LiveRunner(RunnerBase[TickResult]):
             wake.clear()
             return
         clock = self.engine.clock
-        # the fast path only for the stock wall clock (a subclass may override its sleep)
-        if type(clock).sleep is SystemClock.sleep:
-            sleeper = _wheel().after(seconds)  # no task per tick: a future resolved by a shared bucket timer
+        # the fast path for the wall clock, unless a subclass overrides its sleep and not its timer
+        if isinstance(clock, SystemClock) and (
+            type(clock).sleep is SystemClock.sleep or type(clock).timer is not SystemClock.timer
+        ):
+            sleeper = clock.timer(seconds)  # no task per tick: a future resolved by a shared bucket timer
         else:
             # Any other clock, VirtualClock included: a helper task running its sleep, which a stop
             # cancels. On a VirtualClock the helper registers its sleep one loop step later than the
