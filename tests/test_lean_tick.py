@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_live import SYMBOL, driving, make_world
+from test_live import SYMBOL, TTL, make_world
 
 import backtest_kit as bk
 from backtest_kit.engine.bus import EventBus
@@ -33,9 +33,12 @@ async def test_overrunning_get_signal_on_a_virtual_clock_is_cancelled_reported_a
     never = asyncio.Event()
     cancelled: list[bool] = []
     calls = [0]
+    third = asyncio.Event()
 
     async def get_signal(symbol: str, when: datetime) -> None:
         calls[0] += 1
+        if calls[0] == 3:
+            third.set()
         if calls[0] == 1:
             try:
                 await never.wait()
@@ -45,16 +48,16 @@ async def test_overrunning_get_signal_on_a_virtual_clock_is_cancelled_reported_a
         return None
 
     w = make_world(tmp_path, get_signal, CC_MAX_SIGNAL_GENERATION_SECONDS=0.05)
-    with driving(w.clock):
-        handle = w.start()
-        await asyncio.wait_for(w.until(lambda: calls[0] >= 3), HANG_GUARD)
-        handle()
-        await w.finish(handle)
+    handle = w.start()  # not driven: the pair alone holds virtual time, so the hang freezes it
+    await asyncio.wait_for(third.wait(), HANG_GUARD)
+    handle()
+    await asyncio.wait_for(handle.wait(), HANG_GUARD)
     assert cancelled == [True]
     timeouts = [e for e in w.errors if isinstance(e, bk.SignalTimeoutError)]
     assert len(timeouts) == 1 and "CC_MAX_SIGNAL_GENERATION_SECONDS=0.05" in str(timeouts[0])
     assert w.actions()[0] == "idle"  # the overrun tick ended idle, and later ticks ran
-    assert [symbol for symbol, _ in w.calls[:3]] == [SYMBOL] * 3
+    first, second = w.calls[0][1], w.calls[1][1]
+    assert second - first == TTL  # time stood still while the call hung: the next tick is one period on
     assert not handle.task.cancelled() and handle.task.cancelling() == 0
     assert not _WATCHDOGS[asyncio.get_running_loop()].running
 
@@ -67,9 +70,12 @@ async def test_get_signal_swallowing_the_cancel_is_no_error_and_leaves_the_task_
     never = asyncio.Event()
     seen_cancelling: list[int] = []
     calls = [0]
+    second = asyncio.Event()
 
     async def get_signal(symbol: str, when: datetime) -> None:
         calls[0] += 1
+        if calls[0] == 2:
+            second.set()
         task = asyncio.current_task()
         assert task is not None
         seen_cancelling.append(task.cancelling())
@@ -79,11 +85,10 @@ async def test_get_signal_swallowing_the_cancel_is_no_error_and_leaves_the_task_
         return None
 
     w = make_world(tmp_path, get_signal, CC_MAX_SIGNAL_GENERATION_SECONDS=0.05)
-    with driving(w.clock):
-        handle = w.start()
-        await asyncio.wait_for(w.until(lambda: calls[0] >= 2), HANG_GUARD)
-        handle()
-        await w.finish(handle)
+    handle = w.start()
+    await asyncio.wait_for(second.wait(), HANG_GUARD)
+    handle()
+    await asyncio.wait_for(handle.wait(), HANG_GUARD)
     assert seen_cancelling[:2] == [0, 0]
     assert not [e for e in w.errors if isinstance(e, bk.SignalTimeoutError)]
 
@@ -294,3 +299,56 @@ async def test_sync_listener_after_an_async_one_raising_is_reported_and_delivery
     bus.subscribe("signal", got.append)
     await bus.emit("signal", 7)
     assert got == [7] and [str(e) for e in errors] == ["boom 7"]
+
+
+# ------------------------------------------------------------------------------------------- uvloop
+def test_cli_runs_on_uvloop_when_installed() -> None:
+    uvloop = pytest.importorskip("uvloop")  # the `fast` extra; CI installs it
+    from backtest_kit.cli.app import _run
+
+    async def which() -> int:
+        return int(isinstance(asyncio.get_running_loop(), uvloop.Loop))
+
+    assert _run(which()) == 1
+
+
+def test_live_pairs_tick_and_time_out_on_uvloop(tmp_path: Path) -> None:
+    """The tick wheel and the get_signal watchdog only use portable loop APIs: on uvloop a stuck call
+    is cut and reported, the pair ticks on, and a stop ends it."""
+    uvloop = pytest.importorskip("uvloop")
+    clock = bk.SystemClock()
+
+    async def scenario() -> None:
+        engine = bk.Engine(clock=clock, persist_dir=tmp_path / "data", dump_dir=tmp_path / "dump")
+        engine.set_config({"CC_TICK_TTL_MS": 1, "CC_MAX_SIGNAL_GENERATION_SECONDS": 0.05}, unsafe=True)
+        now = clock.now_ms() - clock.now_ms() % 60_000
+        candles = [(now + (i - 120) * 60_000, 100.0, 100.1, 99.9, 100.0, 1.0) for i in range(180)]
+        source = bk.MemoryCandles({SYMBOL: candles})
+        engine.add_exchange(exchange_name="mem", get_candles=bk.ReplayExchange(source, clock))
+        errors: list[BaseException] = []
+        engine.listen_error(errors.append)
+        calls = [0]
+        ticks = [0]
+        enough = asyncio.Event()
+
+        async def get_signal(symbol: str, when: datetime) -> None:
+            calls[0] += 1
+            if calls[0] == 1:
+                await asyncio.Event().wait()
+
+        def on_tick(result: bk.TickResult) -> None:
+            ticks[0] += 1
+            if ticks[0] >= 3:
+                enough.set()
+
+        engine.add_strategy(strategy_name="s", interval="1m", get_signal=get_signal)
+        engine.listen_signal_live(on_tick)
+        handle = engine.live.background(SYMBOL, strategy_name="s", exchange_name="mem")
+        await asyncio.wait_for(enough.wait(), HANG_GUARD)
+        handle()
+        await asyncio.wait_for(handle.wait(), HANG_GUARD)
+        await engine.close()
+        assert [type(e) for e in errors] == [bk.SignalTimeoutError]
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(scenario())
