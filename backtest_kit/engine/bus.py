@@ -16,7 +16,9 @@ Delivery contract ([public API](../../docs/design/public-api.md#delivery-contrac
   `ListenerTimeoutError` naming the listener and channel; delivery goes on with the next listener.
 
 The hot path is synchronous: when every listener of a channel is a plain function, `publish` calls
-them and returns None without creating a coroutine; only async listeners cost an await. Subscribing
+them and returns None without creating a coroutine; only async listeners cost an await, and a plain
+function after an async listener is still called directly (its call cannot overlap with its previous
+one, so it needs no turn). Subscribing
 and unsubscribing are O(1): the per-channel snapshot that `publish` iterates is rebuilt lazily, once,
 by the first publish after a change.
 

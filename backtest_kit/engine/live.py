@@ -6,6 +6,11 @@ signals at once, drops a waiting limit signal as `cancelled`, keeps monitoring a
 close, then ends; `done_live` fires exactly once for a background run. The inter-tick sleep runs on the
 engine clock and is woken by a stop, so a stopped idle run ends promptly, and a `VirtualClock` makes
 days of ticks take milliseconds.
+
+Cost per tick matters at thousands of pairs: on the `SystemClock` the inter-tick wait is a plain
+future resolved by `SystemClock.timer` (one loop timer per millisecond bucket shared by all pairs,
+no task per tick), and the get_signal timeout is one watchdog per loop (`strategy._SignalWatchdog`),
+not an `asyncio.timeout` per call.
 """
 
 from __future__ import annotations
