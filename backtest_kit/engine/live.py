@@ -6,6 +6,11 @@ signals at once, drops a waiting limit signal as `cancelled`, keeps monitoring a
 close, then ends; `done_live` fires exactly once for a background run. The inter-tick sleep runs on the
 engine clock and is woken by a stop, so a stopped idle run ends promptly, and a `VirtualClock` makes
 days of ticks take milliseconds.
+
+Cost per tick matters at thousands of pairs: on the `SystemClock` the inter-tick wait is a plain
+future resolved by `SystemClock.timer` (one loop timer per millisecond bucket shared by all pairs,
+no task per tick), and the get_signal timeout is one watchdog per loop (`strategy._SignalWatchdog`),
+not an `asyncio.timeout` per call.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from contextlib import ExitStack, contextmanager
 from typing import TYPE_CHECKING, Protocol
 
 from .channels import DONE_LIVE, PERFORMANCE, SIGNAL, SIGNAL_LIVE
+from .clock import SystemClock
 from .models import PerformanceEvent, TickResult
 from .ports import Services
 from .runner import CancelHandle, RunHooks, RunnerBase, RunRecord, RunStores
@@ -188,17 +194,29 @@ class LiveRunner(RunnerBase[TickResult]):
         if wake.is_set():
             wake.clear()
             return
-        # One helper task per tick (the hot path of many pairs): a stop cancels it (RunRecord.request_stop).
-        sleeper = asyncio.ensure_future(self.engine.clock.sleep(seconds))
-        record.sleeper = sleeper
+        clock = self.engine.clock
+        # the fast path for the wall clock, unless a subclass overrides its sleep and not its timer
+        if isinstance(clock, SystemClock) and (
+            type(clock).sleep is SystemClock.sleep or type(clock).timer is not SystemClock.timer
+        ):
+            sleeper = clock.timer(seconds)  # no task per tick: a future resolved by a shared bucket timer
+        else:
+            # Any other clock, VirtualClock included: a helper task running its sleep, which a stop
+            # cancels. On a VirtualClock the helper registers its sleep one loop step later than the
+            # pair would, and code reacting to a pair's event (a test stopping the run on a close)
+            # relies on that step before time jumps: kept as it was.
+            sleeper = asyncio.ensure_future(clock.sleep(seconds))
+        record.sleeper = sleeper  # a stop cancels it (RunRecord.request_stop)
         try:
-            await sleeper  # a broken clock's error propagates: the run fails instead of spinning
+            await sleeper  # a broken clock's error propagates
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if not (sleeper.cancelled() and wake.is_set()) or (task is not None and task.cancelling()):
                 raise  # our own task is being cancelled, not woken
         finally:
             record.sleeper = None
+            if not sleeper.done():
+                sleeper.cancel()
         wake.clear()
 
     async def _perf(self, started: float, previous: float | None, record: RunRecord) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import uuid
+import weakref
 from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -57,6 +58,75 @@ from .registry import StrategySchema
 from .validation import validate_signal
 
 __all__ = ["RunEnv", "StrategyInstance"]
+
+
+class _Deadline:
+    """One running `get_signal` call under the watchdog: its task, its wall-clock deadline, and
+    whether the watchdog cancelled it (so its CancelledError becomes a SignalTimeoutError)."""
+
+    __slots__ = ("at", "cancelling", "expired", "task")
+
+    def __init__(self, task: asyncio.Task[Any], at: float) -> None:
+        self.task = task
+        self.at = at
+        self.cancelling = task.cancelling()
+        self.expired = False
+
+
+class _SignalWatchdog:
+    """One wall-clock timer per event loop bounding every running `get_signal` call.
+
+    Why not `asyncio.timeout` per call: that costs a Timeout object, a timer handle pushed on the
+    loop's heap and a reschedule on every tick of every pair, ~35 µs of a ~95 µs live tick. Here a
+    call costs a dict insert and delete; the single timer handle fires only at the earliest deadline
+    of the calls running then (with one timeout for all calls, at most once per timeout period), and
+    cancels the calls that overran the way `asyncio.timeout` would: `task.cancel()`, then
+    `uncancel()` when the call exits so an outer cancellation is never mistaken for a timeout.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.running: dict[_Deadline, None] = {}
+        self.handle: asyncio.TimerHandle | None = None
+
+    def enter(self, task: asyncio.Task[Any], seconds: float) -> _Deadline:
+        at = self.loop.time() + seconds
+        entry = _Deadline(task, at)
+        self.running[entry] = None
+        handle = self.handle
+        if handle is None or handle.when() > at:
+            if handle is not None:
+                handle.cancel()
+            self.handle = self.loop.call_at(at, self._fire)
+        return entry
+
+    def leave(self, entry: _Deadline) -> None:
+        self.running.pop(entry, None)  # the timer stays armed: it re-arms (or stops) when it fires
+
+    def _fire(self) -> None:
+        self.handle = None
+        now = self.loop.time()
+        earliest: float | None = None
+        for entry in list(self.running):
+            if entry.at <= now:
+                del self.running[entry]
+                entry.expired = True
+                entry.task.cancel()
+            elif earliest is None or entry.at < earliest:
+                earliest = entry.at
+        if earliest is not None:
+            self.handle = self.loop.call_at(earliest, self._fire)
+
+
+_WATCHDOGS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _SignalWatchdog] = weakref.WeakKeyDictionary()
+
+
+def _watchdog() -> _SignalWatchdog:
+    loop = asyncio.get_running_loop()
+    watchdog = _WATCHDOGS.get(loop)
+    if watchdog is None:
+        watchdog = _WATCHDOGS[loop] = _SignalWatchdog(loop)
+    return watchdog
 
 _replace = msgspec.structs.replace
 
@@ -283,14 +353,25 @@ class StrategyInstance:
         try:
             if self._get_signal_is_async:
                 timeout = self.env.config().CC_MAX_SIGNAL_GENERATION_SECONDS
+                task = asyncio.current_task()
+                assert task is not None
+                watchdog = _watchdog()
+                deadline = watchdog.enter(task, timeout)
                 try:
-                    async with asyncio.timeout(timeout):
-                        return await self.schema.get_signal(self.symbol, when)
-                except TimeoutError:
-                    raise SignalTimeoutError(
-                        f"get_signal of strategy {self.strategy_name!r} for {self.symbol} took longer than "
-                        f"CC_MAX_SIGNAL_GENERATION_SECONDS={timeout} and was cancelled"
-                    ) from None
+                    return await self.schema.get_signal(self.symbol, when)
+                except asyncio.CancelledError:
+                    if deadline.expired and task.uncancel() <= deadline.cancelling:
+                        deadline.expired = False  # uncancelled: the finally must not do it again
+                        raise SignalTimeoutError(
+                            f"get_signal of strategy {self.strategy_name!r} for {self.symbol} took longer than "
+                            f"CC_MAX_SIGNAL_GENERATION_SECONDS={timeout} and was cancelled"
+                        ) from None
+                    deadline.expired = False
+                    raise
+                finally:
+                    watchdog.leave(deadline)
+                    if deadline.expired:  # the call swallowed the watchdog's cancel: take it back
+                        task.uncancel()
             result = self.schema.get_signal(self.symbol, when)
             if inspect.isawaitable(result):
                 result = await result
