@@ -230,3 +230,30 @@ async def test_close_with_timeout_cancels_a_run_that_cannot_finish(tmp_path: Pat
     assert handle.task.done()
     assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
     assert (await engine.live.list())[0].status == "done"
+
+
+async def test_a_backtest_over_memory_data_leaves_the_loop_to_other_tasks(tmp_path: Path) -> None:
+    """A backtest whose source never suspends still gives the event loop a turn every 1024 frames:
+    another task of the app runs, and a cancel() issued from it ends the run long before its last
+    frame (before, the whole frame ran first)."""
+    engine = bk.Engine(persist_dir=tmp_path / "data", dump_dir=tmp_path / "dump")
+    source = bk.CsvCandles(bk.bundled_sample_path())
+    symbol = source.symbols[0]
+    first, last = source.first_timestamp(symbol), source.last_timestamp(symbol)
+    engine.add_exchange(exchange_name="csv", get_candles=source)
+    engine.add_strategy(strategy_name="idle", interval="1m", get_signal=lambda symbol, when: None)
+    engine.add_frame(frame_name="week", interval="1m", start_date=datetime.fromtimestamp(first / 1000, UTC),
+                     end_date=datetime.fromtimestamp(last / 1000, UTC))
+    seen: list[bk.ProgressEvent] = []
+    engine.listen_progress(seen.append)
+    handle = engine.backtest.background(symbol, strategy_name="idle", exchange_name="csv", frame_name="week")
+    await asyncio.sleep(0)  # the run starts
+    while not seen:
+        await asyncio.sleep(0)
+    processed_when_we_ran = seen[-1].processed_frames
+    handle()
+    await handle.wait()
+    total = seen[-1].total_frames
+    assert total > 5000
+    assert processed_when_we_ran < 2048  # this task ran within the first turns of the loop
+    assert max(e.processed_frames for e in seen[:-1]) < total // 2  # the cancel took effect early

@@ -7,6 +7,7 @@ listens; frames are computed arithmetically, so memory does not grow with the nu
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Protocol
@@ -25,6 +26,9 @@ from .models import (
 )
 from .ports import Services
 from .runner import CancelHandle, RunHooks, RunnerBase, RunRecord, RunStores
+
+# Frames between two turns given to the event loop (a power of two less one, tested with an AND).
+_YIELD_MASK = 1023
 
 if TYPE_CHECKING:
     from .strategy import StrategyInstance
@@ -106,7 +110,14 @@ class BacktestRunner(RunnerBase[FinishedResult]):
         last_perf: float | None = None
         result: TickResult | None = None
         i = 0
+        frames_run = 0
         while i < total:
+            frames_run += 1
+            if not frames_run & _YIELD_MASK:
+                # A backtest over an in-memory source never suspends by itself: give the event loop a
+                # turn now and then, so cancel(), a Ctrl-C handler and the embedding app's other
+                # tasks are not starved until the last frame (cost: one AND per frame).
+                await asyncio.sleep(0)
             if bus.has_listeners(PROGRESS):
                 await bus.emit(PROGRESS, ProgressEvent(**names, total_frames=total, processed_frames=i,
                                                          progress=i / total))
