@@ -1,0 +1,77 @@
+"""The unit of research work: one whole backtest, described so that another process can run it.
+
+Walker, Sweep and the executors (`backtest_kit.research`) all speak this contract, so the same job
+gives the same `Statistics` whether it runs in this process, in a local process pool or on a Ray
+cluster. A job carries the *schemas* themselves (not names of a registry), because a worker process
+has no registry of its own: everything it needs travels with the job and must therefore pickle.
+Callables pickle by reference, so `get_signal`, `get_candles` and strategy factories must be
+module-level functions (or picklable objects such as `CsvCandles`) when a job leaves the process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..engine.registry import ExchangeSchema, FrameSchema, RiskSchema, SizingSchema, StrategySchema
+from ..reports.stats import Statistics
+
+__all__ = ["BacktestJob", "Executor", "JobResult"]
+
+
+@dataclass(frozen=True)
+class BacktestJob:
+    """One backtest of `strategy` on `symbol` over `frame`, with its exchange and optional risk/sizing.
+
+    `job_id` is unique within one submission and stable across executors (results are matched and
+    ordered by it, never by completion order). `params` are the sweep parameters that built the
+    strategy (empty for a Walker job); they travel back unchanged in the `JobResult`.
+    """
+
+    job_id: str
+    symbol: str
+    strategy: StrategySchema
+    exchange: ExchangeSchema
+    frame: FrameSchema
+    risks: tuple[RiskSchema, ...] = ()
+    sizing: SizingSchema | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a job gave: its statistics, or the error that stopped it (type, message and traceback text).
+
+    Exactly one of `stats` and `error` is set. `error` is text, not the exception object, because an
+    exception raised in a worker need not pickle back (and may carry secrets; the text is redacted).
+    """
+
+    job_id: str
+    symbol: str
+    strategy_name: str
+    frame_name: str
+    params: Mapping[str, Any]
+    stats: Statistics | None = None
+    error: str | None = None
+    elapsed_seconds: float = 0.0
+    worker: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Executor(Protocol):
+    """Runs backtest jobs somewhere; yields one `JobResult` per job, in completion order.
+
+    A job that raises yields a result with `error` set and never stops the others. Closing the
+    iterator early (Ctrl-C, `stop`) cancels the jobs not yet started and keeps what finished.
+    """
+
+    name: str
+
+    def run(self, jobs: Sequence[BacktestJob]) -> AsyncIterator[JobResult]: ...
+
+    async def aclose(self) -> None: ...
