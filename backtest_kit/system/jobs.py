@@ -10,14 +10,19 @@ module-level functions (or picklable objects such as `CsvCandles`) when a job le
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
+from ..engine.config import Config
 from ..engine.registry import ExchangeSchema, FrameSchema, RiskSchema, SizingSchema, StrategySchema
 from ..reports.stats import Statistics
 
-__all__ = ["BacktestJob", "Executor", "JobResult"]
+__all__ = ["MAX_JOB_WARNINGS", "BacktestJob", "Executor", "JobResult"]
+
+MAX_JOB_WARNINGS: Final = 10
+"""Errors the engine reported during one job (a tick whose get_signal raised, a bad candle) are kept
+as warning texts up to this many; the job still counts as run, as a `Backtest.run` would."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +42,13 @@ class BacktestJob:
     risks: tuple[RiskSchema, ...] = ()
     sizing: SizingSchema | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
-    config: Mapping[str, Any] = field(default_factory=dict)
+    config: Config | Mapping[str, Any] | None = None
+    """The submitting engine's whole `Config` (so a worker computes exactly what this process would),
+    or overrides of the defaults."""
+    strategy_factory: Callable[..., Any] | None = None
+    """When set (a Sweep job), the worker builds `get_signal = strategy_factory(**params)` and uses it
+    instead of `strategy.get_signal`: a closure built by a factory does not pickle, the factory does.
+    A factory that raises fails the job, naming the parameters."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,7 @@ class JobResult:
     error: str | None = None
     elapsed_seconds: float = 0.0
     worker: str = ""
+    warnings: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -75,3 +87,4 @@ class Executor(Protocol):
     def run(self, jobs: Sequence[BacktestJob]) -> AsyncIterator[JobResult]: ...
 
     async def aclose(self) -> None: ...
+

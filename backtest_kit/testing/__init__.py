@@ -26,9 +26,10 @@ from typing import Any, Final
 
 from ..engine.clock import Clock, VirtualClock
 from ..engine.persist import PersistBackend
+from ..reports.stats import Statistics
 from ..system.engine import Engine
 
-__all__ = ["REFERENCE_CONFIG", "MemoryPersist", "VirtualClock", "make_engine"]
+__all__ = ["REFERENCE_CONFIG", "MemoryPersist", "VirtualClock", "comparable_statistics", "make_engine"]
 
 REFERENCE_CONFIG: Final[dict[str, Any]] = {
     "CC_PERCENT_SLIPPAGE": 0.1,
@@ -118,3 +119,21 @@ def make_engine(
     elif directory is None:
         engine.use_persist(MemoryPersist(record=False))
     return engine
+
+
+def comparable_statistics(stats: Statistics) -> Any:
+    """`stats` as builtins with every signal id blanked, for comparing two runs of the same backtest.
+
+    Signal ids are random UUIDs (as in the reference), so two runs of one strategy on one frame differ
+    only there; every figure, trade, price and timestamp must be equal.
+    """
+    import msgspec
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: ("<id>" if k in ("id", "signal_id") and v is not None else scrub(v)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        return value
+
+    return scrub(msgspec.to_builtins(stats))
