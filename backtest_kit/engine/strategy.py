@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
+import types
 import uuid
 import weakref
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -352,32 +354,46 @@ class StrategyInstance:
         token = context.enter(self._context(now_ms))
         try:
             if self._get_signal_is_async:
-                timeout = self.env.config().CC_MAX_SIGNAL_GENERATION_SECONDS
-                task = asyncio.current_task()
-                assert task is not None
-                watchdog = _watchdog()
-                deadline = watchdog.enter(task, timeout)
+                # The first step runs by hand: a call that returns without suspending (a throttled or
+                # cached strategy, a backtest over an in-memory source: nearly every call) gives the
+                # loop no turn, so no timer could have cut it, and it skips the watchdog entirely.
+                started = time.monotonic()
+                coro = self.schema.get_signal(self.symbol, when)
                 try:
-                    return await self.schema.get_signal(self.symbol, when)
-                except asyncio.CancelledError:
-                    if deadline.expired and task.uncancel() <= deadline.cancelling:
-                        deadline.expired = False  # uncancelled: the finally must not do it again
-                        raise SignalTimeoutError(
-                            f"get_signal of strategy {self.strategy_name!r} for {self.symbol} took longer than "
-                            f"CC_MAX_SIGNAL_GENERATION_SECONDS={timeout} and was cancelled"
-                        ) from None
-                    deadline.expired = False
-                    raise
-                finally:
-                    watchdog.leave(deadline)
-                    if deadline.expired:  # the call swallowed the watchdog's cancel: take it back
-                        task.uncancel()
+                    step = coro.send(None)
+                except StopIteration as stop:
+                    return stop.value
+                return await self._finish_get_signal(coro, step, started)
             result = self.schema.get_signal(self.symbol, when)
             if inspect.isawaitable(result):
                 result = await result
             return result
         finally:
             context.leave(token)
+
+    async def _finish_get_signal(self, coro: Any, step: Any, started: float) -> Any:
+        """The rest of a `get_signal` call that suspended, under the watchdog: its deadline counts from
+        the call's start (`started`, `time.monotonic`), as if it had been armed before the first step."""
+        timeout = self.env.config().CC_MAX_SIGNAL_GENERATION_SECONDS
+        task = asyncio.current_task()
+        assert task is not None
+        watchdog = _watchdog()
+        deadline = watchdog.enter(task, timeout - (time.monotonic() - started))
+        try:
+            return await _resume(coro, step)
+        except asyncio.CancelledError:
+            if deadline.expired and task.uncancel() <= deadline.cancelling:
+                deadline.expired = False  # uncancelled: the finally must not do it again
+                raise SignalTimeoutError(
+                    f"get_signal of strategy {self.strategy_name!r} for {self.symbol} took longer than "
+                    f"CC_MAX_SIGNAL_GENERATION_SECONDS={timeout} and was cancelled"
+                ) from None
+            deadline.expired = False
+            raise
+        finally:
+            watchdog.leave(deadline)
+            if deadline.expired:  # the call swallowed the watchdog's cancel: take it back
+                task.uncancel()
 
     async def _generate(self, price: float, now_ms: int) -> TickResult | None:
         """Ask for a signal; any failure is reported and the tick ends idle
@@ -661,6 +677,29 @@ class StrategyInstance:
             percent_tp, percent_sl = progress_of(row, price)
             if percent_tp or percent_sl:
                 await self._progress(row, price, percent_tp, percent_sl, c.timestamp + MINUTE_MS)
+
+
+@types.coroutine
+def _resume(coro: Any, yielded: Any) -> Generator[Any, Any, Any]:
+    """Await the rest of coroutine `coro` whose first step was run by hand and yielded `yielded`:
+    what `yield from coro` does after its first step (values sent and exceptions thrown in by the
+    task go to `coro`, its return value is ours)."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # the task's cancel (or any throw) goes to the call
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 def _timestamp(candle: Candle) -> int:
