@@ -337,6 +337,33 @@ class StrategyInstance:
                 return opened
         return await self._idle(price, now_ms)
 
+    def quiet_until(self, now_ms: int) -> int | None:
+        """Backtest only: when every tick from `now_ms` up to (not including) the returned time would
+        provably do nothing but return an idle result, that time (the throttle's next slot); else None.
+
+        What an idle tick does (lifecycle §4, §4.7): read the price (which may fail and report an
+        error), maybe call `get_signal` (throttle), call `on_idle` and `on_tick`, return `idle`. Here
+        none of it can happen: no position or limit signal, not stopped, no snapshot to restore or set
+        aside, the throttle closed until `last_signal_ms + interval`, no `on_idle`/`on_tick`, and a
+        price read that cannot fail or be seen: a synchronous source with `prices_persist` (a pure
+        read that keeps answering) that answered at `last_signal_ms`, since a tick reads the price
+        before its throttle check. The runner adds what only it knows (no listener for the results).
+        """
+        last = self.last_signal_ms
+        if (
+            last is None or not self.backtest or self.pending is not None or self.scheduled is not None
+            or self.stopped or self._hold or not self.restored or self.store is not None
+        ):
+            return None
+        cb = self.callbacks
+        if cb.on_idle is not None or cb.on_tick is not None:
+            return None
+        source = self.exchange.sync_source
+        if source is None or getattr(source, "prices_persist", False) is not True:
+            return None
+        resume = last + self.interval_ms
+        return resume if resume > now_ms else None
+
     async def _idle(self, price: float, now_ms: int) -> IdleResult:
         cb = self.callbacks
         if cb.on_idle is not None:
