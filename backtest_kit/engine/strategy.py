@@ -341,8 +341,9 @@ class StrategyInstance:
         """Backtest only: when every tick from `now_ms` up to (not including) the returned time would
         provably do nothing but return an idle result, that time (the throttle's next slot); else None.
 
-        What an idle tick does (lifecycle §4, §4.7): read the price (which may fail and report an
-        error), maybe call `get_signal` (throttle), call `on_idle` and `on_tick`, return `idle`. Here
+        What an idle tick does ([lifecycle §4.7](../../docs/design/lifecycle.md#47-idle-procedure)):
+        read the price (which may fail and report an error), maybe call `get_signal` (throttle), call
+        `on_idle` and `on_tick`, return `idle`. Here
         none of it can happen: no position or limit signal, not stopped, no snapshot to restore or set
         aside, the throttle closed until `last_signal_ms + interval`, no `on_idle`/`on_tick`, and a
         price read that cannot fail or be seen: a synchronous source with `prices_persist` (a pure
