@@ -26,8 +26,8 @@ notional), so a few trades close differently; the script prints how many trades 
 reference trades (``../shared/peer/results/*.signals.jsonl``) by open time, close time and reason,
 and whether the difference is fully explained by the close rule (this engine's rule is documented in
 [lifecycle §7.2](../docs/design/lifecycle.md#72-close-checks) and
-[§9.3](../docs/design/lifecycle.md#93-fast-forward-of-a-pending-signal)): it is when the same entries replayed in plain Python under
-each rule give each side's trades one for one. Because the strategy is registered at "1m", every frame
+[§9.3](../docs/design/lifecycle.md#93-fast-forward-of-a-pending-signal)): it is when the same entries
+replayed in plain Python under each rule give each side's trades one for one. Because the strategy is registered at "1m", every frame
 without a position calls ``get_signal``, so the engine's skip of quiet frames (frames between
 throttle slots, ``StrategyInstance.quiet_until``) never applies to this workload.
 
@@ -362,7 +362,8 @@ def bench_file(label: str, path: Path, peer: Path | None, results: Path, rounds:
                    & {(t["open_ts"], t["close_ts"], t["close_reason"]) for t in peer_trades})
         if explained:
             print(f"    => the trade difference ({len(ours)} vs {len(peer_trades)} trades, {same} identical) is "
-                  "fully explained by the close rule, a documented decision (the design's lifecycle.md, sections 7.2 and 9.3: "
+                  "fully explained by the close rule, a documented decision (the design's lifecycle.md, "
+                  "sections 7.2 and 9.3: "
                   "the fast-forward takes profit on the candle's high/low and TP wins a same-candle tie, as in "
                   "the 1.5 reference; 19.5.0 takes profit only on the 5-candle VWAP and lets SL win ties, "
                   "../shared/peer/README.md): the same entries replayed under each rule give each side's "
