@@ -27,9 +27,9 @@ reference trades (``../shared/peer/results/*.signals.jsonl``) by open time, clos
 and whether the difference is fully explained by the close rule (this engine's rule is documented in
 [lifecycle §7.2](../docs/design/lifecycle.md#72-close-checks) and
 [§9.3](../docs/design/lifecycle.md#93-fast-forward-of-a-pending-signal)): it is when the same entries
-replayed in plain Python under each rule give each side's trades one for one. Because the strategy is registered at "1m", every frame
-without a position calls ``get_signal``, so the engine's skip of quiet frames (frames between
-throttle slots, ``StrategyInstance.quiet_until``) never applies to this workload.
+replayed in plain Python under each rule give each side's trades one for one. Because the strategy
+is registered at "1m", every frame without a position calls ``get_signal``, so the engine's skip of
+quiet frames (frames between throttle slots, ``StrategyInstance.quiet_until``) never applies here.
 
 The peer: when ``node`` is on PATH, ``../shared/peer`` (read-only) is copied to
 ``$TMPDIR/bk-peer-<hash of package-lock.json>`` and ``npm ci`` runs there once (the folder is
