@@ -98,6 +98,10 @@ class MemoryCandles:
     field and the value, because the engine will not look at these candles again.
     """
 
+    prices_persist = True
+    """`average_price` is a pure read of memory and answers at every time after the symbol's first
+    closed candle (gaps included): lets a backtest skip idle frames nobody observes (`engine/sources.py`)."""
+
     def __init__(self, candles: Mapping[str, CandleInput], *, anomaly_factor: float | None = _FACTOR) -> None:
         self._init_storage(anomaly_factor)
         if not isinstance(candles, Mapping):

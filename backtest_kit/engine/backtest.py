@@ -2,7 +2,8 @@
 
 Hot path notes: the loop publishes through `bus.publish`, which returns None (no await) when every
 listener is a plain function; progress and performance events are only built when someone
-listens; frames are computed arithmetically, so memory does not grow with the number of frames.
+listens; frames are computed arithmetically, so memory does not grow with the number of frames; frames
+whose tick could only return an idle result nobody sees are skipped (`StrategyInstance.quiet_until`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ __all__ = ["BacktestRunner", "BacktestSink"]
 class BacktestSink(Protocol):
     """The statistics store a backtest run feeds (`reports.mode_stats.BacktestStats`)."""
 
-    def add(self, result: TickResult) -> None: ...
+    def add(self, result: TickResult) -> None:
+        """A tick or fast-forward result; idle results of frames the loop skipped are not given."""
 
     def set_open(self, signal: SignalRow | None, price: float) -> None:
         """The frames ended with `signal` still open at `price` (None: flat)."""
@@ -124,8 +126,20 @@ class BacktestRunner(RunnerBase[FinishedResult]):
             if instance.stopped and not instance.has_signal:
                 break
             timed = bus.has_listeners(PERFORMANCE)
-            frame_started = time.perf_counter() if timed else 0.0
             when = start + i * step
+            if instance.pending is None and instance.scheduled is None and not timed:
+                # Frames whose tick would only return an idle result that no listener, callback or
+                # statistic sees are skipped up to the throttle's next slot (`quiet_until` says why
+                # nothing else can happen); the last frame always ticks, its price ends the run.
+                quiet = instance.quiet_until(when)
+                if quiet is not None and not (
+                    bus.has_listeners(SIGNAL_BACKTEST) or bus.has_listeners(SIGNAL) or bus.has_listeners(PROGRESS)
+                ):
+                    target = min(-((start - quiet) // step), total - 1)  # first frame at or after `quiet`
+                    if target > i:
+                        i = target
+                        continue
+            frame_started = time.perf_counter() if timed else 0.0
             try:
                 result = await instance.tick(when)
             except Exception as exc:

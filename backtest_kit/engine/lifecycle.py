@@ -155,19 +155,33 @@ def scan_pending(
     expiry = expires_at(row)
     tp, sl = row.price_take_profit, row.price_stop_loss
     long = row.position == "long"
-    for i in range(start, len(candles)):
-        c = candles[i]
+    first = start
+    if same_candle_open and start < len(candles):  # the activation candle: expiry and TP only
+        c = candles[start]
         if c.timestamp >= expiry:
-            return Outcome("closed", c.timestamp, window_vwap(candles, i, vwap_count), "time_expired")
-        if long:
+            return Outcome("closed", c.timestamp, window_vwap(candles, start, vwap_count), "time_expired")
+        if (c.high >= tp) if long else (c.low <= tp):
+            return Outcome("closed", c.timestamp, tp, "take_profit")
+        first = start + 1
+    # The hot loop of a backtest (every minute of every position): one branch per side, so a candle
+    # costs three comparisons and no per-candle test of the side or of the activation candle.
+    if long:
+        for i in range(first, len(candles)):
+            c = candles[i]
+            if c.timestamp >= expiry:
+                return Outcome("closed", c.timestamp, window_vwap(candles, i, vwap_count), "time_expired")
             if c.high >= tp:
                 return Outcome("closed", c.timestamp, tp, "take_profit")
-            if c.low <= sl and not (same_candle_open and i == start):
+            if c.low <= sl:
                 return Outcome("closed", c.timestamp, sl, "stop_loss")
-        else:
+    else:
+        for i in range(first, len(candles)):
+            c = candles[i]
+            if c.timestamp >= expiry:
+                return Outcome("closed", c.timestamp, window_vwap(candles, i, vwap_count), "time_expired")
             if c.low <= tp:
                 return Outcome("closed", c.timestamp, tp, "take_profit")
-            if c.high >= sl and not (same_candle_open and i == start):
+            if c.high >= sl:
                 return Outcome("closed", c.timestamp, sl, "stop_loss")
     return Outcome("open")
 

@@ -4,6 +4,13 @@ Any async `get_candles(symbol, interval, since, limit)` works. A source that als
 `SyncCandleSource` (the in-memory and CSV adapters do) lets the engine read candles and the average
 price without an await and without re-validating candles it already validated at load time: this
 is what makes a backtest over a local file run at hundreds of thousands of frames per second.
+
+A sync source may also set a class attribute `prices_persist = True` (`MemoryCandles` and
+`CsvCandles` do): a promise that `average_price` is a pure read and, once it answered for a symbol at
+a time `t`, answers (not None) at every later time. Then a backtest tick with no position, a closed
+signal throttle, no `on_idle`/`on_tick` callback and no listener for its result provably only
+returns an idle result nobody sees, and the backtest loop skips such frames
+(`StrategyInstance.quiet_until`).
 """
 
 from __future__ import annotations

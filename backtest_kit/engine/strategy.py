@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
+import types
 import uuid
 import weakref
 from bisect import bisect_left
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -335,6 +337,34 @@ class StrategyInstance:
                 return opened
         return await self._idle(price, now_ms)
 
+    def quiet_until(self, now_ms: int) -> int | None:
+        """Backtest only: when every tick from `now_ms` up to (not including) the returned time would
+        provably do nothing but return an idle result, that time (the throttle's next slot); else None.
+
+        What an idle tick does ([lifecycle §4.7](../../docs/design/lifecycle.md#47-idle-procedure)):
+        read the price (which may fail and report an error), maybe call `get_signal` (throttle), call
+        `on_idle` and `on_tick`, return `idle`. Here
+        none of it can happen: no position or limit signal, not stopped, no snapshot to restore or set
+        aside, the throttle closed until `last_signal_ms + interval`, no `on_idle`/`on_tick`, and a
+        price read that cannot fail or be seen: a synchronous source with `prices_persist` (a pure
+        read that keeps answering) that answered at `last_signal_ms`, since a tick reads the price
+        before its throttle check. The runner adds what only it knows (no listener for the results).
+        """
+        last = self.last_signal_ms
+        if (
+            last is None or not self.backtest or self.pending is not None or self.scheduled is not None
+            or self.stopped or self._hold or not self.restored or self.store is not None
+        ):
+            return None
+        cb = self.callbacks
+        if cb.on_idle is not None or cb.on_tick is not None:
+            return None
+        source = self.exchange.sync_source
+        if source is None or getattr(source, "prices_persist", False) is not True:
+            return None
+        resume = last + self.interval_ms
+        return resume if resume > now_ms else None
+
     async def _idle(self, price: float, now_ms: int) -> IdleResult:
         cb = self.callbacks
         if cb.on_idle is not None:
@@ -352,32 +382,46 @@ class StrategyInstance:
         token = context.enter(self._context(now_ms))
         try:
             if self._get_signal_is_async:
-                timeout = self.env.config().CC_MAX_SIGNAL_GENERATION_SECONDS
-                task = asyncio.current_task()
-                assert task is not None
-                watchdog = _watchdog()
-                deadline = watchdog.enter(task, timeout)
+                # The first step runs by hand: a call that returns without suspending (a throttled or
+                # cached strategy, a backtest over an in-memory source: nearly every call) gives the
+                # loop no turn, so no timer could have cut it, and it skips the watchdog entirely.
+                started = time.monotonic()
+                coro = self.schema.get_signal(self.symbol, when)
                 try:
-                    return await self.schema.get_signal(self.symbol, when)
-                except asyncio.CancelledError:
-                    if deadline.expired and task.uncancel() <= deadline.cancelling:
-                        deadline.expired = False  # uncancelled: the finally must not do it again
-                        raise SignalTimeoutError(
-                            f"get_signal of strategy {self.strategy_name!r} for {self.symbol} took longer than "
-                            f"CC_MAX_SIGNAL_GENERATION_SECONDS={timeout} and was cancelled"
-                        ) from None
-                    deadline.expired = False
-                    raise
-                finally:
-                    watchdog.leave(deadline)
-                    if deadline.expired:  # the call swallowed the watchdog's cancel: take it back
-                        task.uncancel()
+                    step = coro.send(None)
+                except StopIteration as stop:
+                    return stop.value
+                return await self._finish_get_signal(coro, step, started)
             result = self.schema.get_signal(self.symbol, when)
             if inspect.isawaitable(result):
                 result = await result
             return result
         finally:
             context.leave(token)
+
+    async def _finish_get_signal(self, coro: Any, step: Any, started: float) -> Any:
+        """The rest of a `get_signal` call that suspended, under the watchdog: its deadline counts from
+        the call's start (`started`, `time.monotonic`), as if it had been armed before the first step."""
+        timeout = self.env.config().CC_MAX_SIGNAL_GENERATION_SECONDS
+        task = asyncio.current_task()
+        assert task is not None
+        watchdog = _watchdog()
+        deadline = watchdog.enter(task, timeout - (time.monotonic() - started))
+        try:
+            return await _resume(coro, step)
+        except asyncio.CancelledError:
+            if deadline.expired and task.uncancel() <= deadline.cancelling:
+                deadline.expired = False  # uncancelled: the finally must not do it again
+                raise SignalTimeoutError(
+                    f"get_signal of strategy {self.strategy_name!r} for {self.symbol} took longer than "
+                    f"CC_MAX_SIGNAL_GENERATION_SECONDS={timeout} and was cancelled"
+                ) from None
+            deadline.expired = False
+            raise
+        finally:
+            watchdog.leave(deadline)
+            if deadline.expired:  # the call swallowed the watchdog's cancel: take it back
+                task.uncancel()
 
     async def _generate(self, price: float, now_ms: int) -> TickResult | None:
         """Ask for a signal; any failure is reported and the tick ends idle
@@ -661,6 +705,29 @@ class StrategyInstance:
             percent_tp, percent_sl = progress_of(row, price)
             if percent_tp or percent_sl:
                 await self._progress(row, price, percent_tp, percent_sl, c.timestamp + MINUTE_MS)
+
+
+@types.coroutine
+def _resume(coro: Any, yielded: Any) -> Generator[Any, Any, Any]:
+    """Await the rest of coroutine `coro` whose first step was run by hand and yielded `yielded`:
+    what `yield from coro` does after its first step (values sent and exceptions thrown in by the
+    task go to `coro`, its return value is ours)."""
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # the task's cancel (or any throw) goes to the call
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
 
 
 def _timestamp(candle: Candle) -> int:
