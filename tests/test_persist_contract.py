@@ -230,6 +230,23 @@ async def test_concurrent_writers_of_one_key_end_with_one_complete_value(backend
     assert await backend.keys("signals") == ["hot"]
 
 
+async def test_a_thousand_pairs_at_once(backend: Any) -> None:
+    """A tick of a 1,000-pair deployment: every write succeeds (a network backend queues operations
+    beyond its connection pool; redis-py's default pool fails them with "Too many connections")."""
+    await asyncio.gather(*(backend.write("signals", f"P{i}-s", b"%d" % i) for i in range(1000)))
+    assert sorted(await backend.keys("signals")) == sorted(f"P{i}-s" for i in range(1000))
+    assert await backend.read("signals", "P999-s") == b"999"
+
+
+async def test_operations_beyond_the_pool_wait_for_a_connection(remote_kind: str, tmp_path: Path) -> None:
+    store = open_backend(remote_kind, tmp_path, pool_size=2)
+    try:
+        await asyncio.gather(*(store.write("signals", f"P{i}-s", b"x") for i in range(300)))
+        assert len(await store.keys("signals")) == 300
+    finally:
+        await drop_backend(store)
+
+
 # ---------------------------------------------------------------------------------------------- quarantine
 async def test_quarantine_moves_aside_keeps_bytes_and_says_where(qbackend: Any) -> None:
     bad = b"\x00\xff{not json"

@@ -41,7 +41,14 @@ from typing import Any, Final, TypeVar
 
 from backtest_kit.engine.errors import ConfigError
 
-from .remote_persist import import_extra, safe_url, validate_namespace, validate_timeout, with_deadline
+from .remote_persist import (
+    import_extra,
+    safe_url,
+    validate_namespace,
+    validate_pool_size,
+    validate_timeout,
+    with_deadline,
+)
 
 __all__ = ["PostgresPersist"]
 
@@ -86,7 +93,9 @@ class PostgresPersist:
     `dsn`: a ``postgresql://user:password@host:port/database`` URL (the password is masked in every
     message and log line); `namespace`: one per deployment; `schema`: where the two tables live (a
     lower-case SQL identifier; created if missing); `timeout`: seconds each operation may take,
-    connecting included, before it fails with `PersistError`; `pool_size`: the most connections.
+    connecting and waiting for a free
+    connection included, before it fails with `PersistError`; `pool_size`: the most connections
+    (more concurrent operations wait for one).
     """
 
     def __init__(
@@ -96,20 +105,18 @@ class PostgresPersist:
         namespace: str = "default",
         schema: str = "public",
         timeout: float = 5.0,
-        pool_size: int = 4,
+        pool_size: int = 16,
     ) -> None:
         if not isinstance(dsn, str) or not dsn.startswith(("postgresql://", "postgres://")):
             # the DSN is not echoed: it may hold a password
             raise ConfigError("PostgresPersist: dsn must be a postgresql:// or postgres:// URL")
         if not isinstance(schema, str) or _SCHEMA_PATTERN.fullmatch(schema) is None:
             raise ConfigError(f"PostgresPersist: schema must be a lower-case SQL identifier, got {schema!r}")
-        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-            raise ConfigError(f"PostgresPersist: pool_size must be a positive int, got {pool_size!r}")
         self._dsn = dsn
         self._namespace = validate_namespace(namespace)
         self._schema = schema
         self._timeout = validate_timeout(timeout)
-        self._pool_size = pool_size
+        self._pool_size = validate_pool_size(pool_size, "PostgresPersist")
         self._shown_dsn, self._address = safe_url(dsn)
         self._where = f"PostgreSQL at {self._address} (schema {schema!r}, namespace {self._namespace!r})"
         self._state = f'"{schema}".{_STATE}'

@@ -40,7 +40,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import quote
 
-from .remote_persist import import_extra, safe_url, validate_namespace, validate_timeout, with_deadline
+from .remote_persist import (
+    import_extra,
+    safe_url,
+    validate_namespace,
+    validate_pool_size,
+    validate_timeout,
+    with_deadline,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -86,11 +93,17 @@ class RedisPersist:
 
     `url`: a redis:// or rediss:// URL (a password in it is masked in every message and log line);
     `namespace`: one per deployment, 1-64 characters of ``A-Za-z0-9_.-``; `timeout`: seconds each
-    operation may take, connecting included, before it fails with `PersistError`.
+    operation may take, connecting and waiting for a free connection included, before it fails with
+    `PersistError`; `pool_size`: the most connections (more concurrent operations wait for one).
     """
 
     def __init__(
-        self, url: str = "redis://127.0.0.1:6379/0", *, namespace: str = "default", timeout: float = 5.0
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        namespace: str = "default",
+        timeout: float = 5.0,
+        pool_size: int = 16,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
             from backtest_kit.engine.errors import ConfigError
@@ -99,6 +112,7 @@ class RedisPersist:
         self._url = url
         self._namespace = validate_namespace(namespace)
         self._timeout = validate_timeout(timeout)
+        self._pool_size = validate_pool_size(pool_size, "RedisPersist")
         shown, self._address = safe_url(url)
         self._where = f"Redis at {self._address} (namespace {self._namespace!r})"
         self._shown_url = shown
@@ -222,8 +236,12 @@ class RedisPersist:
         backoff = import_extra("redis.backoff", "redis", "RedisPersist")
         exceptions = import_extra("redis.exceptions", "redis", "RedisPersist")
         self._errors = (exceptions.RedisError, OSError)
-        self._client = redis_asyncio.Redis.from_url(
+        # A blocking pool: with many pairs ticking at once, an operation beyond `pool_size` waits for a
+        # free connection (within the deadline) instead of failing with "Too many connections".
+        pool = redis_asyncio.BlockingConnectionPool.from_url(
             self._url,
+            max_connections=self._pool_size,
+            timeout=self._timeout,
             socket_timeout=self._timeout,
             socket_connect_timeout=self._timeout,
             # one immediate retry: a pooled connection the server dropped (it restarted) is replaced
@@ -231,6 +249,7 @@ class RedisPersist:
             retry_on_error=[exceptions.ConnectionError, exceptions.TimeoutError],
             decode_responses=False,
         )
+        self._client = redis_asyncio.Redis.from_pool(pool)  # owns the pool: aclose() closes both
         self._loop = loop
         return self._client
 

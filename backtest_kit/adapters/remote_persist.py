@@ -27,6 +27,7 @@ __all__ = [
     "safe_url",
     "short_key",
     "validate_namespace",
+    "validate_pool_size",
     "validate_timeout",
     "with_deadline",
 ]
@@ -52,6 +53,13 @@ def validate_timeout(timeout: object) -> float:
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
         raise ConfigError(f"persist timeout must be a positive number of seconds, got {timeout!r}")
     return float(timeout)
+
+
+def validate_pool_size(pool_size: object, backend: str) -> int:
+    """A positive int: the most connections a backend opens; more concurrent operations wait."""
+    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+        raise ConfigError(f"{backend}: pool_size must be a positive int, got {pool_size!r}")
+    return pool_size
 
 
 def import_extra(module: str, extra: str, backend: str) -> ModuleType:
