@@ -445,8 +445,9 @@ def test_bad_timeout_is_a_config_error(timeout: Any) -> None:
 
 
 def test_bad_urls_and_schema_are_config_errors_that_never_echo_a_password() -> None:
-    with pytest.raises(bk.ConfigError, match="redis://"):
-        bk.RedisPersist("http://127.0.0.1:6379")
+    with pytest.raises(bk.ConfigError, match="redis://") as redis_info:
+        bk.RedisPersist("http://user:topsecret-pw@127.0.0.1:6379")
+    assert "topsecret-pw" not in str(redis_info.value)
     with pytest.raises(bk.ConfigError) as info:
         bk.PostgresPersist("mysql://root:topsecret-pw@db/x")
     assert "topsecret-pw" not in str(info.value)

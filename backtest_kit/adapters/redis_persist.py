@@ -40,6 +40,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import quote
 
+from backtest_kit.engine.errors import ConfigError
+
 from .remote_persist import (
     import_extra,
     safe_url,
@@ -106,9 +108,8 @@ class RedisPersist:
         pool_size: int = 16,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
-            from backtest_kit.engine.errors import ConfigError
-
-            raise ConfigError(f"RedisPersist: url must start with redis://, rediss:// or unix://, got {url!r}")
+            # the URL is not echoed: it may hold a password
+            raise ConfigError("RedisPersist: url must be a redis://, rediss:// or unix:// URL")
         self._url = url
         self._namespace = validate_namespace(namespace)
         self._timeout = validate_timeout(timeout)
