@@ -23,6 +23,8 @@ from typing import Any
 from .adapters import CsvCandles, FilePersist, MemoryCandles, ReplayExchange, bundled_sample_path, replay_clock
 from .adapters.candles import CandleDataWarning, CandleGaps, DroppedCandle
 from .adapters.ccxt_exchange import add_ccxt_exchange as _add_ccxt_exchange
+from .adapters.postgres_persist import PostgresPersist  # asyncpg loads on first use (extra "postgres")
+from .adapters.redis_persist import RedisPersist  # redis.asyncio loads on first use (extra "redis")
 from .engine import default_slot as _default_slot
 from .engine.bus import CHANNELS, EventBus
 from .engine.clock import Clock, SystemClock, VirtualClock
@@ -196,8 +198,10 @@ __all__ = [
     "PersistError",
     "PnL",
     "PositionSize",
+    "PostgresPersist",
     "ProgressEvent",
     "QueuedNotifier",
+    "RedisPersist",
     "ReplayExchange",
     "Risk",
     "RiskCheckArgs",

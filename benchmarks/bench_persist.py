@@ -1,9 +1,20 @@
-"""Atomic write latency of FilePersist, with and without fsync.
+"""State-change latency and throughput of the persistence backends: files, Redis, PostgreSQL.
 
-Run: ``python benchmarks/bench_persist.py [--writes N]``. Writes a ~600-byte JSON signal snapshot
-N times (default 2,000) through the public async API, so the figures include the worker-thread hop
-the engine pays, into a temporary directory, and prints p50 / p99 / max per mode and the fsync cost
-ratio. A time budget per mode keeps the whole run under ~30 s on slow disks.
+Run: ``python benchmarks/bench_persist.py [--pairs N] [--rounds R] [--backends file,redis,postgres]``
+(servers from ``BK_BENCH_REDIS_URL`` / ``BK_BENCH_POSTGRES_DSN``, the local ones by default).
+
+A state change is what a live tick costs the backend when a position opens (one atomic write of a
+~600-byte signal snapshot) or closes (one delete). With N pairs (default 1,000, one key each):
+
+* **latency**: the pairs open one after another, then close one after another, each operation timed
+  alone through the public async API (so the figures include what the engine pays: the worker-thread
+  hop of `FilePersist`, the network round trip of the others); p50 / p99 / max;
+* **throughput**: all N pairs open and close at once (``asyncio.gather``), R rounds; state changes per
+  second, the shape of a tick of a many-pair live deployment.
+
+`FilePersist` runs twice, with ``fsync`` (the default, durable on power loss) and without. The Redis
+figures are for a server that keeps nothing on disk; with ``appendfsync always`` it pays an fsync
+per write too. A time budget per backend keeps the whole run well under a minute.
 """
 
 from __future__ import annotations
@@ -11,17 +22,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from backtest_kit.adapters.file_persist import FilePersist
+from backtest_kit.adapters.postgres_persist import PostgresPersist
+from backtest_kit.adapters.redis_persist import RedisPersist
 
-BUDGET_S = 12.0  # per mode
+BUDGET_S = 15.0  # per backend, latency and throughput together
+REDIS_URL = os.environ.get("BK_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_DSN = os.environ.get("BK_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 def _snapshot(i: int) -> bytes:
@@ -48,44 +67,99 @@ def _snapshot(i: int) -> bytes:
     return json.dumps(row, separators=(",", ":")).encode()
 
 
-async def _measure(base: Path, *, fsync: bool, writes: int) -> list[float]:
-    store = FilePersist(base, fsync=fsync)
-    await store.write("signals", "BTCUSDT-warmup", _snapshot(0))  # directory creation + sweep
+def _pair_key(i: int) -> str:
+    return f"PAIR{i:05d}USDT-rsi-mean-reversion-v2"
+
+
+async def _measure(store: Any, pairs: int, rounds: int) -> tuple[list[float], float, int]:
+    """(per-operation latencies, state changes per second under concurrency, rounds completed)."""
+    await store.write("signals", "warmup", _snapshot(0))  # connect / create directories and tables
+    await store.delete("signals", "warmup")
+    deadline = time.perf_counter() + BUDGET_S / 2
     latencies: list[float] = []
-    deadline = time.perf_counter() + BUDGET_S
-    for i in range(writes):
-        data = _snapshot(i)
-        start = time.perf_counter()
-        await store.write("signals", "BTCUSDT-rsi-mean-reversion-v2", data)
-        latencies.append(time.perf_counter() - start)
-        if time.perf_counter() > deadline:
-            break
-    return latencies
+    for op in ("write", "delete"):
+        for i in range(pairs):
+            start = time.perf_counter()
+            if op == "write":
+                await store.write("signals", _pair_key(i), _snapshot(i))
+            else:
+                await store.delete("signals", _pair_key(i))
+            latencies.append(time.perf_counter() - start)
+            if time.perf_counter() > deadline:
+                break
+    for i in range(pairs):  # whatever the budget cut short
+        await store.delete("signals", _pair_key(i))
+
+    async def pair(i: int) -> None:
+        await store.write("signals", _pair_key(i), _snapshot(i))
+        await store.delete("signals", _pair_key(i))
+
+    done = 0
+    deadline = time.perf_counter() + BUDGET_S / 2
+    start = time.perf_counter()
+    while done < rounds and time.perf_counter() < deadline:
+        await asyncio.gather(*(pair(i) for i in range(pairs)))
+        done += 1
+    elapsed = time.perf_counter() - start
+    return latencies, 2 * pairs * done / elapsed, done
 
 
-def _report(label: str, lat: list[float]) -> float:
+def _report(label: str, lat: list[float], throughput: float, rounds: int) -> None:
     ordered = sorted(lat)
     p50 = statistics.median(ordered)
     p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
     print(
-        f"{label:<12} n={len(ordered):>5}  p50={p50 * 1e3:8.3f} ms  p99={p99 * 1e3:8.3f} ms  "
-        f"max={ordered[-1] * 1e3:8.3f} ms"
+        f"{label:<20} n={len(ordered):>5}  p50={p50 * 1e3:7.3f} ms  p99={p99 * 1e3:7.3f} ms  "
+        f"max={ordered[-1] * 1e3:8.3f} ms  throughput={throughput:9.0f} changes/s ({rounds} rounds)"
     )
-    return p50
+
+
+async def _redis_cleanup(store: RedisPersist) -> None:
+    await store.aclose()
+    import redis.asyncio as redis_asyncio
+
+    client = redis_asyncio.Redis.from_url(REDIS_URL)
+    names = [n async for n in client.scan_iter(match=f"bk:{store.namespace}:*")]
+    if names:
+        await client.delete(*names)
+    await client.aclose()
+
+
+async def _postgres_cleanup(store: PostgresPersist) -> None:
+    await store.aclose()
+    import asyncpg
+
+    conn = await asyncpg.connect(POSTGRES_DSN)
+    await conn.execute(f'DROP SCHEMA IF EXISTS "{store.schema}" CASCADE')
+    await conn.close()
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--writes", type=int, default=2000)
+    parser.add_argument("--pairs", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--backends", default="file,redis,postgres")
     args = parser.parse_args()
-    print(f"snapshot size: {len(_snapshot(0))} bytes; writes per mode: {args.writes}")
+    wanted = set(args.backends.split(","))
+    tag = uuid.uuid4().hex[:8]
+    print(f"snapshot size: {len(_snapshot(0))} bytes; pairs: {args.pairs}; throughput rounds: {args.rounds}")
     with tempfile.TemporaryDirectory(prefix="bench-persist-") as tmp:
-        print(f"directory: {tmp}")
-        synced = await _measure(Path(tmp) / "fsync", fsync=True, writes=args.writes)
-        unsynced = await _measure(Path(tmp) / "nofsync", fsync=False, writes=args.writes)
-    p50_sync = _report("fsync=True", synced)
-    p50_nosync = _report("fsync=False", unsynced)
-    print(f"p50 ratio fsync/no-fsync: {p50_sync / p50_nosync:.1f}x")
+        runs: list[tuple[str, Any, Callable[[Any], Any] | None]] = []
+        if "file" in wanted:
+            runs.append(("file fsync=True", FilePersist(Path(tmp) / "fsync"), None))
+            runs.append(("file fsync=False", FilePersist(Path(tmp) / "nofsync", fsync=False), None))
+        if "redis" in wanted:
+            runs.append(("redis", RedisPersist(REDIS_URL, namespace=f"bench-{tag}"), _redis_cleanup))
+        if "postgres" in wanted:
+            store = PostgresPersist(POSTGRES_DSN, namespace=f"bench-{tag}", schema=f"bench_{tag}", pool_size=10)
+            runs.append(("postgres", store, _postgres_cleanup))
+        for label, store, cleanup in runs:
+            try:
+                latencies, throughput, rounds = await _measure(store, args.pairs, args.rounds)
+            finally:
+                if cleanup is not None:
+                    await cleanup(store)
+            _report(label, latencies, throughput, rounds)
 
 
 if __name__ == "__main__":

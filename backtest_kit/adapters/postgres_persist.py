@@ -1,0 +1,277 @@
+"""Live state in PostgreSQL (``pip install 'backtest-kit[postgres]'``, client: ``asyncpg``).
+
+Layout: two tables in `schema` (default ``public``), created on first use, shared by every
+deployment and told apart by a ``namespace`` column:
+
+* ``backtest_kit_state (namespace, entity, key, data, updated_at)``, one row per document;
+* ``backtest_kit_quarantine (id, namespace, entity, key, data, quarantined_at)``, the documents the
+  engine could not restore, never deleted by this class.
+
+Why these choices:
+
+* **A namespace column, not a table per namespace.** The namespace is then a bound parameter, never
+  SQL text (no identifier quoting of user input), a new deployment needs no DDL, and one grant
+  covers all of them. It is still validated (1-64 characters of ``A-Za-z0-9_.-``) so it reads the
+  same as in Redis and logs.
+* **Entity and key are ``bytea``.** ``text`` cannot hold NUL or a lone surrogate; the UTF-8 bytes
+  (``surrogatepass``) of any `str` can, so every key is stored as itself and read back exactly.
+* **The primary key is on digests.** A btree row may not exceed ~2.7 kB, and keys may be longer
+  (10,000 characters); ``entity_digest`` / ``key_digest`` are generated columns, ``sha256`` of the
+  bytes, computed by the server, and unique together with the namespace. A sha256 collision is not a
+  practical concern; the full key is stored too, and that is what `keys` returns.
+* **Every change is one statement.** A write is one upsert (``INSERT ... ON CONFLICT DO UPDATE``),
+  which PostgreSQL runs atomically (a reader sees the old or the new row; concurrent writers of one
+  key serialize on its row lock); setting a document aside is one ``WITH moved AS (DELETE ...
+  RETURNING) INSERT ...``, so the bytes are in exactly one of the two tables at every instant.
+
+Connections: an asyncpg pool (`pool_size` connections at most) is created on the first operation
+(constructing a `PostgresPersist` touches nothing); a connection the server dropped is replaced and
+the operation retried once, within the deadline; `aclose` (or ``async with``) closes the pool. Every
+operation has a deadline (`timeout`, seconds, default 5): a refused connection, a server that does not
+answer or an SQL error becomes a `PersistError` naming the entity, the key and the server
+(``host:port``, never the password). A pool made on another event loop is replaced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+from backtest_kit.engine.errors import ConfigError
+
+from .remote_persist import (
+    import_extra,
+    safe_url,
+    validate_namespace,
+    validate_pool_size,
+    validate_timeout,
+    with_deadline,
+)
+
+__all__ = ["PostgresPersist"]
+
+_T = TypeVar("_T")
+
+_SCHEMA_PATTERN: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_STATE: Final = "backtest_kit_state"
+_QUARANTINE: Final = "backtest_kit_quarantine"
+_DDL: Final = """
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.{state} (
+    namespace     text        NOT NULL,
+    entity        bytea       NOT NULL,
+    key           bytea       NOT NULL,
+    data          bytea       NOT NULL,
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    entity_digest bytea       GENERATED ALWAYS AS (sha256(entity)) STORED,
+    key_digest    bytea       GENERATED ALWAYS AS (sha256(key)) STORED,
+    PRIMARY KEY (namespace, entity_digest, key_digest)
+);
+CREATE TABLE IF NOT EXISTS {schema}.{quarantine} (
+    id             bigserial   PRIMARY KEY,
+    namespace      text        NOT NULL,
+    entity         bytea       NOT NULL,
+    key            bytea       NOT NULL,
+    data           bytea       NOT NULL,
+    quarantined_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+# Concurrent `CREATE ... IF NOT EXISTS` of one name can still collide in the catalog: serialize them.
+_DDL_LOCK: Final = 0x6B74_5F70_6572  # an arbitrary, fixed advisory-lock id ("bt_per")
+
+
+def _b(text: str) -> bytes:
+    """The stored form of an entity or key: UTF-8 bytes, lone surrogates kept (every `str` round-trips)."""
+    return text.encode("utf-8", "surrogatepass")
+
+
+class PostgresPersist:
+    """`PersistBackend` and `QuarantineBackend` in PostgreSQL (see the module docstring).
+
+    `dsn`: a ``postgresql://user:password@host:port/database`` URL (the password is masked in every
+    message and log line); `namespace`: one per deployment; `schema`: where the two tables live (a
+    lower-case SQL identifier; created if missing); `timeout`: seconds each operation may take,
+    connecting and waiting for a free
+    connection included, before it fails with `PersistError`; `pool_size`: the most connections
+    (more concurrent operations wait for one).
+    """
+
+    def __init__(
+        self,
+        dsn: str = "postgresql://postgres@127.0.0.1:5432/postgres",
+        *,
+        namespace: str = "default",
+        schema: str = "public",
+        timeout: float = 5.0,
+        pool_size: int = 16,
+    ) -> None:
+        if not isinstance(dsn, str) or not dsn.startswith(("postgresql://", "postgres://")):
+            # the DSN is not echoed: it may hold a password
+            raise ConfigError("PostgresPersist: dsn must be a postgresql:// or postgres:// URL")
+        if not isinstance(schema, str) or _SCHEMA_PATTERN.fullmatch(schema) is None:
+            raise ConfigError(f"PostgresPersist: schema must be a lower-case SQL identifier, got {schema!r}")
+        self._dsn = dsn
+        self._namespace = validate_namespace(namespace)
+        self._schema = schema
+        self._timeout = validate_timeout(timeout)
+        self._pool_size = validate_pool_size(pool_size, "PostgresPersist")
+        self._shown_dsn, self._address = safe_url(dsn)
+        self._where = f"PostgreSQL at {self._address} (schema {schema!r}, namespace {self._namespace!r})"
+        self._state = f'"{schema}".{_STATE}'
+        self._quarantine = f'"{schema}".{_QUARANTINE}'
+        self._pool: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connecting: asyncio.Lock | None = None
+        self._errors: tuple[type[BaseException], ...] = (OSError,)
+        self._lost: tuple[type[BaseException], ...] = ()
+
+    def __repr__(self) -> str:
+        return (f"PostgresPersist({self._shown_dsn!r}, namespace={self._namespace!r}, "
+                f"schema={self._schema!r}, timeout={self._timeout:g})")
+
+    @property
+    def namespace(self) -> str:
+        """The deployment's namespace: the ``namespace`` column of every row this backend touches."""
+        return self._namespace
+
+    @property
+    def schema(self) -> str:
+        """The schema holding ``backtest_kit_state`` and ``backtest_kit_quarantine``."""
+        return self._schema
+
+    @property
+    def address(self) -> str:
+        """``host:port`` of the server, as error messages name it."""
+        return self._address
+
+    # ------------------------------------------------------------------ PersistBackend
+
+    async def read(self, entity: str, key: str) -> bytes | None:
+        """The stored bytes, or None when nothing is stored under `key`."""
+        sql = (f"SELECT data FROM {self._state} "
+               "WHERE namespace = $1 AND entity_digest = sha256($2) AND key_digest = sha256($3)")
+        value = await self._run("read", entity, key, lambda c: c.fetchval(sql, self._namespace, _b(entity), _b(key)))
+        return None if value is None else bytes(value)
+
+    async def write(self, entity: str, key: str, data: bytes) -> None:
+        """Store `data` atomically with one upsert (a reader sees the old or the new bytes).
+
+        The single place that changes a live document: a later fencing-token check (a lease held by
+        one engine per namespace) belongs in this statement, as a condition on the lease row.
+        """
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"data for {entity!r}/{key[:80]!r} must be bytes, got {type(data).__name__}")
+        payload = bytes(data)
+        sql = (f"INSERT INTO {self._state} AS s (namespace, entity, key, data) VALUES ($1, $2, $3, $4) "
+               "ON CONFLICT (namespace, entity_digest, key_digest) "
+               "DO UPDATE SET data = EXCLUDED.data, updated_at = now()")
+        await self._run("write", entity, key, lambda c: c.execute(sql, self._namespace, _b(entity), _b(key), payload))
+
+    async def delete(self, entity: str, key: str) -> None:
+        """Remove `key` (one DELETE); deleting a missing key is not an error."""
+        sql = (f"DELETE FROM {self._state} "
+               "WHERE namespace = $1 AND entity_digest = sha256($2) AND key_digest = sha256($3)")
+        await self._run("delete", entity, key, lambda c: c.execute(sql, self._namespace, _b(entity), _b(key)))
+
+    async def keys(self, entity: str) -> list[str]:
+        """Every key stored for `entity` (one SELECT: exact and consistent), sorted by their bytes."""
+        sql = f"SELECT key FROM {self._state} WHERE namespace = $1 AND entity_digest = sha256($2) ORDER BY key"
+        rows = await self._run("list", entity, None, lambda c: c.fetch(sql, self._namespace, _b(entity)))
+        return [bytes(row[0]).decode("utf-8", "surrogatepass") for row in rows]
+
+    # ------------------------------------------------------------------ QuarantineBackend
+
+    async def quarantine(self, entity: str, key: str) -> str | None:
+        """Move the stored document to ``backtest_kit_quarantine`` in one statement; where it went.
+
+        None when nothing is stored under `key`. The answer names the server, the table and the row,
+        e.g. ``postgresql 127.0.0.1:5432 table "public".backtest_kit_quarantine id=17``.
+        """
+        sql = (f"WITH moved AS (DELETE FROM {self._state} "
+               "WHERE namespace = $1 AND entity_digest = sha256($2) AND key_digest = sha256($3) "
+               "RETURNING namespace, entity, key, data) "
+               f"INSERT INTO {self._quarantine} (namespace, entity, key, data) "
+               "SELECT namespace, entity, key, data FROM moved RETURNING id")
+        row_id = await self._run("quarantine", entity, key,
+                                 lambda c: c.fetchval(sql, self._namespace, _b(entity), _b(key)))
+        if row_id is None:
+            return None
+        return f"postgresql {self._address} table {self._quarantine} id={row_id}"
+
+    async def quarantined(self, entity: str) -> list[tuple[str, bytes]]:
+        """Every set-aside document of `entity`, oldest first: (key, bytes)."""
+        sql = (f"SELECT key, data FROM {self._quarantine} WHERE namespace = $1 AND entity = $2 ORDER BY id")
+        rows = await self._run("list quarantined", entity, None,
+                               lambda c: c.fetch(sql, self._namespace, _b(entity)))
+        return [(bytes(r[0]).decode("utf-8", "surrogatepass"), bytes(r[1])) for r in rows]
+
+    # ------------------------------------------------------------------ connection
+
+    async def aclose(self) -> None:
+        """Close the pool (idempotent); a later operation connects again."""
+        pool, self._pool = self._pool, None
+        if pool is not None and self._loop is asyncio.get_running_loop():
+            await pool.close()
+        self._loop = None
+
+    async def __aenter__(self) -> PostgresPersist:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _get_pool(self) -> Any:
+        """The pool, made on first use (tables created then), and again when the event loop changed."""
+        loop = asyncio.get_running_loop()
+        if self._pool is not None and self._loop is loop:
+            return self._pool
+        if self._connecting is None or self._loop is not loop:
+            self._connecting, self._loop, self._pool = asyncio.Lock(), loop, None
+        async with self._connecting:
+            if self._pool is None:
+                asyncpg = import_extra("asyncpg", "postgres", "PostgresPersist")
+                pool = await asyncpg.create_pool(
+                    self._dsn, min_size=0, max_size=self._pool_size, timeout=self._timeout,
+                    command_timeout=self._timeout,
+                )
+                try:
+                    async with pool.acquire() as conn, conn.transaction():
+                        await conn.execute(f"SELECT pg_advisory_xact_lock({_DDL_LOCK})")
+                        await conn.execute(_DDL.format(schema=f'"{self._schema}"', state=_STATE,
+                                                       quarantine=_QUARANTINE))
+                except BaseException:
+                    pool.terminate()
+                    raise
+                self._pool = pool
+        return self._pool
+
+    def _load_errors(self) -> None:
+        asyncpg = import_extra("asyncpg", "postgres", "PostgresPersist")
+        self._errors = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+        self._lost = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, ConnectionError)
+
+    async def _run(
+        self, action: str, entity: str, key: str | None, query: Callable[[Any], Awaitable[_T]]
+    ) -> _T:
+        """One statement on a pooled connection, under the deadline; one retry when the server had
+        dropped the connection (it restarted), since every statement here is safe to repeat."""
+        if not isinstance(entity, str) or (key is not None and not isinstance(key, str)):
+            raise TypeError(f"entity and key must be str, got {type(entity).__name__} / {type(key).__name__}")
+        if not self._lost:
+            self._load_errors()  # an ImportError naming the extra, not a PersistError
+
+        async def call() -> _T:
+            pool = await self._get_pool()
+            for attempt in (1, 2):
+                try:
+                    async with pool.acquire() as conn:
+                        return await query(conn)
+                except self._lost:
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+
+        return await with_deadline(call, timeout=self._timeout, action=action, entity=entity, key=key,
+                                   where=self._where, failures=self._errors)
