@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..engine.channels import (
     DONE_BACKTEST,
     DONE_LIVE,
+    DONE_WALKER,
     ERROR,
     EXIT,
     PARTIAL_LOSS,
@@ -24,6 +25,9 @@ from ..engine.channels import (
     SIGNAL_BACKTEST,
     SIGNAL_LIVE,
     VALIDATION,
+    WALKER,
+    WALKER_COMPLETE,
+    WALKER_PROGRESS,
     Channel,
 )
 
@@ -36,6 +40,9 @@ if TYPE_CHECKING:
         ProgressEvent,
         RiskEvent,
         TickResult,
+        WalkerContract,
+        WalkerProgressEvent,
+        WalkerResults,
     )
 
 __all__ = ["Callback", "Filter", "ListenMixin", "Unsubscribe"]
@@ -140,3 +147,28 @@ class ListenMixin:
         self, filter: Filter[PartialEvent], callback: Callback[PartialEvent]
     ) -> Unsubscribe:
         return self._once(PARTIAL_LOSS, filter, callback)
+
+    # walker (strategy comparison) -----------------------------------------------------------
+    def listen_walker(self, callback: Callback[WalkerContract[Any]]) -> Unsubscribe:
+        """One strategy's result within a walker run (a `WalkerContract` with its `Statistics`)."""
+        return self._listen(WALKER, callback)
+
+    def listen_walker_once(
+        self, filter: Filter[WalkerContract[Any]], callback: Callback[WalkerContract[Any]]
+    ) -> Unsubscribe:
+        return self._once(WALKER, filter, callback)
+
+    def listen_walker_progress(self, callback: Callback[WalkerProgressEvent]) -> Unsubscribe:
+        """A walker finished one more strategy's backtest."""
+        return self._listen(WALKER_PROGRESS, callback)
+
+    def listen_walker_complete(self, callback: Callback[WalkerResults[Any]]) -> Unsubscribe:
+        """The end of a walker run: the best strategy, its metric and statistics."""
+        return self._listen(WALKER_COMPLETE, callback)
+
+    def listen_done_walker(self, callback: Callback[DoneEvent]) -> Unsubscribe:
+        """A walker background run ended (`strategy_name` holds the walker's name)."""
+        return self._listen(DONE_WALKER, callback)
+
+    def listen_done_walker_once(self, filter: Filter[DoneEvent], callback: Callback[DoneEvent]) -> Unsubscribe:
+        return self._once(DONE_WALKER, filter, callback)
