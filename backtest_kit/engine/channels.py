@@ -147,11 +147,11 @@ WALKER_PROGRESS: Final[Channel[WalkerProgressEvent]] = Channel("walker_progress"
 `system/walker.py`; `listen_walker_progress`."""
 
 WALKER: Final[Channel[WalkerContract[Any]]] = Channel("walker")
-"""One strategy's result within a walker run (`WalkerContract[Statistics]`), after its progress event and
-`on_strategy_complete`; published by `system/walker.py`; `listen_walker`."""
+"""One strategy's result within a walker run (`WalkerContract[Any]`; its `stats` is a `Statistics`),
+after its progress event and `on_strategy_complete`; published by `system/walker.py`; `listen_walker`."""
 
 WALKER_COMPLETE: Final[Channel[WalkerResults[Any]]] = Channel("walker_complete")
-"""The end of a walker run (`WalkerResults[Statistics]`), after `on_complete`; published by
+"""The end of a walker run (`WalkerResults[Any]`; `best_stats` is a `Statistics`), after `on_complete`; published by
 `system/walker.py`; `listen_walker_complete`."""
 
 WALKER_STOP: Final[Channel[WalkerStopEvent]] = Channel("walker_stop")

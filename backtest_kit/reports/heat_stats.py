@@ -46,6 +46,7 @@ from msgspec import Struct
 
 from ..engine.models import ClosedResult
 from ..engine.naming import name_file_stem
+from .plots import HeatmapGrid, attach_heatmap_plot
 from .report import format_signed_percent, markdown_table, save_report
 from .stats import finite_or_none
 
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from ..engine.ports import Services
 
 __all__ = [
+    "HEATMAP_METRICS",
     "HEAT_COLUMNS",
     "MAX_HEAT_TRADES",
     "HeatFacade",
@@ -63,6 +65,7 @@ __all__ = [
     "heat_report",
     "heat_row",
     "heat_statistics",
+    "heatmap_grid",
 ]
 
 MAX_HEAT_TRADES: Final = 250
@@ -308,6 +311,55 @@ def heat_report(stats: HeatStatistics) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The heatmap image (`plots.render_heatmap_png`)
+# ---------------------------------------------------------------------------------------------------------
+
+HEATMAP_METRICS: Final[tuple[tuple[str, str, bool], ...]] = (
+    # (HeatRow field, column label of the report, higher is better)
+    ("total_pnl", "Total PNL", True),
+    ("sharpe_ratio", "Sharpe", True),
+    ("profit_factor", "PF", True),
+    ("expectancy", "Expect", True),
+    ("win_rate", "WR", True),
+    ("avg_win", "Avg Win", True),
+    ("avg_loss", "Avg Loss", True),
+    ("max_drawdown", "Max DD", False),
+    ("total_trades", "Trades", True),
+)
+"""The image's columns. Each is coloured on its own scale (units differ): green is the best symbol of
+that column, red the worst; a drawdown is better when smaller."""
+
+
+def heatmap_grid(stats: HeatStatistics) -> HeatmapGrid:
+    """Rows = symbols in report order; a cell's score is its place between the column's worst (0) and
+    best (1) value (0.5 when the column has one distinct value), None for a missing figure; its text is
+    the report's formatted cell."""
+    raw: list[list[float | None]] = [
+        [None if (v := getattr(row, name)) is None else float(v) for name, _, _ in HEATMAP_METRICS]
+        for row in stats.symbols
+    ]
+    scores: list[list[float | None]] = [[None] * len(HEATMAP_METRICS) for _ in raw]
+    for j, (_, _, higher) in enumerate(HEATMAP_METRICS):
+        column = [v for r in raw if (v := r[j]) is not None]
+        if not column:
+            continue
+        low, high = min(column), max(column)
+        for i, r in enumerate(raw):
+            v = r[j]
+            if v is not None:
+                score = 0.5 if high == low else (v - low) / (high - low)
+                scores[i][j] = score if higher else 1.0 - score
+    indices = [HEAT_COLUMNS.index(label) for _, label, _ in HEATMAP_METRICS]
+    texts = [[cells[k] for k in indices] for cells in map(heat_cells, stats.symbols)]
+    sharpe = _fixed(stats.portfolio_sharpe_ratio, 2)
+    title = (f"Portfolio heatmap {stats.strategy_name}\n{stats.total_symbols} symbols · "
+             f"{stats.portfolio_total_trades} trades · PnL {format_signed_percent(stats.portfolio_total_pnl)}"
+             f" · Sharpe {sharpe}")
+    return HeatmapGrid(title=title, rows=[r.symbol for r in stats.symbols],
+                       columns=[label for _, label, _ in HEATMAP_METRICS], scores=scores, texts=texts)
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Facade: `engine.heat` / `bk.Heat`
 # ---------------------------------------------------------------------------------------------------------
 
@@ -339,15 +391,13 @@ class HeatFacade:
         With `plot` and matplotlib importable (the `plot` extra), the heatmap image (symbols × metrics)
         is written next to it as `<strategy>-heatmap.png` and linked below the title.
         """
-        from .plots import attach_heatmap_plot
-
         self.engine.check_strategy(strategy_name, "Heat.dump")
         data = heat_statistics(strategy_name, self.store.trades(strategy_name))
         text = heat_report(data)
         base = Path(path) if path is not None else Path(self.engine.dump_dir) / "heatmap"
         target = base / f"{name_file_stem(strategy_name)}.md"
         if plot:
-            text = await attach_heatmap_plot(text, data, target, logger=self.engine.logger)
+            text = await attach_heatmap_plot(text, heatmap_grid(data), target, logger=self.engine.logger)
         return await save_report(target, text, self.engine.logger, "heatmap")
 
     def clear(self, strategy_name: str | None = None) -> None:

@@ -36,17 +36,15 @@ from .report import write_atomic
 if TYPE_CHECKING:
     from ..engine.logger import EngineLogger
     from ..engine.models import ClosedResult
-    from .heat_stats import HeatStatistics
     from .stats import Statistics
 
 __all__ = [
-    "HEATMAP_METRICS",
     "EquityCurve",
+    "HeatmapGrid",
     "attach_equity_plot",
     "attach_heatmap_plot",
     "equity_curve",
     "equity_png_path",
-    "heatmap_matrix",
     "heatmap_png_path",
     "plot_available",
     "render_equity_png",
@@ -195,75 +193,42 @@ async def attach_equity_plot(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The portfolio heatmap (`Heat.dump`): symbols × metrics
+# A heatmap table (the portfolio heatmap of `Heat.dump`: symbols × metrics)
 # ---------------------------------------------------------------------------------------------------------
 
-HEATMAP_METRICS: tuple[tuple[str, str, bool], ...] = (
-    # (HeatRow field, column label, higher is better)
-    ("total_pnl", "Total PNL", True),
-    ("sharpe_ratio", "Sharpe", True),
-    ("profit_factor", "PF", True),
-    ("expectancy", "Expect", True),
-    ("win_rate", "WR", True),
-    ("avg_win", "Avg Win", True),
-    ("avg_loss", "Avg Loss", True),
-    ("max_drawdown", "Max DD", False),
-    ("total_trades", "Trades", True),
-)
-"""The heatmap's columns. Each is coloured on its own scale (units differ): green is the best symbol of
-that column, red the worst; a drawdown is better when smaller."""
+
+class HeatmapGrid(Struct, frozen=True, kw_only=True):
+    """What a heatmap image shows: one row per label, one column per metric; `scores` (0..1, 1 = best
+    of its column, None = missing) colour the cells and `texts` label them."""
+
+    title: str
+    rows: list[str]
+    columns: list[str]
+    scores: list[list[float | None]]
+    texts: list[list[str]]
 
 
-def heatmap_matrix(data: HeatStatistics) -> list[list[float | None]]:
-    """Per row (symbol, in report order) and column (`HEATMAP_METRICS`): the colour score 0..1 (1 =
-    best of the column; 0.5 when the column has one distinct value), None for a missing figure."""
-    raw: list[list[float | None]] = [
-        [None if (v := getattr(row, name)) is None else float(v) for name, _, _ in HEATMAP_METRICS]
-        for row in data.symbols
-    ]
-    scores: list[list[float | None]] = [[None] * len(HEATMAP_METRICS) for _ in raw]
-    for j, (_, _, higher) in enumerate(HEATMAP_METRICS):
-        column = [v for r in raw if (v := r[j]) is not None]
-        if not column:
-            continue
-        low, high = min(column), max(column)
-        for i, r in enumerate(raw):
-            v = r[j]
-            if v is None:
-                continue
-            score = 0.5 if high == low else (v - low) / (high - low)
-            scores[i][j] = score if higher else 1.0 - score
-    return scores
-
-
-def render_heatmap_png(data: HeatStatistics, *, dpi: int = 100) -> bytes | None:
-    """The symbols × metrics heatmap as PNG bytes, each cell labelled with the report's formatted value;
-    None when there is no symbol. Raises ImportError without matplotlib."""
-    from .heat_stats import HEAT_COLUMNS, heat_cells
-
+def render_heatmap_png(grid: HeatmapGrid, *, dpi: int = 100) -> bytes | None:
+    """The grid as PNG bytes (red = worst, green = best of each column, grey = missing); None when it
+    has no row. Raises ImportError without matplotlib."""
     figure: Any = importlib.import_module("matplotlib.figure")
-    if not data.symbols:
+    if not grid.rows:
         return None
-    scores = heatmap_matrix(data)
-    cell_index = [HEAT_COLUMNS.index(label) for _, label, _ in HEATMAP_METRICS]
-    texts = [heat_cells(row) for row in data.symbols]
-    n_rows, n_cols = len(data.symbols), len(HEATMAP_METRICS)
+    n_rows, n_cols = len(grid.rows), len(grid.columns)
     fig = figure.Figure(figsize=(1.1 * n_cols + 2.2, 0.45 * n_rows + 1.8), dpi=dpi, layout="constrained")
     ax = fig.subplots()
-    grid = [[float("nan") if s is None else s for s in row] for row in scores]
-    ax.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    values = [[float("nan") if v is None else v for v in row] for row in grid.scores]
+    ax.imshow(values, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
     for i in range(n_rows):
         for j in range(n_cols):
-            ax.text(j, i, texts[i][cell_index[j]], ha="center", va="center", fontsize=8,
-                    color="#222222" if scores[i][j] is not None else "#888888")
-    ax.set_xticks(range(n_cols), [label for _, label, _ in HEATMAP_METRICS], fontsize=9)
-    ax.set_yticks(range(n_rows), [row.symbol for row in data.symbols], fontsize=9)
+            missing = grid.scores[i][j] is None
+            ax.text(j, i, grid.texts[i][j], ha="center", va="center", fontsize=8,
+                    color="#888888" if missing else "#222222")
+    ax.set_xticks(range(n_cols), grid.columns, fontsize=9)
+    ax.set_yticks(range(n_rows), grid.rows, fontsize=9)
     ax.xaxis.tick_top()
     ax.set_facecolor("#eeeeee")  # missing figures (NaN) show the background
-    sharpe = "N/A" if data.portfolio_sharpe_ratio is None else f"{data.portfolio_sharpe_ratio:.2f}"
-    pnl = "N/A" if data.portfolio_total_pnl is None else f"{data.portfolio_total_pnl:+.2f}%"
-    fig.suptitle(f"Portfolio heatmap {data.strategy_name}\n{data.total_symbols} symbols · "
-                 f"{data.portfolio_total_trades} trades · PnL {pnl} · Sharpe {sharpe}", fontsize=11)
+    fig.suptitle(grid.title, fontsize=11)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
@@ -274,22 +239,22 @@ def heatmap_png_path(md_path: Path) -> Path:
     return md_path.with_name(f"{md_path.stem}-heatmap.png")
 
 
-def _write_heatmap_png(data: HeatStatistics, path: Path) -> Path | None:
-    png = render_heatmap_png(data)
+def _write_heatmap_png(grid: HeatmapGrid, path: Path) -> Path | None:
+    png = render_heatmap_png(grid)
     return None if png is None else write_atomic(path, png)
 
 
-async def attach_heatmap_plot(text: str, data: HeatStatistics, md_path: Path, *, logger: EngineLogger | Any) -> str:
-    """Write the heatmap next to `md_path` when matplotlib is available and a symbol traded.
+async def attach_heatmap_plot(text: str, grid: HeatmapGrid, md_path: Path, *, logger: EngineLogger | Any) -> str:
+    """Write the heatmap next to `md_path` when matplotlib is available and the grid has a row.
 
     Returns `text` with the image linked below the title, or unchanged when no image was written (no
     matplotlib, no data, or a failure — logged, never raised, like the equity chart).
     """
-    if not data.symbols or not plot_available():
+    if not grid.rows or not plot_available():
         return text
     png = heatmap_png_path(md_path)
     try:
-        written = await asyncio.to_thread(_write_heatmap_png, data, png)
+        written = await asyncio.to_thread(_write_heatmap_png, grid, png)
     except Exception as exc:
         logger.warn(f"heatmap could not be written to {png}", repr(exc))
         return text
