@@ -279,6 +279,9 @@ class WalkerFacade:
 
     async def _in_process(self, record: _WalkerRecord, walker: WalkerSchema) -> AsyncIterator[tuple[str, Outcome]]:
         for strategy_name in walker.strategies:
+            # a turn for the event loop between strategies: a backtest over in-memory candles may never
+            # suspend, and a cancel(), Ctrl-C or Engine.close() queued meanwhile must be seen here
+            await asyncio.sleep(0)
             if record.halted(strategy_name):
                 return
             await self._callback(walker.callbacks.on_strategy_start, strategy_name, record.symbol)
