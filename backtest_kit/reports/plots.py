@@ -221,9 +221,9 @@ def render_heatmap_png(grid: HeatmapGrid, *, dpi: int = 100) -> bytes | None:
     ax.imshow(values, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
     for i in range(n_rows):
         for j in range(n_cols):
-            missing = grid.scores[i][j] is None
-            ax.text(j, i, grid.texts[i][j], ha="center", va="center", fontsize=8,
-                    color="#888888" if missing else "#222222")
+            score = grid.scores[i][j]
+            color = "#888888" if score is None else "#ffffff" if score < 0.15 or score > 0.85 else "#222222"
+            ax.text(j, i, grid.texts[i][j], ha="center", va="center", fontsize=8, color=color)
     ax.set_xticks(range(n_cols), grid.columns, fontsize=9)
     ax.set_yticks(range(n_rows), grid.rows, fontsize=9)
     ax.xaxis.tick_top()
