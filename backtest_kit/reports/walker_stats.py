@@ -11,8 +11,8 @@ is None.
 The store keeps, per (symbol, walker), the results of the latest run in arrival order. The reference
 keys it by walker name alone, so two symbols of one walker overwrite each other's results although
 `Walker.get_data` takes the symbol; here each symbol keeps its own
-([hardening](../../docs/design/decisions.md#hardening-walker-results-per-symbol-done-after-the-run)). It is cleared when a
-`Walker.run` of the pair starts. Pure module: no asyncio and no I/O.
+([hardening](../../docs/design/decisions.md#hardening-walker-results-per-symbol-done-after-the-run)).
+It is cleared when a `Walker.run` of the pair starts. Pure module: no asyncio and no I/O.
 """
 
 from __future__ import annotations
