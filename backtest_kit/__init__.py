@@ -74,6 +74,7 @@ from .engine.models import (
     WalkerInstanceInfo,
     WalkerProgressEvent,
     WalkerResults,
+    WalkerStopEvent,
 )
 from .engine.persist import PersistBackend
 from .engine.registry import StrategyCallbacks, WalkerCallbacks, WalkerSchema
@@ -164,6 +165,7 @@ listen_walker = default_engine.listen_walker
 listen_walker_once = default_engine.listen_walker_once
 listen_walker_progress = default_engine.listen_walker_progress
 listen_walker_complete = default_engine.listen_walker_complete
+listen_walker_stop = default_engine.listen_walker_stop
 listen_done_walker = default_engine.listen_done_walker
 listen_done_walker_once = default_engine.listen_done_walker_once
 
@@ -253,6 +255,7 @@ __all__ = [
     "WalkerProgressEvent",
     "WalkerResults",
     "WalkerSchema",
+    "WalkerStopEvent",
     "WalkerStrategyResult",
     "WebhookNotifier",
     "add_ccxt_exchange",
@@ -309,6 +312,7 @@ __all__ = [
     "listen_walker_complete",
     "listen_walker_once",
     "listen_walker_progress",
+    "listen_walker_stop",
     "replay_clock",
     "set_config",
     "set_logger",

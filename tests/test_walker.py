@@ -326,12 +326,16 @@ async def test_stop_during_the_first_strategy_reports_it_and_skips_the_rest() ->
             await engine.walker.stop(SYMBOL, "w")
 
     engine.listen_signal_backtest(stop_at_first_close)
+    stops: list[bk.WalkerStopEvent] = []
+    engine.listen_walker_stop(stops.append)
     completes: list[bk.WalkerResults[Statistics]] = []
     engine.listen_walker_complete(completes.append)
     events = await walk(engine)
     assert started == ["sma"]
     (event,) = events
     assert event.stats.total_trades == 1  # the backtest ended at its next safe point after the stop
+    assert [(e.symbol, e.walker_name, e.strategy_name) for e in stops] == [
+        (SYMBOL, "w", "sma"), (SYMBOL, "w", "inverse"), (SYMBOL, "w", "wide")]
     (done,) = completes
     assert (done.total_strategies, done.best_strategy) == (3, "sma" if event.metric_value is not None else None)
     # a stop while the walker is not running prepares nothing: the next run is whole

@@ -156,7 +156,7 @@ WALKER_COMPLETE: Final[Channel[WalkerResults[Any]]] = Channel("walker_complete")
 
 WALKER_STOP: Final[Channel[WalkerStopEvent]] = Channel("walker_stop")
 """A stop request for one strategy of a walker (`WalkerStopEvent`), published by `Walker.stop` and the
-walker's cancel; the running walker of that (symbol, walker) listens. No `listen_*` (internal)."""
+walker's cancel; the running walker of that (symbol, walker) listens; `listen_walker_stop`."""
 
 ALL_CHANNELS: Final[tuple[Channel[Any], ...]] = (
     SIGNAL,

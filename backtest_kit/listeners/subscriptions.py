@@ -28,6 +28,7 @@ from ..engine.channels import (
     WALKER,
     WALKER_COMPLETE,
     WALKER_PROGRESS,
+    WALKER_STOP,
     Channel,
 )
 
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
         WalkerContract,
         WalkerProgressEvent,
         WalkerResults,
+        WalkerStopEvent,
     )
 
 __all__ = ["Callback", "Filter", "ListenMixin", "Unsubscribe"]
@@ -165,6 +167,11 @@ class ListenMixin:
     def listen_walker_complete(self, callback: Callback[WalkerResults[Any]]) -> Unsubscribe:
         """The end of a walker run: the best strategy, its metric and statistics."""
         return self._listen(WALKER_COMPLETE, callback)
+
+    def listen_walker_stop(self, callback: Callback[WalkerStopEvent]) -> Unsubscribe:
+        """Stop requests for the strategies of a walker (`Walker.stop`, the walker's cancel); the reference
+        keeps this channel internal, the engine lets it be observed like every other channel."""
+        return self._listen(WALKER_STOP, callback)
 
     def listen_done_walker(self, callback: Callback[DoneEvent]) -> Unsubscribe:
         """A walker background run ended (`strategy_name` holds the walker's name)."""
