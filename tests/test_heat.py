@@ -68,6 +68,8 @@ def by_hand(pnls: list[float]) -> dict[str, Any]:
     losses = [p for p in pnls if p < 0]
     mean = sum(pnls) / n
     std = math.sqrt(sum((p - mean) ** 2 for p in pnls) / n) if n > 1 else None
+    if std is not None and len(set(pnls)) == 1:
+        std = 0.0  # equal trades: exactly 0 (not the rounding noise of the mean), so no Sharpe
     running, peak, dd = 0.0, 0.0, 0.0
     for p in pnls:
         running += p
@@ -168,8 +170,8 @@ def test_store_keeps_the_last_250_per_symbol_and_separates_strategies() -> None:
         store.add(closed("A", float(i), i))
     store.add(closed("A", -1.0, 301, strategy="other"))
     kept = store.trades("s")["A"]
-    assert len(kept) == 250 and kept[0].pnl.pnl_percentage == 299.0 and kept[-1].pnl.pnl_percentage == 50.0
-    assert [t.pnl.pnl_percentage for t in store.trades("other")["A"]] == [-1.0]
+    assert len(kept) == 250 and kept[0][1] == 299.0 and kept[-1][1] == 50.0  # (close time, pnl), newest first
+    assert [pnl for _, pnl in store.trades("other")["A"]] == [-1.0]
     store.clear("s")
     assert store.trades("s") == {} and store.trades("other") != {}
 

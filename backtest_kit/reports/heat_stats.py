@@ -13,7 +13,8 @@ Per symbol row (n kept trades, p_i their net PnL %), as the reference defines th
 - `win_rate` = win_count / n, a **fraction** like `Statistics.win_rate`
   ([decision 13](../../docs/design/decisions.md#decision-13-statistics-use-the-public-apis-names));
 - `total_pnl` = Σp; `avg_pnl` = Σp / n;
-- `std_dev` = population standard deviation, only when n > 1, else None;
+- `std_dev` = population standard deviation, only when n > 1, else None; exactly 0 when every p is
+  equal (not the rounding noise of their mean);
 - `sharpe_ratio` = avg_pnl / std_dev when std_dev is neither None nor 0, else None (unlike
   `Statistics`, whose zero rule exists for walker parity);
 - `max_drawdown` = largest fall of the cumulative PnL from its running peak (peak starts at 0), trades
@@ -40,7 +41,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeAlias
 
 from msgspec import Struct
 
@@ -61,6 +62,7 @@ __all__ = [
     "HeatRow",
     "HeatStatistics",
     "HeatStore",
+    "HeatTrade",
     "heat_cells",
     "heat_report",
     "heat_row",
@@ -70,6 +72,10 @@ __all__ = [
 
 MAX_HEAT_TRADES: Final = 250
 """Closed trades kept per (strategy, symbol), both modes mixed (reference cap)."""
+
+HeatTrade: TypeAlias = tuple[int, float]
+"""What the heatmap keeps of a closed trade: `(close_timestamp, pnl_percentage)`. Not the result
+itself: a live process keeps up to 250 per (strategy, symbol) for good, and the rows need no more."""
 
 NA: Final = "N/A"
 HEAT_COLUMNS: Final = ("Symbol", "Total PNL", "Sharpe", "PF", "Expect", "WR", "Avg Win", "Avg Loss", "Max DD",
@@ -151,9 +157,9 @@ def _streaks(pnls: Iterable[float]) -> tuple[int, int]:
     return best_win, best_loss
 
 
-def heat_row(symbol: str, trades_newest_first: Sequence[ClosedResult]) -> HeatRow:
+def heat_row(symbol: str, trades_newest_first: Sequence[HeatTrade]) -> HeatRow:
     """The row of one symbol from its kept trades (newest first, as stored); at least one trade."""
-    pnls = [t.pnl.pnl_percentage for t in reversed(trades_newest_first)]  # oldest first
+    pnls = [pnl for _, pnl in reversed(trades_newest_first)]  # oldest first
     n = len(pnls)
     wins = [p for p in pnls if p > 0]
     losses = [p for p in pnls if p < 0]
@@ -190,7 +196,7 @@ def heat_row(symbol: str, trades_newest_first: Sequence[ClosedResult]) -> HeatRo
     )
 
 
-def heat_statistics(strategy_name: str, by_symbol: Mapping[str, Sequence[ClosedResult]]) -> HeatStatistics:
+def heat_statistics(strategy_name: str, by_symbol: Mapping[str, Sequence[HeatTrade]]) -> HeatStatistics:
     """Rows and portfolio figures of one strategy; `by_symbol` in first-seen order, trades newest first."""
     rows = [heat_row(symbol, trades) for symbol, trades in by_symbol.items() if trades]
     # stable sort: ties (and every None) keep the first-seen order
@@ -202,8 +208,9 @@ def heat_statistics(strategy_name: str, by_symbol: Mapping[str, Sequence[ClosedR
         portfolio_sharpe = finite_or_none(
             _fsum(r.sharpe_ratio * r.total_trades for r in with_sharpe if r.sharpe_ratio is not None) / total_trades
         )
-    every = sorted((t for trades in by_symbol.values() for t in trades), key=lambda t: t.close_timestamp)
-    pnls = [t.pnl.pnl_percentage for t in every]
+    # every kept trade in the order they closed (a stable sort: same-time closes keep symbol order)
+    every = sorted((t for trades in by_symbol.values() for t in reversed(trades)), key=lambda t: t[0])
+    pnls = [pnl for _, pnl in every]
     wins = [p for p in pnls if p > 0]
     losses = [p for p in pnls if p < 0]
     return HeatStatistics(
@@ -229,7 +236,7 @@ class HeatStore:
 
     def __init__(self, max_trades: int = MAX_HEAT_TRADES) -> None:
         self.max_trades = max_trades
-        self._trades: dict[str, dict[str, deque[ClosedResult]]] = {}
+        self._trades: dict[str, dict[str, deque[HeatTrade]]] = {}
 
     def add(self, result: ClosedResult) -> None:
         """Record one closed trade of either mode (called by the run statistics stores)."""
@@ -239,9 +246,9 @@ class HeatStore:
         trades = symbols.get(result.symbol)
         if trades is None:
             trades = symbols[result.symbol] = deque(maxlen=self.max_trades)
-        trades.appendleft(result)
+        trades.appendleft((result.close_timestamp, result.pnl.pnl_percentage))
 
-    def trades(self, strategy_name: str) -> dict[str, list[ClosedResult]]:
+    def trades(self, strategy_name: str) -> dict[str, list[HeatTrade]]:
         """symbol -> kept trades newest first, symbols in first-seen order (a snapshot)."""
         return {symbol: list(trades) for symbol, trades in self._trades.get(strategy_name, {}).items()}
 
