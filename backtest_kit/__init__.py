@@ -72,9 +72,14 @@ from .engine.models import (
     SignalDto,
     SignalRow,
     TickResult,
+    WalkerContract,
+    WalkerInstanceInfo,
+    WalkerProgressEvent,
+    WalkerResults,
+    WalkerStopEvent,
 )
 from .engine.persist import PersistBackend
-from .engine.registry import StrategyCallbacks
+from .engine.registry import StrategyCallbacks, WalkerCallbacks, WalkerSchema
 from .engine.runner import CancelHandle
 from .listeners.notifiers import (
     ConsoleNotifier,
@@ -89,11 +94,14 @@ from .portfolio.partial import PartialEntry, PartialStatistics
 from .portfolio.risk import ActivePosition, RiskCheckArgs
 from .portfolio.risk_facade import RiskStatistics
 from .portfolio.sizing import Constant
+from .reports.heat_stats import HeatRow, HeatStatistics
 from .reports.performance_stats import MetricStats, PerformanceStatistics
 from .reports.schedule_stats import ScheduleEvent, ScheduleStatistics
 from .reports.stats import Statistics
+from .reports.walker_stats import WalkerData, WalkerStrategyResult
 from .system.engine import Engine
 from .system.shutdown import install_signal_handlers
+from .system.walker import WalkerCancel
 
 __version__ = "0.1.0"
 
@@ -150,6 +158,19 @@ listen_partial_profit_once = default_engine.listen_partial_profit_once
 listen_partial_loss = default_engine.listen_partial_loss
 listen_partial_loss_once = default_engine.listen_partial_loss_once
 
+# Walker (strategy comparison) and Heat (the portfolio heatmap)
+Walker = default_engine.walker
+Heat = default_engine.heat
+add_walker = default_engine.add_walker
+list_walkers = default_engine.list_walkers
+listen_walker = default_engine.listen_walker
+listen_walker_once = default_engine.listen_walker_once
+listen_walker_progress = default_engine.listen_walker_progress
+listen_walker_complete = default_engine.listen_walker_complete
+listen_walker_stop = default_engine.listen_walker_stop
+listen_done_walker = default_engine.listen_done_walker
+listen_done_walker_once = default_engine.listen_done_walker_once
+
 __all__ = [
     "CHANNELS",
     "DEFAULT_CONFIG",
@@ -177,6 +198,9 @@ __all__ = [
     "ExchangeError",
     "FilePersist",
     "FinishedResult",
+    "Heat",
+    "HeatRow",
+    "HeatStatistics",
     "IdleResult",
     "InstanceInfo",
     "ListenerTimeoutError",
@@ -226,6 +250,17 @@ __all__ = [
     "TickResult",
     "UnknownNameError",
     "VirtualClock",
+    "Walker",
+    "WalkerCallbacks",
+    "WalkerCancel",
+    "WalkerContract",
+    "WalkerData",
+    "WalkerInstanceInfo",
+    "WalkerProgressEvent",
+    "WalkerResults",
+    "WalkerSchema",
+    "WalkerStopEvent",
+    "WalkerStrategyResult",
     "WebhookNotifier",
     "add_ccxt_exchange",
     "add_exchange",
@@ -234,6 +269,7 @@ __all__ = [
     "add_risk",
     "add_sizing",
     "add_strategy",
+    "add_walker",
     "bundled_sample_path",
     "default_engine",
     "execution_context",
@@ -251,11 +287,14 @@ __all__ = [
     "list_risks",
     "list_sizings",
     "list_strategies",
+    "list_walkers",
     "listen_backtest_progress",
     "listen_done_backtest",
     "listen_done_backtest_once",
     "listen_done_live",
     "listen_done_live_once",
+    "listen_done_walker",
+    "listen_done_walker_once",
     "listen_error",
     "listen_exit",
     "listen_partial_loss",
@@ -273,6 +312,11 @@ __all__ = [
     "listen_signal_live_once",
     "listen_signal_once",
     "listen_validation",
+    "listen_walker",
+    "listen_walker_complete",
+    "listen_walker_once",
+    "listen_walker_progress",
+    "listen_walker_stop",
     "replay_clock",
     "set_config",
     "set_logger",

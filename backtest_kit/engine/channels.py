@@ -16,13 +16,25 @@ from __future__ import annotations
 
 from typing import Any, Final, Generic, NoReturn, TypeVar
 
-from .models import DoneEvent, PartialEvent, PerformanceEvent, ProgressEvent, RiskEvent, TickResult
+from .models import (
+    DoneEvent,
+    PartialEvent,
+    PerformanceEvent,
+    ProgressEvent,
+    RiskEvent,
+    TickResult,
+    WalkerContract,
+    WalkerProgressEvent,
+    WalkerResults,
+    WalkerStopEvent,
+)
 
 __all__ = [
     "ALL_CHANNELS",
     "CHANNEL_BY_NAME",
     "DONE_BACKTEST",
     "DONE_LIVE",
+    "DONE_WALKER",
     "ERROR",
     "EXIT",
     "PARTIAL_LOSS",
@@ -34,6 +46,10 @@ __all__ = [
     "SIGNAL_BACKTEST",
     "SIGNAL_LIVE",
     "VALIDATION",
+    "WALKER",
+    "WALKER_COMPLETE",
+    "WALKER_PROGRESS",
+    "WALKER_STOP",
     "Channel",
 ]
 
@@ -122,6 +138,26 @@ RISK: Final[Channel[RiskEvent]] = Channel("risk")
 """A risk profile rejected a signal (`RiskEvent`), published by `portfolio/risk.py`; recorded by
 `RiskService` and `listen_risk`."""
 
+DONE_WALKER: Final[Channel[DoneEvent]] = Channel("done_walker")
+"""A walker background run ended (`DoneEvent` with the walker's name as `strategy_name`, its exchange,
+`backtest=True`), after all of its other events; published by `system/walker.py`; `listen_done_walker`."""
+
+WALKER_PROGRESS: Final[Channel[WalkerProgressEvent]] = Channel("walker_progress")
+"""A walker finished one more strategy's backtest (`WalkerProgressEvent`); published by
+`system/walker.py`; `listen_walker_progress`."""
+
+WALKER: Final[Channel[WalkerContract[Any]]] = Channel("walker")
+"""One strategy's result within a walker run (`WalkerContract[Any]`; its `stats` is a `Statistics`),
+after its progress event and `on_strategy_complete`; published by `system/walker.py`; `listen_walker`."""
+
+WALKER_COMPLETE: Final[Channel[WalkerResults[Any]]] = Channel("walker_complete")
+"""The end of a walker run (`WalkerResults[Any]`; `best_stats` is a `Statistics`), after `on_complete`; published by
+`system/walker.py`; `listen_walker_complete`."""
+
+WALKER_STOP: Final[Channel[WalkerStopEvent]] = Channel("walker_stop")
+"""A stop request for one strategy of a walker (`WalkerStopEvent`), published by `Walker.stop` and the
+walker's cancel; the running walker of that (symbol, walker) listens; `listen_walker_stop`."""
+
 ALL_CHANNELS: Final[tuple[Channel[Any], ...]] = (
     SIGNAL,
     SIGNAL_LIVE,
@@ -136,6 +172,11 @@ ALL_CHANNELS: Final[tuple[Channel[Any], ...]] = (
     PARTIAL_PROFIT,
     PARTIAL_LOSS,
     RISK,
+    DONE_WALKER,
+    WALKER_PROGRESS,
+    WALKER,
+    WALKER_COMPLETE,
+    WALKER_STOP,
 )
 """Every channel of the bus, in the order of `bk.CHANNELS` (their names)."""
 

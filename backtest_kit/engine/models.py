@@ -8,7 +8,7 @@ field (`$.price_open`).
 from __future__ import annotations
 
 import difflib
-from typing import Any, ClassVar, Literal, TypeAlias
+from typing import Any, ClassVar, Generic, Literal, TypeAlias, TypeVar
 
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
@@ -37,6 +37,11 @@ __all__ = [
     "SignalDto",
     "SignalRow",
     "TickResult",
+    "WalkerContract",
+    "WalkerInstanceInfo",
+    "WalkerProgressEvent",
+    "WalkerResults",
+    "WalkerStopEvent",
     "decode_signal_dto",
 ]
 
@@ -223,6 +228,78 @@ class InstanceInfo(Struct, frozen=True, kw_only=True):
     id: str
     symbol: str
     strategy_name: str
+    exchange_name: str
+    status: InstanceStatus
+    error: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Walker events ([risk-sizing §4](../../docs/design/risk-sizing-portfolio.md#4-walker)). The statistics they
+# carry are the reports layer's `Statistics`, which the engine core may not import: the two events that
+# hold statistics are generic in their type (`S`), and `reports/walker_stats.py` names the concrete
+# `WalkerContract[Statistics]`.
+# ---------------------------------------------------------------------------------------------------------
+
+S = TypeVar("S")
+
+
+class WalkerProgressEvent(Struct, frozen=True, kw_only=True):
+    """A walker finished one more strategy's backtest (failed strategies are not counted)."""
+
+    walker_name: str
+    exchange_name: str
+    frame_name: str
+    symbol: str
+    total_strategies: int
+    processed_strategies: int
+    progress: float
+
+
+class WalkerContract(Struct, Generic[S], frozen=True, kw_only=True):
+    """One strategy's result within a walker run, with the best so far (as of this strategy)."""
+
+    walker_name: str
+    exchange_name: str
+    frame_name: str
+    symbol: str
+    strategy_name: str
+    stats: S
+    metric_value: float | None
+    metric: str
+    best_metric: float | None
+    best_strategy: str | None
+    strategies_tested: int
+    total_strategies: int
+
+
+class WalkerResults(Struct, Generic[S], frozen=True, kw_only=True):
+    """The end of a walker run: the best strategy (all three `best_*` None when no metric was usable)."""
+
+    walker_name: str
+    symbol: str
+    exchange_name: str
+    frame_name: str
+    metric: str
+    total_strategies: int
+    best_strategy: str | None
+    best_metric: float | None
+    best_stats: S | None
+
+
+class WalkerStopEvent(Struct, frozen=True, kw_only=True):
+    """A stop request for one strategy of a walker (`Walker.stop` / the walker's cancel)."""
+
+    symbol: str
+    strategy_name: str
+    walker_name: str
+
+
+class WalkerInstanceInfo(Struct, frozen=True, kw_only=True):
+    """One walker instance as `Walker.list()` reports it."""
+
+    id: str
+    symbol: str
+    walker_name: str
     exchange_name: str
     status: InstanceStatus
     error: str | None = None

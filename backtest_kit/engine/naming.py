@@ -24,6 +24,7 @@ Every name without ``%`` or the separator in the first position keeps the seed's
 Report files (`pair_file_stem`) are named ``<symbol>_<strategy>``: each name is percent-encoded (every
 byte outside ``[A-Za-z0-9.-]`` and, in the symbol, ``_``), so the first ``_`` is the join and no two
 pairs share a report; ``BTCUSDT_sma-cross`` stays readable and ``BTC/USDT`` becomes ``BTC%2FUSDT``.
+Reports named by one name (`name_file_stem`: a walker, a strategy's heatmap) encode it the same way.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ __all__ = [
     "POSITION_SEPARATOR",
     "SIGNAL_SEPARATOR",
     "legacy_pair_key",
+    "name_file_stem",
     "pair_file_stem",
     "pair_key",
     "split_pair_key",
@@ -66,6 +68,17 @@ def pair_file_stem(symbol: str, strategy_name: str) -> str:
     if len(stem) <= _MAX_STEM:
         return stem
     digest = hashlib.sha256(f"{symbol}\0{strategy_name}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{stem[: _MAX_STEM - 66]}~{digest}"
+
+
+def name_file_stem(name: str) -> str:
+    """The file stem of a report named by one name (a walker's, or a strategy's heatmap): percent-encoded
+    like the strategy half of `pair_file_stem` (``sma-cross`` stays, ``a/b`` becomes ``a%2Fb``), so no
+    name can leave the report directory; a stem too long for a file name ends in a sha256 of the name."""
+    stem = _encode_name(name, True)
+    if len(stem) <= _MAX_STEM:
+        return stem
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
     return f"{stem[: _MAX_STEM - 66]}~{digest}"
 
 

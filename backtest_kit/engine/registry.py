@@ -17,6 +17,7 @@ from .intervals import FRAME_INTERVALS, SIGNAL_INTERVALS
 
 __all__ = [
     "SIZING_METHODS",
+    "WALKER_METRICS",
     "AnyCallable",
     "ExchangeSchema",
     "FrameSchema",
@@ -27,11 +28,15 @@ __all__ = [
     "StrategyCallbacks",
     "StrategySchema",
     "Table",
+    "WalkerCallbacks",
+    "WalkerSchema",
     "make_exchange",
     "make_frame",
     "make_risk",
     "make_sizing",
     "make_strategy",
+    "make_walker",
+    "metric_lower_is_better",
 ]
 
 AnyCallable = Callable[..., Any]
@@ -134,6 +139,114 @@ class SizingSchema:
 
 
 SIZING_METHODS = ("fixed-percentage", "kelly-criterion", "atr-based")
+
+# ---------------------------------------------------------------------------------------------------------
+# Walker (strategy comparison)
+# ---------------------------------------------------------------------------------------------------------
+
+WALKER_METRICS = (
+    "sharpe_ratio",
+    "annualized_sharpe_ratio",
+    "sortino_ratio",
+    "win_rate",
+    "total_pnl",
+    "avg_pnl",
+    "certainty_ratio",
+    "expected_yearly_returns",
+    "profit_factor",
+    "expectancy",
+    "max_drawdown",
+)
+"""`Statistics` fields a walker may rank by
+([risk-sizing §4](../../docs/design/risk-sizing-portfolio.md#4-walker)): the reference's seven, plus the
+port's `sortino_ratio`, `profit_factor`, `expectancy` and `max_drawdown`. Names only: the engine core
+cannot import `Statistics` (reports layer); `tests/test_walker.py` checks each is a field of it."""
+
+_LOWER_IS_BETTER = frozenset({"max_drawdown"})
+
+
+def metric_lower_is_better(metric: str) -> bool:
+    """True for the metrics where a smaller value ranks first (a drawdown); every other is higher-better."""
+    return metric in _LOWER_IS_BETTER
+
+
+@dataclass(frozen=True, slots=True)
+class WalkerCallbacks:
+    """Walker callbacks; each optional, sync or async (awaited). `on_strategy_start(strategy_name, symbol)`,
+    `on_strategy_complete(strategy_name, symbol, stats, metric_value)`, `on_strategy_error(strategy_name,
+    symbol, error)`, `on_complete(results)`."""
+
+    on_strategy_start: AnyCallable | None = None
+    on_strategy_complete: AnyCallable | None = None
+    on_strategy_error: AnyCallable | None = None
+    on_complete: AnyCallable | None = None
+
+    @classmethod
+    def coerce(cls, value: WalkerCallbacks | Mapping[str, Any] | None) -> WalkerCallbacks:
+        """Accept the dataclass, a dict of the same keys, or None; reject unknown keys and non-callables."""
+        if value is None:
+            return cls()
+        if isinstance(value, WalkerCallbacks):
+            result = value
+        elif isinstance(value, Mapping):
+            known = {f.name for f in fields(cls)}
+            unknown = [k for k in value if k not in known]
+            if unknown:
+                raise SchemaError(
+                    f"callbacks: unknown walker callback {unknown[0]!r}; known: {', '.join(sorted(known))}"
+                )
+            result = cls(**dict(value))
+        else:
+            raise SchemaError(f"callbacks: expected WalkerCallbacks or a dict, got {value!r}")
+        for f in fields(cls):
+            fn = getattr(result, f.name)
+            if fn is not None and not callable(fn):
+                raise SchemaError(f"callbacks.{f.name}: expected a callable, got {fn!r}")
+        return result
+
+
+@dataclass(frozen=True, slots=True)
+class WalkerSchema:
+    """A strategy comparison: every strategy of `strategies`, in order, backtested on the walker's
+    exchange and frame, ranked by `metric`."""
+
+    walker_name: str
+    exchange_name: str
+    frame_name: str
+    strategies: tuple[str, ...]
+    metric: str = "sharpe_ratio"
+    callbacks: WalkerCallbacks = field(default_factory=WalkerCallbacks)
+    note: str | None = None
+
+
+def make_walker(
+    walker_name: Any, exchange_name: Any, frame_name: Any, strategies: Any, metric: Any, callbacks: Any, note: Any
+) -> WalkerSchema:
+    """Check a walker completely (names, a non-empty list of distinct strategy names, a known metric).
+
+    Whether the exchange, frame and strategies exist is checked when the walker runs (reference).
+    """
+    name = _name("walker", walker_name)
+    exchange = _name("exchange", exchange_name)
+    frame = _name("frame", frame_name)
+    if isinstance(strategies, str | bytes) or not isinstance(strategies, Sequence):
+        raise SchemaError(f"strategies: expected a list of strategy names for walker {name!r}, got {strategies!r}")
+    if not strategies:
+        raise SchemaError(f"strategies: expected at least one strategy name for walker {name!r}, got []")
+    for i, item in enumerate(strategies):
+        if not isinstance(item, str) or not item.strip():
+            raise SchemaError(f"strategies[{i}]: expected a non-empty strategy name, got {item!r}")
+    seen: set[str] = set()
+    for item in strategies:
+        if item in seen:  # the walker store is keyed by strategy name: a repeat would overwrite itself
+            raise SchemaError(f"strategies: strategy {item!r} is listed twice for walker {name!r}")
+        seen.add(item)
+    if not isinstance(metric, str) or metric not in WALKER_METRICS:
+        raise SchemaError(
+            f"metric: unknown walker metric {metric!r} for walker {name!r}; expected one of {', '.join(WALKER_METRICS)}"
+        )
+    return WalkerSchema(name, exchange, frame, tuple(strategies), metric, WalkerCallbacks.coerce(callbacks),
+                        _note(note))
 
 
 def _name(kind: str, value: Any) -> str:
@@ -313,5 +426,6 @@ class Registry:
         self.frames: Table[FrameSchema] = Table("frame")
         self.risks: Table[RiskSchema] = Table("risk")
         self.sizings: Table[SizingSchema] = Table("sizing")
+        self.walkers: Table[WalkerSchema] = Table("walker")
 
 

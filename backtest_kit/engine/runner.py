@@ -189,6 +189,13 @@ class RunnerBase(Generic[R]):
         record = self._records.get((symbol, strategy_name))
         return record.exchange_name if record is not None else ""
 
+    def request_stop_pair(self, symbol: str, strategy_name: str) -> None:
+        """Graceful stop of one pair from sync code on the loop thread (a walker's cancel); a pair
+        never started is left alone, so a later run is not affected."""
+        record = self._records.get((symbol, strategy_name))
+        if record is not None:
+            record.request_stop()
+
     def request_stop_all(self) -> None:
         """Graceful stop of every run of this mode (`Engine.close`)."""
         for record in self._records.values():

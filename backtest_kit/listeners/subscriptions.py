@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..engine.channels import (
     DONE_BACKTEST,
     DONE_LIVE,
+    DONE_WALKER,
     ERROR,
     EXIT,
     PARTIAL_LOSS,
@@ -24,6 +25,10 @@ from ..engine.channels import (
     SIGNAL_BACKTEST,
     SIGNAL_LIVE,
     VALIDATION,
+    WALKER,
+    WALKER_COMPLETE,
+    WALKER_PROGRESS,
+    WALKER_STOP,
     Channel,
 )
 
@@ -36,6 +41,10 @@ if TYPE_CHECKING:
         ProgressEvent,
         RiskEvent,
         TickResult,
+        WalkerContract,
+        WalkerProgressEvent,
+        WalkerResults,
+        WalkerStopEvent,
     )
 
 __all__ = ["Callback", "Filter", "ListenMixin", "Unsubscribe"]
@@ -140,3 +149,33 @@ class ListenMixin:
         self, filter: Filter[PartialEvent], callback: Callback[PartialEvent]
     ) -> Unsubscribe:
         return self._once(PARTIAL_LOSS, filter, callback)
+
+    # walker (strategy comparison) -----------------------------------------------------------
+    def listen_walker(self, callback: Callback[WalkerContract[Any]]) -> Unsubscribe:
+        """One strategy's result within a walker run (a `WalkerContract` with its `Statistics`)."""
+        return self._listen(WALKER, callback)
+
+    def listen_walker_once(
+        self, filter: Filter[WalkerContract[Any]], callback: Callback[WalkerContract[Any]]
+    ) -> Unsubscribe:
+        return self._once(WALKER, filter, callback)
+
+    def listen_walker_progress(self, callback: Callback[WalkerProgressEvent]) -> Unsubscribe:
+        """A walker finished one more strategy's backtest."""
+        return self._listen(WALKER_PROGRESS, callback)
+
+    def listen_walker_complete(self, callback: Callback[WalkerResults[Any]]) -> Unsubscribe:
+        """The end of a walker run: the best strategy, its metric and statistics."""
+        return self._listen(WALKER_COMPLETE, callback)
+
+    def listen_walker_stop(self, callback: Callback[WalkerStopEvent]) -> Unsubscribe:
+        """Stop requests for the strategies of a walker (`Walker.stop`, the walker's cancel); the reference
+        keeps this channel internal, the engine lets it be observed like every other channel."""
+        return self._listen(WALKER_STOP, callback)
+
+    def listen_done_walker(self, callback: Callback[DoneEvent]) -> Unsubscribe:
+        """A walker background run ended (`strategy_name` holds the walker's name)."""
+        return self._listen(DONE_WALKER, callback)
+
+    def listen_done_walker_once(self, filter: Filter[DoneEvent], callback: Callback[DoneEvent]) -> Unsubscribe:
+        return self._once(DONE_WALKER, filter, callback)

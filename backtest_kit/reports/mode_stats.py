@@ -13,6 +13,7 @@ The aggregate and the `Statistics` snapshot are in `stats.py`. Pure module: no a
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import msgspec
 
@@ -92,10 +93,11 @@ class BacktestStats:
     reports and the reference use.
     """
 
-    __slots__ = ("_trades", "aggregate", "max_events", "open_price", "open_signal")
+    __slots__ = ("_trades", "aggregate", "max_events", "on_closed", "open_price", "open_signal")
 
-    def __init__(self, max_events: int = MAX_EVENTS) -> None:
+    def __init__(self, max_events: int = MAX_EVENTS, on_closed: Callable[[ClosedResult], None] | None = None) -> None:
         self.max_events = max_events
+        self.on_closed = on_closed  # the portfolio heatmap's store: every closed trade of both modes
         self._trades: list[ClosedResult] = []
         self.aggregate = TradeAggregate()
         self.open_signal: SignalRow | None = None  # set once, by the runner, when the data ends
@@ -111,6 +113,8 @@ class BacktestStats:
         if isinstance(result, ClosedResult):
             self._trades.append(result)
             self.aggregate.add(result)
+            if self.on_closed is not None:
+                self.on_closed(result)
 
     def clear(self) -> None:
         """Forget everything (a new backtest of the pair starts)."""
@@ -139,12 +143,13 @@ class LiveStats:
     `inserted − 1 − seq`. That lets an `active` tick find its signal's row in O(1) without a scan.
     """
 
-    __slots__ = ("_active", "_inserted", "_rows", "aggregate", "max_events", "open_price", "open_signal")
+    __slots__ = ("_active", "_inserted", "_rows", "aggregate", "max_events", "on_closed", "open_price", "open_signal")
 
-    def __init__(self, max_events: int = MAX_EVENTS) -> None:
+    def __init__(self, max_events: int = MAX_EVENTS, on_closed: Callable[[ClosedResult], None] | None = None) -> None:
         if max_events < 1:
             raise ValueError(f"max_events must be >= 1, got {max_events!r}")
         self.max_events = max_events
+        self.on_closed = on_closed  # the portfolio heatmap's store: every closed trade of both modes
         self._rows: deque[tuple[LiveEvent, ClosedResult | None]] = deque(maxlen=max_events)
         self._inserted = 0
         self._active: dict[str, int] = {}  # signal id -> sequence number of its `active` row
@@ -215,6 +220,8 @@ class LiveStats:
         if isinstance(result, ClosedResult):
             self.aggregate.add(result)
             self._push(closed_event(result), result)
+            if self.on_closed is not None:
+                self.on_closed(result)
             self._active.pop(signal.id, None)
             self.open_signal = None
         elif isinstance(result, OpenedResult):

@@ -1,10 +1,11 @@
-"""Equity-curve and drawdown chart of a run, as a PNG next to the markdown report.
+"""Charts as PNGs next to the markdown reports: a run's equity curve and drawdown, and a strategy's
+portfolio heatmap (symbols × metrics, `Heat.dump`).
 
 Optional: needs the `plot` extra (`pip install 'backtest-kit[plot]'`, i.e. matplotlib). matplotlib is
 imported lazily, only when a chart is drawn, and only through its object API (`Figure` with the Agg
 canvas): no pyplot, no global backend switch, nothing shown on screen, safe in a worker thread.
 
-The chart has two panels sharing the time axis:
+The equity chart has two panels sharing the time axis:
 
 - top: cumulative net PnL in percent points after each closed trade (the equity curve of
   `Statistics`, starting at 0 at the first entry), with the running peak dotted and each trade
@@ -39,11 +40,15 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EquityCurve",
+    "HeatmapGrid",
     "attach_equity_plot",
+    "attach_heatmap_plot",
     "equity_curve",
     "equity_png_path",
+    "heatmap_png_path",
     "plot_available",
     "render_equity_png",
+    "render_heatmap_png",
     "write_equity_png",
 ]
 
@@ -160,10 +165,10 @@ def write_equity_png(stats: Statistics, path: Path, *, title: str, live: bool = 
     return write_atomic(Path(path), data)
 
 
-def link_image(text: str, file_name: str) -> str:
-    """Insert `![equity](file_name)` after the report's title line (line 1) and its empty line."""
+def link_image(text: str, file_name: str, alt: str = "equity") -> str:
+    """Insert `![alt](file_name)` after the report's title line (line 1) and its empty line."""
     lines = text.split("\n")
-    return "\n".join([*lines[:2], f"![equity]({file_name})", "", *lines[2:]])
+    return "\n".join([*lines[:2], f"![{alt}]({file_name})", "", *lines[2:]])
 
 
 async def attach_equity_plot(
@@ -185,3 +190,74 @@ async def attach_equity_plot(
     if written is None:
         return text
     return link_image(text, written.name)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A heatmap table (the portfolio heatmap of `Heat.dump`: symbols × metrics)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class HeatmapGrid(Struct, frozen=True, kw_only=True):
+    """What a heatmap image shows: one row per label, one column per metric; `scores` (0..1, 1 = best
+    of its column, None = missing) colour the cells and `texts` label them."""
+
+    title: str
+    rows: list[str]
+    columns: list[str]
+    scores: list[list[float | None]]
+    texts: list[list[str]]
+
+
+def render_heatmap_png(grid: HeatmapGrid, *, dpi: int = 100) -> bytes | None:
+    """The grid as PNG bytes (red = worst, green = best of each column, grey = missing); None when it
+    has no row. Raises ImportError without matplotlib."""
+    figure: Any = importlib.import_module("matplotlib.figure")
+    if not grid.rows:
+        return None
+    n_rows, n_cols = len(grid.rows), len(grid.columns)
+    fig = figure.Figure(figsize=(1.1 * n_cols + 2.2, 0.45 * n_rows + 1.8), dpi=dpi, layout="constrained")
+    ax = fig.subplots()
+    values = [[float("nan") if v is None else v for v in row] for row in grid.scores]
+    ax.imshow(values, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    for i in range(n_rows):
+        for j in range(n_cols):
+            score = grid.scores[i][j]
+            color = "#888888" if score is None else "#ffffff" if score < 0.15 or score > 0.85 else "#222222"
+            ax.text(j, i, grid.texts[i][j], ha="center", va="center", fontsize=8, color=color)
+    ax.set_xticks(range(n_cols), grid.columns, fontsize=9)
+    ax.set_yticks(range(n_rows), grid.rows, fontsize=9)
+    ax.xaxis.tick_top()
+    ax.set_facecolor("#eeeeee")  # missing figures (NaN) show the background
+    fig.suptitle(grid.title, fontsize=11)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    return buffer.getvalue()
+
+
+def heatmap_png_path(md_path: Path) -> Path:
+    """`<dir>/<name>-heatmap.png` next to `<dir>/<name>.md`."""
+    return md_path.with_name(f"{md_path.stem}-heatmap.png")
+
+
+def _write_heatmap_png(grid: HeatmapGrid, path: Path) -> Path | None:
+    png = render_heatmap_png(grid)
+    return None if png is None else write_atomic(path, png)
+
+
+async def attach_heatmap_plot(text: str, grid: HeatmapGrid, md_path: Path, *, logger: EngineLogger | Any) -> str:
+    """Write the heatmap next to `md_path` when matplotlib is available and the grid has a row.
+
+    Returns `text` with the image linked below the title, or unchanged when no image was written (no
+    matplotlib, no data, or a failure — logged, never raised, like the equity chart).
+    """
+    if not grid.rows or not plot_available():
+        return text
+    png = heatmap_png_path(md_path)
+    try:
+        written = await asyncio.to_thread(_write_heatmap_png, grid, png)
+    except Exception as exc:
+        logger.warn(f"heatmap could not be written to {png}", repr(exc))
+        return text
+    if written is None:
+        return text
+    return link_image(text, written.name, "heatmap")

@@ -32,11 +32,14 @@ from ..engine.registry import (
     SizingSchema,
     StrategyCallbacks,
     StrategySchema,
+    WalkerCallbacks,
+    WalkerSchema,
     make_exchange,
     make_frame,
     make_risk,
     make_sizing,
     make_strategy,
+    make_walker,
 )
 from ..engine.runner import RunHooks
 from ..engine.signal_store import PersistedSignalStore
@@ -48,9 +51,11 @@ from ..portfolio.partial import PartialFacade, PartialService
 from ..portfolio.risk import RiskService
 from ..portfolio.risk_facade import RiskFacade
 from ..portfolio.sizing import CustomSizer, PositionSizeFacade, check_sizing_schema
+from ..reports.heat_stats import HeatFacade
 from ..reports.performance_stats import PerformanceFacade
 from ..reports.schedule_stats import ScheduleFacade
 from .modes import BacktestFacade, LiveFacade
+from .walker import WalkerFacade
 
 __all__ = ["PERSIST_ENTITIES", "Engine"]
 
@@ -86,8 +91,11 @@ class Engine(ListenMixin):
         hooks = RunHooks(make_instance=self._make_instance, track_task=self._track_task,
                          hold_persist=self._hold_persist, release_persist=self._release_persist)
         self.schedule = ScheduleFacade(self)
-        self.backtest = BacktestFacade(self, hooks, self.schedule)
-        self.live = LiveFacade(self, hooks, self.schedule)
+        # the portfolio heatmap is fed every closed trade of both modes by their statistics stores
+        self.heat = HeatFacade(self)
+        self.backtest = BacktestFacade(self, hooks, self.schedule, self.heat.add)
+        self.live = LiveFacade(self, hooks, self.schedule, self.heat.add)
+        self.walker = WalkerFacade(self, self.backtest)
         self.performance = PerformanceFacade(self)
         # its report store subscribes before any user listener
         self._risk = RiskService(self, backtest_ended=self.backtest.ended)
@@ -135,6 +143,14 @@ class Engine(ListenMixin):
     @property
     def PositionSize(self) -> PositionSizeFacade:
         return self.position_size
+
+    @property
+    def Walker(self) -> WalkerFacade:
+        return self.walker
+
+    @property
+    def Heat(self) -> HeatFacade:
+        return self.heat
 
     # ------------------------------------------------------------------ config and logging
     def _get_config(self) -> Config:
@@ -209,6 +225,21 @@ class Engine(ListenMixin):
             schema = dataclasses.replace(schema, callbacks=dict(callbacks))
         check_sizing_schema(schema)
         return self.registry.sizings.add(schema.sizing_name, schema)
+
+    def add_walker(
+        self, *, walker_name: str, exchange_name: str, frame_name: str, strategies: Sequence[str],
+        metric: str = "sharpe_ratio", callbacks: WalkerCallbacks | Mapping[str, Any] | None = None,
+        note: str | None = None,
+    ) -> WalkerSchema:
+        """Register a strategy comparison ([risk-sizing §4](../../docs/design/risk-sizing-portfolio.md#4-walker)):
+        `strategies` backtested in order on the exchange and frame, ranked by `metric` (a `Statistics`
+        field, `registry.WALKER_METRICS`; higher is better, `max_drawdown` lower). The names are checked
+        when the walker runs."""
+        schema = make_walker(walker_name, exchange_name, frame_name, strategies, metric, callbacks, note)
+        return self.registry.walkers.add(schema.walker_name, schema)
+
+    def list_walkers(self) -> list[WalkerSchema]:
+        return self.registry.walkers.list()
 
     def list_exchanges(self) -> list[ExchangeSchema]:
         return self.registry.exchanges.list()
@@ -374,6 +405,7 @@ class Engine(ListenMixin):
         `timeout` (seconds of wall-clock time) runs still going after it are cancelled: their open
         positions stay persisted and are restored by the next start.
         """
+        self.walker.request_stop_all()  # first: a stopped walker starts no further strategy
         self.backtest.request_stop_all()
         self.live.request_stop_all()
         tasks = list(self._tasks)

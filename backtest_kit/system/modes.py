@@ -8,10 +8,12 @@ share) and adds the read side: `get_data`, `get_report` and `dump`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from ..engine.backtest import BacktestRunner
 from ..engine.live import LiveRunner
+from ..engine.models import ClosedResult
 from ..engine.naming import pair_file_stem
 from ..engine.ports import Services
 from ..engine.runner import RunHooks
@@ -25,22 +27,29 @@ from ..reports.stats import Statistics
 __all__ = ["BacktestFacade", "BacktestStores", "LiveFacade", "LiveStores"]
 
 
-class BacktestStores:
-    """Per-pair `BacktestStats` (replaced when a run of the pair starts) and the schedule statistics."""
+ClosedSink = Callable[[ClosedResult], None]
 
-    def __init__(self, schedule: ScheduleFacade) -> None:
+
+class BacktestStores:
+    """Per-pair `BacktestStats` (replaced when a run of the pair starts) and the schedule statistics.
+
+    `on_closed` (the heatmap's store) gets every closed trade as the statistics record it.
+    """
+
+    def __init__(self, schedule: ScheduleFacade, on_closed: ClosedSink | None = None) -> None:
         self._schedule = schedule
+        self._on_closed = on_closed
         self._stats: dict[tuple[str, str], BacktestStats] = {}
 
     def reset(self, symbol: str, strategy_name: str) -> None:
-        self._stats[(symbol, strategy_name)] = BacktestStats()
+        self._stats[(symbol, strategy_name)] = BacktestStats(on_closed=self._on_closed)
         self._schedule.reset(symbol, strategy_name)
 
     def stats(self, symbol: str, strategy_name: str) -> BacktestStats:
         key = (symbol, strategy_name)
         stats = self._stats.get(key)
         if stats is None:
-            stats = self._stats[key] = BacktestStats()
+            stats = self._stats[key] = BacktestStats(on_closed=self._on_closed)
         return stats
 
     def schedule(self, symbol: str, strategy_name: str) -> ScheduleStats:
@@ -48,22 +57,26 @@ class BacktestStores:
 
 
 class LiveStores:
-    """Per-pair `LiveStats` (bounded by the `MAX_EVENTS` setting when created) and the schedule statistics."""
+    """Per-pair `LiveStats` (bounded by the `MAX_EVENTS` setting when created) and the schedule statistics.
 
-    def __init__(self, engine: Services, schedule: ScheduleFacade) -> None:
+    `on_closed` (the heatmap's store) gets every closed trade as the statistics record it.
+    """
+
+    def __init__(self, engine: Services, schedule: ScheduleFacade, on_closed: ClosedSink | None = None) -> None:
         self._engine = engine
         self._schedule = schedule
+        self._on_closed = on_closed
         self._stats: dict[tuple[str, str], LiveStats] = {}
 
     def reset(self, symbol: str, strategy_name: str) -> None:
-        self._stats[(symbol, strategy_name)] = LiveStats(self._engine.config.MAX_EVENTS)
+        self._stats[(symbol, strategy_name)] = LiveStats(self._engine.config.MAX_EVENTS, self._on_closed)
         self._schedule.reset(symbol, strategy_name)
 
     def stats(self, symbol: str, strategy_name: str) -> LiveStats:
         key = (symbol, strategy_name)
         stats = self._stats.get(key)
         if stats is None:
-            stats = self._stats[key] = LiveStats(self._engine.config.MAX_EVENTS)
+            stats = self._stats[key] = LiveStats(self._engine.config.MAX_EVENTS, self._on_closed)
         return stats
 
     def schedule(self, symbol: str, strategy_name: str) -> ScheduleStats:
@@ -103,8 +116,10 @@ async def _dump(
 class BacktestFacade(BacktestRunner):
     """`bk.Backtest`: run / background / stop / get_data / get_report / dump / list."""
 
-    def __init__(self, engine: Services, hooks: RunHooks, schedule: ScheduleFacade) -> None:
-        self.pair_stats = BacktestStores(schedule)
+    def __init__(
+        self, engine: Services, hooks: RunHooks, schedule: ScheduleFacade, on_closed: ClosedSink | None = None
+    ) -> None:
+        self.pair_stats = BacktestStores(schedule, on_closed)
         super().__init__(engine, hooks, self.pair_stats)
 
     async def get_data(self, symbol: str, strategy_name: str) -> Statistics:
@@ -133,8 +148,10 @@ class BacktestFacade(BacktestRunner):
 class LiveFacade(LiveRunner):
     """`bk.Live`: run / background / stop / get_data / get_report / dump / list."""
 
-    def __init__(self, engine: Services, hooks: RunHooks, schedule: ScheduleFacade) -> None:
-        self.pair_stats = LiveStores(engine, schedule)
+    def __init__(
+        self, engine: Services, hooks: RunHooks, schedule: ScheduleFacade, on_closed: ClosedSink | None = None
+    ) -> None:
+        self.pair_stats = LiveStores(engine, schedule, on_closed)
         super().__init__(engine, hooks, self.pair_stats)
 
     async def get_data(self, symbol: str, strategy_name: str) -> Statistics:
