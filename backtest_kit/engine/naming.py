@@ -34,6 +34,7 @@ import re
 __all__ = [
     "POSITION_SEPARATOR",
     "SIGNAL_SEPARATOR",
+    "file_stem",
     "legacy_pair_key",
     "pair_file_stem",
     "pair_key",
@@ -66,6 +67,16 @@ def pair_file_stem(symbol: str, strategy_name: str) -> str:
     if len(stem) <= _MAX_STEM:
         return stem
     digest = hashlib.sha256(f"{symbol}\0{strategy_name}".encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{stem[: _MAX_STEM - 66]}~{digest}"
+
+
+def file_stem(name: str) -> str:
+    """A single user name as a safe, injective file stem (a sweep's report name): the same
+    percent-encoding as `pair_file_stem`, ``_`` kept; a too-long name ends in a sha256 of it."""
+    stem = _encode_name(name, True)
+    if len(stem) <= _MAX_STEM:
+        return stem
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()
     return f"{stem[: _MAX_STEM - 66]}~{digest}"
 
 
