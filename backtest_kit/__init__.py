@@ -90,6 +90,7 @@ from .portfolio.sizing import Constant
 from .reports.performance_stats import MetricStats, PerformanceStatistics
 from .reports.schedule_stats import ScheduleEvent, ScheduleStatistics
 from .reports.stats import Statistics
+from .research import FloatRange, IntRange, Sweep, SweepProgress, SweepResult, SweepRow, WalkForward
 from .system.engine import Engine
 from .system.shutdown import install_signal_handlers
 
@@ -175,8 +176,10 @@ __all__ = [
     "ExchangeError",
     "FilePersist",
     "FinishedResult",
+    "FloatRange",
     "IdleResult",
     "InstanceInfo",
+    "IntRange",
     "ListenerTimeoutError",
     "Live",
     "LogNotifier",
@@ -217,11 +220,16 @@ __all__ = [
     "StaleDataError",
     "Statistics",
     "StrategyCallbacks",
+    "Sweep",
+    "SweepProgress",
+    "SweepResult",
+    "SweepRow",
     "SystemClock",
     "TelegramNotifier",
     "TickResult",
     "UnknownNameError",
     "VirtualClock",
+    "WalkForward",
     "WebhookNotifier",
     "add_ccxt_exchange",
     "add_exchange",

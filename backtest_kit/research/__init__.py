@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from .executors import EXECUTOR_NAMES, SequentialExecutor, make_executor
 from .grid import FloatRange, IntRange
-from .optuna_search import MissingExtraError
 from .ranking import LOWER_IS_BETTER, METRICS
 from .sweep import Sweep
-from .sweep_models import RankedParams, SplitChoice, SweepFiles, SweepProgress, SweepResult, SweepRow
+from .sweep_models import RankedParams, SplitChoice, SweepProgress, SweepRow
+from .sweep_report import SweepFiles, SweepResult
 from .walk_forward import Split, WalkForward, Window
 from .windowed import clip_candles
 
@@ -19,7 +19,6 @@ __all__ = [
     "METRICS",
     "FloatRange",
     "IntRange",
-    "MissingExtraError",
     "RankedParams",
     "SequentialExecutor",
     "Split",

@@ -14,24 +14,22 @@ import copy
 import importlib
 from typing import Any
 
-from ..engine.errors import BacktestKitError, SchemaError
+from ..engine.errors import SchemaError
 from .grid import FloatRange, IntRange, ParamSpec
 from .ranking import LOWER_IS_BETTER
 
-__all__ = ["SAMPLERS", "MissingExtraError", "import_optuna", "make_study", "suggest_params", "tell"]
+__all__ = ["SAMPLERS", "check_searchable", "import_optuna", "make_study", "suggest_params", "tell"]
 
 SAMPLERS = ("tpe", "random", "cmaes", "qmc")
 
 
-class MissingExtraError(BacktestKitError, ImportError):
-    """An optional dependency the call needs is not installed; the message names the extra."""
-
-
 def import_optuna() -> Any:
+    """The optuna module; ImportError naming the extra when it is not installed (as a chart without
+    matplotlib raises ImportError: a missing optional dependency is not a bad argument)."""
     try:
         return importlib.import_module("optuna")
     except ImportError:
-        raise MissingExtraError(
+        raise ImportError(
             "optuna: an Optuna search (optuna=N, --optuna N) needs the optuna extra: "
             "pip install 'backtest-kit[optuna]'"
         ) from None

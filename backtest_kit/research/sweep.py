@@ -59,7 +59,8 @@ from .executors import make_executor
 from .grid import ParamSpace, ParamSpec, check_space, grid_points
 from .optuna_search import check_searchable, import_optuna, make_study, suggest_params, tell
 from .ranking import check_metric, mean_score, metric_value, rank_key
-from .sweep_models import RankedParams, SplitChoice, SweepProgress, SweepResult, SweepRow, error_summary
+from .sweep_models import RankedParams, SplitChoice, SweepProgress, SweepRow, error_summary
+from .sweep_report import SweepResult
 from .walk_forward import Split, WalkForward, Window
 from .windowed import clip_candles
 
@@ -172,7 +173,8 @@ class Sweep:
         name: str | None = None,
     ) -> None:
         if not callable(make_strategy):
-            raise SchemaError(f"make_strategy: expected a strategy factory (params -> get_signal), got {make_strategy!r}")
+            raise SchemaError(f"make_strategy: expected a strategy factory (params -> get_signal), "
+                              f"got {make_strategy!r}")
         self.make_strategy = make_strategy
         self.space: dict[str, ParamSpec] = check_space(params)
         self.symbols = _symbols(symbols)

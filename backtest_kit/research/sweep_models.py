@@ -1,28 +1,23 @@
 """What a sweep gives back: its rows, the choice made on each split, the ranking and the progress events.
 
-Plain frozen dataclasses, separate from the code that runs a sweep (`sweep.py`). The writing of a
-result (markdown, CSV, chart) lives in `sweep_report.py`, which `SweepResult` delegates to; that
-module sees these classes only for type checking, so the two do not import each other at run time.
+Plain frozen dataclasses, separate from the code that runs a sweep (`sweep.py`) and from the result
+as a whole with its files (`sweep_report.py`), so each of those imports these and not the other.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from ..reports.stats import Statistics
 from ..system.jobs import JobResult
-from . import sweep_report
 from .walk_forward import Window
 
 __all__ = [
     "RankedParams",
     "SplitChoice",
-    "SweepFiles",
     "SweepProgress",
-    "SweepResult",
     "SweepRow",
     "error_summary",
 ]
@@ -158,87 +153,3 @@ class SweepProgress:
     def progress(self) -> float:
         return self.finished / self.total if self.total else 1.0
 
-
-@dataclass(frozen=True)
-class SweepFiles:
-    """Where `SweepResult.dump` wrote: the markdown report, the CSV of the rows, the chart (or None)."""
-
-    markdown: Path
-    csv: Path
-    chart: Path | None
-
-    def to_dict(self) -> dict[str, str | None]:
-        return {"markdown": str(self.markdown), "csv": str(self.csv),
-                "chart": None if self.chart is None else str(self.chart)}
-
-
-@dataclass(frozen=True)
-class SweepResult:
-    """Everything a sweep found (see `bk.Sweep`).
-
-    `rows` are in plan order (frame, split, parameter set, symbol), never completion order; `splits`
-    holds the choice made on each split; `ranking` every parameter set, best first; `best` the first
-    one's parameters (None when none ran without an error). `interrupted` is True when the sweep was
-    stopped or cancelled: the rows are those of the jobs that finished.
-    """
-
-    name: str
-    metric: str
-    search: Literal["grid", "optuna"]
-    param_names: tuple[str, ...]
-    rows: list[SweepRow]
-    splits: list[SplitChoice]
-    ranking: list[RankedParams]
-    interrupted: bool
-    total_jobs: int
-    finished_jobs: int
-    failed_jobs: int
-    elapsed_seconds: float
-    executor: str
-    walk_forward: bool
-    dump_dir: Path = Path("./dump")
-
-    @property
-    def best(self) -> dict[str, Any] | None:
-        if not self.ranking or self.ranking[0].errors or self.ranking[0].runs == 0:
-            return None
-        return dict(self.ranking[0].params)
-
-    @property
-    def best_score(self) -> float | None:
-        return self.ranking[0].score if self.best is not None else None
-
-    def table(self) -> list[dict[str, Any]]:
-        """The rows as dicts (`SweepRow.to_dict`)."""
-        return [row.to_dict() for row in self.rows]
-
-    def to_dict(self) -> dict[str, Any]:
-        """The whole result as JSON-ready builtins (what `backtest-kit sweep --json` prints)."""
-        return {
-            "name": self.name,
-            "metric": self.metric,
-            "search": self.search,
-            "executor": self.executor,
-            "walk_forward": self.walk_forward,
-            "interrupted": self.interrupted,
-            "jobs": {"total": self.total_jobs, "finished": self.finished_jobs, "failed": self.failed_jobs},
-            "elapsed_seconds": round(self.elapsed_seconds, 6),
-            "best": self.best,
-            "best_score": self.best_score,
-            "splits": [s.to_dict() for s in self.splits],
-            "ranking": [r.to_dict() for r in self.ranking],
-            "rows": self.table(),
-        }
-
-    def to_markdown(self) -> str:
-        return sweep_report.sweep_markdown(self)
-
-    def to_csv(self) -> str:
-        return sweep_report.sweep_csv(self)
-
-    def dump(self, directory: str | Path | None = None, *, plot: bool = True) -> SweepFiles:
-        """Write `<dir>/sweep/<name>.md` and `.csv` (name percent-encoded) and, with `plot` and the `plot`
-        extra, `<name>.png` (the metric against the parameters). `directory` defaults to the engine's
-        dump directory (`./dump`)."""
-        base = Path(directory) if directory is not None else self.dump_dir
-        return sweep_report.dump_sweep(self, base / "sweep", plot=plot)

@@ -1,4 +1,4 @@
-"""A sweep result as files: a markdown report, a CSV of its rows and a chart of the metric by parameters.
+"""A sweep's result (`SweepResult`) and its files: a markdown report, a CSV of its rows and a chart.
 
 `dump_sweep` writes `<dir>/<name>.md`, `<name>.csv` and, with the `plot` extra, `<name>.png` (name
 percent-encoded by `engine.naming.file_stem`, so any sweep name is one safe file name). The chart
@@ -15,21 +15,106 @@ import csv
 import importlib
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 from ..engine.naming import file_stem
 from ..reports.plots import plot_available
 from ..reports.report import markdown_table, write_atomic
 from .ranking import LOWER_IS_BETTER, rank_key
+from .sweep_models import RankedParams, SplitChoice, SweepRow
 
-if TYPE_CHECKING:
-    from .sweep_models import RankedParams, SweepFiles, SweepResult
-
-__all__ = ["dump_sweep", "render_sweep_png", "sweep_csv", "sweep_markdown"]
+__all__ = ["SweepFiles", "SweepResult", "dump_sweep", "render_sweep_png", "sweep_csv", "sweep_markdown"]
 
 _NA = "N/A"
 _MAX_CELLS = 40  # distinct values per axis a heatmap shows; more become a scatter
+
+
+@dataclass(frozen=True)
+class SweepFiles:
+    """Where `SweepResult.dump` wrote: the markdown report, the CSV of the rows, the chart (or None)."""
+
+    markdown: Path
+    csv: Path
+    chart: Path | None
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"markdown": str(self.markdown), "csv": str(self.csv),
+                "chart": None if self.chart is None else str(self.chart)}
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """Everything a sweep found (see `bk.Sweep`).
+
+    `rows` are in plan order (frame, split, parameter set, symbol), never completion order; `splits`
+    holds the choice made on each split; `ranking` every parameter set, best first; `best` the first
+    one's parameters (None when none ran without an error). `interrupted` is True when the sweep was
+    stopped or cancelled: the rows are those of the jobs that finished.
+    """
+
+    name: str
+    metric: str
+    search: Literal["grid", "optuna"]
+    param_names: tuple[str, ...]
+    rows: list[SweepRow]
+    splits: list[SplitChoice]
+    ranking: list[RankedParams]
+    interrupted: bool
+    total_jobs: int
+    finished_jobs: int
+    failed_jobs: int
+    elapsed_seconds: float
+    executor: str
+    walk_forward: bool
+    dump_dir: Path = Path("./dump")
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        if not self.ranking or self.ranking[0].errors or self.ranking[0].runs == 0:
+            return None
+        return dict(self.ranking[0].params)
+
+    @property
+    def best_score(self) -> float | None:
+        return self.ranking[0].score if self.best is not None else None
+
+    def table(self) -> list[dict[str, Any]]:
+        """The rows as dicts (`SweepRow.to_dict`)."""
+        return [row.to_dict() for row in self.rows]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The whole result as JSON-ready builtins (what `backtest-kit sweep --json` prints)."""
+        return {
+            "name": self.name,
+            "metric": self.metric,
+            "search": self.search,
+            "executor": self.executor,
+            "walk_forward": self.walk_forward,
+            "interrupted": self.interrupted,
+            "jobs": {"total": self.total_jobs, "finished": self.finished_jobs, "failed": self.failed_jobs},
+            "elapsed_seconds": round(self.elapsed_seconds, 6),
+            "best": self.best,
+            "best_score": self.best_score,
+            "splits": [s.to_dict() for s in self.splits],
+            "ranking": [r.to_dict() for r in self.ranking],
+            "rows": self.table(),
+        }
+
+    def to_markdown(self) -> str:
+        return sweep_markdown(self)
+
+    def to_csv(self) -> str:
+        return sweep_csv(self)
+
+    def dump(self, directory: str | Path | None = None, *, plot: bool = True) -> SweepFiles:
+        """Write `<dir>/sweep/<name>.md` and `.csv` (name percent-encoded) and, with `plot` and the `plot`
+        extra, `<name>.png` (the metric against the parameters). `directory` defaults to the engine's
+        dump directory (`./dump`)."""
+        base = Path(directory) if directory is not None else self.dump_dir
+        return dump_sweep(self, base / "sweep", plot=plot)
+
 
 
 def _num(x: float | int | None) -> str:
@@ -229,7 +314,6 @@ def _two_param_chart(fig: Any, ax: Any, result: SweepResult, scored: list[Ranked
 
 def dump_sweep(result: SweepResult, directory: Path, *, plot: bool = True) -> SweepFiles:
     """Write the markdown report, the CSV and (with `plot` and matplotlib, when a set has a score) the chart."""
-    from .sweep_models import SweepFiles
 
     stem = file_stem(result.name)
     chart: Path | None = None
