@@ -40,6 +40,7 @@ sweep itself sits above any one engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import inspect
 import logging
@@ -76,6 +77,10 @@ def unbuilt_get_signal(symbol: str, when: datetime) -> None:
     """The template strategy's `get_signal` when no strategy is registered for the sweep: every job
     replaces it with `make_strategy(**params)`, so it is never called (module-level: it pickles)."""
     raise RuntimeError("a sweep job's get_signal is built by its strategy factory")
+
+
+class _Stopped(Exception):
+    """`stop()` was called: unwinds `run()` to return the partial result."""
 
 
 @dataclass(frozen=True)
@@ -207,8 +212,7 @@ class Sweep:
         self.result: SweepResult | None = None
         """The last run's result; also set when the run was cancelled (its finished rows)."""
         self._listeners: list[ProgressCallback] = []
-        self._task: asyncio.Task[Any] | None = None
-        self._stop_requested = False
+        self._stop_event: asyncio.Event | None = None
 
     # ------------------------------------------------------------------------------------------- public
 
@@ -225,15 +229,14 @@ class Sweep:
         return unsubscribe
 
     def stop(self) -> None:
-        """Stop a running sweep: no new job starts, `run()` returns the finished rows (`interrupted`)."""
-        self._stop_requested = True
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
+        """Stop a running sweep: the job in flight is dropped, no new job starts, and `run()` returns
+        the finished rows (`interrupted=True`). Does nothing when the sweep is not running."""
+        if self._stop_event is not None:
+            self._stop_event.set()
 
     async def run(self) -> SweepResult:
         """Run every job and return the result (also kept in `self.result`)."""
-        if self._task is not None:
+        if self._stop_event is not None:
             raise RunStateError(f"sweep {self.name or ''!r} is already running")
         if self.optuna is not None:
             import_optuna()  # fail before any job when the extra is missing
@@ -241,27 +244,27 @@ class Sweep:
         own_executor = isinstance(self.executor, str)
         executor = make_executor(self.executor, **self.executor_options)
         state = self._initial_state(plan)
-        task = asyncio.current_task()
-        self._task, self._stop_requested = task, False
+        self._stop_event = asyncio.Event()
         started = time.perf_counter()
         try:
-            try:
-                if self.optuna is None:
-                    await self._grid_search(plan, executor, state)
-                else:
-                    await self._optuna_search(plan, executor, state)
-                self._choose_all(plan, state)
-                if self.walk_forward is not None:
-                    await self._test_choices(plan, executor, state)
-            except asyncio.CancelledError:
-                state.interrupted = True
-                if not self._stop_requested or task is None:
-                    raise
-                task.uncancel()  # our own stop(): a partial result, not a cancelled caller
+            if self.optuna is None:
+                await self._grid_search(plan, executor, state)
+            else:
+                await self._optuna_search(plan, executor, state)
+            self._choose_all(plan, state)
+            if self.walk_forward is not None:
+                await self._test_choices(plan, executor, state)
+        except _Stopped:
+            state.interrupted = True
+        except asyncio.CancelledError:
+            state.interrupted = True
+            raise
         finally:
-            self._task = None
+            self._stop_event = None
             if own_executor:
                 await executor.aclose()
+            if state.interrupted:
+                self._choose_all(plan, state)  # the splits table shows what the finished rows chose
             self.result = self._result(plan, state, executor.name, time.perf_counter() - started)
         return self.result
 
@@ -353,9 +356,35 @@ class Sweep:
 
     async def _execute(self, plan: _Plan, executor: Executor, jobs: list[BacktestJob], phase: Phase,
                        state: _State) -> None:
+        """Feed `jobs` to the executor and record each result as it comes.
+
+        Each result is awaited in a task of its own, raced against `stop()`: a stop drops the job in
+        flight at once (however long it runs) without cancelling the caller's task, and a result
+        that finished is always recorded whole, never half a backtest.
+        """
         stream = executor.run(jobs)
+        stop = self._stop_event
+        assert stop is not None
         try:
-            async for result in stream:
+            while True:
+                if stop.is_set():
+                    raise _Stopped
+                pending: asyncio.Future[JobResult] = asyncio.ensure_future(anext(stream))
+                stopping = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait((pending, stopping), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopping.cancel()
+                    if not pending.done():
+                        pending.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await pending
+                if pending.cancelled():
+                    raise _Stopped
+                try:
+                    result = pending.result()
+                except StopAsyncIteration:
+                    return
                 key = state.keys.get(result.job_id)
                 if key is None:
                     _log.warning("executor %s returned an unknown job %r", executor.name, result.job_id)
