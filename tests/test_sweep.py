@@ -257,7 +257,8 @@ async def test_a_walk_forward_job_sees_no_candle_after_its_window_even_when_a_po
         windows = [(row.train, row.in_sample_stats)] + ([(row.test, row.out_of_sample_stats)] if row.chosen else [])
         for window, stats in windows:
             assert window is not None and stats is not None
-            candles = [c for c in full.next_candles("BTCUSDT", "1m", 0, 20_000) if c.timestamp + 60_000 <= window.end_ms]
+            candles = [c for c in full.next_candles("BTCUSDT", "1m", 0, 20_000)
+                       if c.timestamp + 60_000 <= window.end_ms]
             last_tick = window.end - timedelta(minutes=1)
             truncated = await _backtest(bk.MemoryCandles({"BTCUSDT": candles}), make_peeker(row.params["fast"]),
                                         "BTCUSDT", window.start, last_tick, strategy_name="make_peeker")
