@@ -455,3 +455,23 @@ def test_grid_points_are_the_cartesian_product_in_declaration_order() -> None:
         {"a": 1, "b": 3}, {"a": 1, "b": 5}, {"a": 1, "b": 7}, {"a": 2, "b": 3}, {"a": 2, "b": 5}, {"a": 2, "b": 7},
     ]
     assert grid_points({"x": bk.FloatRange(0.1, 0.3, step=0.1)}) == [{"x": 0.1}, {"x": 0.2}, {"x": 0.3}]
+
+
+async def test_walk_forward_jobs_pickle_and_give_the_same_figures_in_a_worker_process() -> None:
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+
+    from backtest_kit.system.job_worker import run_job
+
+    recorder = RecordingExecutor()
+    result = await _sweep(_engine(), {"fast": [10]}, symbols="BTCUSDT", executor=recorder,
+                          walk_forward=bk.WalkForward(folds=1)).run()
+    job = next(j for j in recorder.jobs if j.frame.frame_name.endswith("-test"))
+    copy = pickle.loads(pickle.dumps(job))
+    assert copy.strategy_factory is demo.make_strategy
+    assert copy.exchange.get_candles.end_ms == job.exchange.get_candles.end_ms
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        remote = await asyncio.get_running_loop().run_in_executor(pool, run_job, job)
+    row = next(r for r in result.rows if r.chosen)
+    assert remote.stats is not None and row.out_of_sample_stats is not None
+    assert comparable_statistics(remote.stats) == comparable_statistics(row.out_of_sample_stats)
