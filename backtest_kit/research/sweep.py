@@ -79,10 +79,6 @@ def unbuilt_get_signal(symbol: str, when: datetime) -> None:
     raise RuntimeError("a sweep job's get_signal is built by its strategy factory")
 
 
-class _Stopped(Exception):
-    """`stop()` was called: unwinds `run()` to return the partial result."""
-
-
 @dataclass(frozen=True)
 class _Unit:
     """One split of one frame: the jobs' frames and exchanges of its train and test windows."""
@@ -252,10 +248,8 @@ class Sweep:
             else:
                 await self._optuna_search(plan, executor, state)
             self._choose_all(plan, state)
-            if self.walk_forward is not None:
+            if self.walk_forward is not None and not state.interrupted:
                 await self._test_choices(plan, executor, state)
-        except _Stopped:
-            state.interrupted = True
         except asyncio.CancelledError:
             state.interrupted = True
             raise
@@ -360,7 +354,7 @@ class Sweep:
 
         Each result is awaited in a task of its own, raced against `stop()`: a stop drops the job in
         flight at once (however long it runs) without cancelling the caller's task, and a result
-        that finished is always recorded whole, never half a backtest.
+        that finished is always recorded whole, never half a backtest. A stop sets `state.interrupted`.
         """
         stream = executor.run(jobs)
         stop = self._stop_event
@@ -368,7 +362,8 @@ class Sweep:
         try:
             while True:
                 if stop.is_set():
-                    raise _Stopped
+                    state.interrupted = True
+                    return
                 pending: asyncio.Future[JobResult] = asyncio.ensure_future(anext(stream))
                 stopping = asyncio.ensure_future(stop.wait())
                 try:
@@ -380,7 +375,8 @@ class Sweep:
                         with contextlib.suppress(asyncio.CancelledError, Exception):
                             await pending
                 if pending.cancelled():
-                    raise _Stopped
+                    state.interrupted = True
+                    return
                 try:
                     result = pending.result()
                 except StopAsyncIteration:
@@ -428,6 +424,8 @@ class Sweep:
                     asked.append((u, len(state.candidates[u]) - 1, trial))
             jobs = [self._job(plan, state, "in_sample", u, c, s) for u, c, _ in asked for s in plan.symbols]
             await self._execute(plan, executor, jobs, "in_sample", state)
+            if state.interrupted:
+                return  # a partial batch is not told: the study is dropped anyway
             for u, c, trial in asked:  # in asking order: the study does not depend on completion order
                 tell(studies[u], trial, self._score(plan, state, u, c))
             remaining -= batch
