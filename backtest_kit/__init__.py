@@ -99,6 +99,7 @@ from .reports.performance_stats import MetricStats, PerformanceStatistics
 from .reports.schedule_stats import ScheduleEvent, ScheduleStatistics
 from .reports.stats import Statistics
 from .reports.walker_stats import WalkerData, WalkerStrategyResult
+from .research import FloatRange, IntRange, Sweep, SweepProgress, SweepResult, SweepRow, WalkForward
 from .system.engine import Engine
 from .system.shutdown import install_signal_handlers
 from .system.walker import WalkerCancel
@@ -198,11 +199,13 @@ __all__ = [
     "ExchangeError",
     "FilePersist",
     "FinishedResult",
+    "FloatRange",
     "Heat",
     "HeatRow",
     "HeatStatistics",
     "IdleResult",
     "InstanceInfo",
+    "IntRange",
     "ListenerTimeoutError",
     "Live",
     "LogNotifier",
@@ -245,11 +248,16 @@ __all__ = [
     "StaleDataError",
     "Statistics",
     "StrategyCallbacks",
+    "Sweep",
+    "SweepProgress",
+    "SweepResult",
+    "SweepRow",
     "SystemClock",
     "TelegramNotifier",
     "TickResult",
     "UnknownNameError",
     "VirtualClock",
+    "WalkForward",
     "Walker",
     "WalkerCallbacks",
     "WalkerCancel",

@@ -7,19 +7,25 @@ after 240 minutes.
 
     backtest-kit backtest                                  # this strategy on the bundled week
     backtest-kit backtest --data BTCUSDT-1m-30d.csv        # on your own 1m CSV
+    backtest-kit sweep --param fast=5,10 --param slow=30,60  # `make_strategy`'s parameters, swept
+
+`make_strategy(fast, slow, take_profit, stop_loss)` builds the same crossover with other windows and
+exits: the strategy factory a parameter sweep (`bk.Sweep`, `backtest-kit sweep`) varies.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .adapters import CsvCandles, bundled_sample_path
 from .engine.context import get_candles
+from .engine.errors import SchemaError
 from .engine.models import SignalDto
 from .system.engine import Engine
 
-__all__ = ["EXCHANGE_NAME", "FRAME_NAME", "STRATEGY_NAME", "get_signal", "register"]
+__all__ = ["EXCHANGE_NAME", "FRAME_NAME", "STRATEGY_NAME", "get_signal", "make_strategy", "register"]
 
 STRATEGY_NAME = "sma-cross"
 EXCHANGE_NAME = "csv"
@@ -47,6 +53,45 @@ async def get_signal(symbol: str, when: datetime) -> SignalDto | None:
         return SignalDto(position="short", price_take_profit=price * 0.99,
                          price_stop_loss=price * 1.01, minute_estimated_time=240)
     return None
+
+
+def make_strategy(
+    fast: int = 10, slow: int = 30, take_profit: float = 1.0, stop_loss: float = 1.0
+) -> Callable[[str, datetime], Awaitable[SignalDto | None]]:
+    """The crossover of SMA(`fast`) over SMA(`slow`) with TP / SL `take_profit` / `stop_loss` percent.
+
+    `make_strategy()` trades exactly like `get_signal`. Module-level, so a sweep's worker processes
+    can import it; the `get_signal` it returns is built in the worker and need not pickle. Bad values
+    raise `SchemaError` naming the parameter (a sweep reports it in that parameter set's row).
+    """
+    for label, value in (("fast", fast), ("slow", slow)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SchemaError(f"{label}: expected a whole number of candles >= 1, got {value!r}")
+    if slow <= fast:
+        raise SchemaError(f"slow: must be greater than fast ({fast}), got {slow}")
+    for label, pct in (("take_profit", take_profit), ("stop_loss", stop_loss)):
+        if isinstance(pct, bool) or not isinstance(pct, int | float) or not 0 < pct < 100:
+            raise SchemaError(f"{label}: expected a percentage between 0 and 100, got {pct!r}")
+    limit = max(WARMUP_MINUTES, slow + 1)
+    tp, sl = take_profit / 100, stop_loss / 100
+
+    async def sma_cross(symbol: str, when: datetime) -> SignalDto | None:
+        candles = await get_candles(symbol, "1m", limit)
+        if len(candles) < slow + 1:
+            return None
+        closes = [c.close for c in candles]
+        f, s = _sma(closes[-fast:]), _sma(closes[-slow:])
+        f_before, s_before = _sma(closes[-fast - 1:-1]), _sma(closes[-slow - 1:-1])
+        price = closes[-1]
+        if f_before <= s_before and f > s:
+            return SignalDto(position="long", price_take_profit=price * (1 + tp), price_stop_loss=price * (1 - sl),
+                             minute_estimated_time=240)
+        if f_before >= s_before and f < s:
+            return SignalDto(position="short", price_take_profit=price * (1 - tp),
+                             price_stop_loss=price * (1 + sl), minute_estimated_time=240)
+        return None
+
+    return sma_cross
 
 
 def register(engine: Engine, csv_path: str | Path | None = None) -> tuple[str, str]:

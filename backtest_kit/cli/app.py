@@ -6,6 +6,7 @@
     backtest-kit live --replay BTCUSDT-1m-7d.csv  # live mode over history on a virtual clock
     backtest-kit live my_strategy.py --exchange ccxt:binance --symbol BTCUSDT
     backtest-kit report                           # list the dumped reports; `report NAME` prints one
+    backtest-kit sweep --param fast=5,10 --param slow=30,60 --folds 3   # parameter sweep (cli/sweep.py)
 
 Exit codes: 0 success, 1 the run failed (the message names the problem: a missing file, an unknown
 config key, a strategy that does not import, a frame outside the data, or a run that never worked

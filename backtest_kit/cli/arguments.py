@@ -17,6 +17,7 @@ from ..engine.intervals import FRAME_INTERVALS, SIGNAL_INTERVALS
 from .common import PROG
 from .report import cmd_report
 from .run import cmd_backtest, cmd_live
+from .sweep import add_sweep_parser
 
 __all__ = ["build_parser", "config_item", "parse_value", "positive_int", "speed", "when"]
 
@@ -166,4 +167,6 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", action="store_true", help="print JSON")
     rp.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
     rp.set_defaults(handler=cmd_report, verbose=False)
+
+    add_sweep_parser(sub, when, config_item, positive_int, SIGNAL_INTERVALS, FRAME_INTERVALS)
     return parser

@@ -5,5 +5,31 @@ where they ran."""
 from __future__ import annotations
 
 from .executors import EXECUTOR_NAMES, SequentialExecutor, make_executor
+from .grid import FloatRange, IntRange
+from .ranking import LOWER_IS_BETTER, METRICS
+from .sweep import Sweep
+from .sweep_models import RankedParams, SplitChoice, SweepProgress, SweepRow
+from .sweep_report import SweepFiles, SweepResult
+from .walk_forward import Split, WalkForward, Window
+from .windowed import clip_candles
 
-__all__ = ["EXECUTOR_NAMES", "SequentialExecutor", "make_executor"]
+__all__ = [
+    "EXECUTOR_NAMES",
+    "LOWER_IS_BETTER",
+    "METRICS",
+    "FloatRange",
+    "IntRange",
+    "RankedParams",
+    "SequentialExecutor",
+    "Split",
+    "SplitChoice",
+    "Sweep",
+    "SweepFiles",
+    "SweepProgress",
+    "SweepResult",
+    "SweepRow",
+    "WalkForward",
+    "Window",
+    "clip_candles",
+    "make_executor",
+]
