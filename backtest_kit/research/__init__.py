@@ -5,5 +5,7 @@ where they ran."""
 from __future__ import annotations
 
 from .executors import EXECUTOR_NAMES, SequentialExecutor, make_executor
+from .local_pool import LocalExecutor
+from .ray_executor import RayExecutor
 
-__all__ = ["EXECUTOR_NAMES", "SequentialExecutor", "make_executor"]
+__all__ = ["EXECUTOR_NAMES", "LocalExecutor", "RayExecutor", "SequentialExecutor", "make_executor"]
