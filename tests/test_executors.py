@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import pickle
 import sys
@@ -290,6 +291,20 @@ async def test_an_unpicklable_job_names_the_job_and_the_culprit(get_signal: Any)
     assert "job 'bad-1'" in text and "get_signal of strategy 'x' is a lambda/closure" in text
     assert "needs a module-level function" in text
     assert executor._pool is None  # nothing was started
+
+
+async def test_a_factory_job_does_not_need_a_picklable_registered_get_signal() -> None:
+    jobs = [dataclasses.replace(job, strategy=dataclasses.replace(job.strategy, get_signal=_closure_factory()))
+            for job in _jobs(fast=5) if job.strategy_factory is not None]
+    expected = await _collect(SequentialExecutor(), jobs)
+    executor = LocalExecutor(max_workers=2)
+    try:
+        got = await _collect(executor, jobs)
+    finally:
+        await executor.aclose()
+    for job_id, result in got.items():
+        assert result.stats is not None and expected[job_id].stats is not None
+        assert comparable_statistics(result.stats) == comparable_statistics(expected[job_id].stats)
 
 
 def test_a_csv_source_pickles_as_its_files_and_is_rebuilt_once_per_process(tmp_path: Path) -> None:

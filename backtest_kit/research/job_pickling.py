@@ -22,11 +22,23 @@ __all__ = ["dump_job", "load_job"]
 
 
 def dump_job(job: BacktestJob, executor: str) -> bytes:
-    """`job` pickled (highest protocol), or a `SchemaError` naming the job and the unpicklable part."""
+    """`job` pickled (highest protocol), or a `SchemaError` naming the job and the unpicklable part.
+
+    A job with a `strategy_factory` travels without its strategy's `get_signal`: the worker builds
+    it from the factory, and the registered one is often a closure of that factory (it would not
+    pickle, and is not needed).
+    """
+    if job.strategy_factory is not None:
+        job = dataclasses.replace(job, strategy=dataclasses.replace(job.strategy, get_signal=_built_by_factory))
     try:
         return pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise SchemaError(_explain(job, executor, exc)) from exc
+
+
+async def _built_by_factory(symbol: str, when: object) -> None:
+    """Stands in for the get_signal of a factory job in transit; `run_job` replaces it before use."""
+    raise RuntimeError("placeholder get_signal called: the job's strategy_factory should have replaced it")
 
 
 def load_job(blob: bytes, job_id: str) -> BacktestJob:
