@@ -52,9 +52,9 @@ from backtest_kit.testing import comparable_statistics, make_engine  # noqa: E40
 SPOT_BTC = "BTCUSDT-1m-2025-05-20_2025-08-18.csv.gz"
 SPOT_ETH = "ETHUSDT-1m-2025-05-20_2025-08-18.csv.gz"
 PERP_BTC = "BTCUSDT-PERP-1m-2025-05-04_2025-06-03.csv.gz"
-FASTS = (5, 8, 10, 15)
-SLOWS = (20, 30, 45, 60)
-WARMUP = timedelta(minutes=61)  # the slowest SMA reads 61 closed candles
+FASTS = (5, 10, 20, 40)
+SLOWS = (60, 120, 240, 480)
+WARMUP = timedelta(minutes=481)  # the slowest SMA reads 481 closed candles
 
 
 def _sma(values: list[float]) -> float:

@@ -237,6 +237,29 @@ async def test_closing_early_cancels_the_jobs_not_started(executor: Executor, lo
     assert all(r.ok for r in again.values())
 
 
+async def test_cancelling_the_consumer_like_ctrl_c_stops_the_workers(log_file: Path) -> None:
+    """Ctrl-C under asyncio.run cancels the main task: the run's `finally` must stop the pool."""
+    jobs = [job for job in _jobs(copies=8, fast=5, log=str(log_file)) if job.strategy_factory is not None]
+    executor = LocalExecutor(max_workers=2)
+    got_one = asyncio.Event()
+    kept: list[JobResult] = []
+
+    async def consume() -> None:
+        async for result in executor.run(jobs):
+            kept.append(result)
+            got_one.set()
+
+    task = asyncio.create_task(consume())
+    await got_one.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert executor._pool is None and len(kept) < len(jobs)
+    for pid in {int(pid) for pid, _ in _events(log_file, "start")}:
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} left running"
+    await executor.aclose()
+
+
 # -- local executor specifics ------------------------------------------------------------------------
 
 
