@@ -19,7 +19,10 @@ Each executor runs the same 64 jobs in this process one after the other; wall ti
 everything after the jobs are built: for "local" the worker start-up and each worker's own load of
 the candle files, for "ray" `ray.init` of a fresh local Ray (it is started by the executor and shut
 down after). Printed per executor: wall seconds, speed-up over sequential, parallel efficiency per
-worker (speed-up / workers), and peak RSS (VmHWM from /proc) of each worker process; then whether
+worker (speed-up / workers), CPU seconds spent (this process plus the workers; Ray's own
+services not counted) and their ratio to sequential's, which separates the pool's overhead from a
+busy machine's (on a shared box, other processes' load lowers the wall speed-up but not the CPU
+ratio), and peak RSS (VmHWM from /proc) of each worker process; then whether
 all three gave identical statistics (`comparable_statistics`, per job).
 
 Targets on a 2-core machine: local >= 1.8x, ray >= 1.6x including its start-up.
@@ -120,6 +123,20 @@ def build_jobs(data: Path, quick: bool) -> list[BacktestJob]:
     ]
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process so far, from /proc/<pid>/stat (0 when gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _peak_rss_mb(pid: int) -> float | None:
     """VmHWM (peak resident set) of a live process, from /proc; None when it is gone or unreadable."""
     try:
@@ -131,23 +148,28 @@ def _peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-async def run_one(name: str, jobs: list[BacktestJob], workers: int) -> tuple[float, dict[str, JobResult], list[float]]:
+Run = tuple[float, dict[str, JobResult], list[float], float]
+"""wall seconds, results by job id, peak RSS MB per worker, CPU seconds (this process + workers)"""
+
+
+async def run_one(name: str, jobs: list[BacktestJob], workers: int) -> Run:
     options: dict[str, Any] = {}
     if name == "local":
         options = {"max_workers": workers}
     elif name == "ray":
         options = {"num_cpus": workers, "init_options": {"log_to_driver": False}}
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _self_cpu()
     executor = make_executor(name, **options)
     results = {r.job_id: r async for r in executor.run(jobs)}
     wall = time.perf_counter() - started
-    pids = {int(r.worker.rsplit(":", 1)[1]) for r in results.values() if r.worker}
+    pids = {int(r.worker.rsplit(":", 1)[1]) for r in results.values() if r.worker} - {os.getpid()}
+    cpu = _self_cpu() - cpu_before + sum(map(_cpu_seconds, pids))  # Ray's own services are not counted
     if name == "sequential":
         rss = [resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]
     else:
         rss = [mb for mb in map(_peak_rss_mb, sorted(pids)) if mb is not None]
     await executor.aclose()
-    return wall, results, rss
+    return wall, results, rss, cpu
 
 
 async def main() -> None:
@@ -159,23 +181,24 @@ async def main() -> None:
     args = parser.parse_args()
     names = args.only.split(",")
     jobs = build_jobs(args.data, args.quick)
-    print(f"{len(jobs)} backtests, {args.workers} workers, {os.cpu_count()} CPUs; frames: "
-          + ", ".join(sorted({f"{j.frame.frame_name} ({(j.frame.end_date - j.frame.start_date).days} d)" for j in jobs})))
-    runs: dict[str, tuple[float, dict[str, JobResult], list[float]]] = {}
+    frames = sorted({f"{j.frame.frame_name} ({(j.frame.end_date - j.frame.start_date).days} d)" for j in jobs})
+    print(f"{len(jobs)} backtests, {args.workers} workers, {os.cpu_count()} CPUs, load average "
+          f"{os.getloadavg()[0]:.1f}; frames: {', '.join(frames)}")
+    runs: dict[str, Run] = {}
     for name in names:
         runs[name] = await run_one(name, jobs, args.workers)
-        wall, results, rss = runs[name]
+        wall, results, rss, cpu = runs[name]
         failed = [r for r in results.values() if not r.ok]
-        busy = sum(r.elapsed_seconds for r in results.values())
-        line = f"{name:>10}: wall {wall:7.2f} s   job time {busy:7.2f} s"
+        line = f"{name:>10}: wall {wall:7.2f} s   CPU {cpu:7.2f} s"
         if "sequential" in runs and name != "sequential":
             speedup = runs["sequential"][0] / wall
-            line += f"   speed-up {speedup:4.2f}x   efficiency {speedup / args.workers:4.0%} per worker"
+            line += (f"   speed-up {speedup:4.2f}x   efficiency {speedup / args.workers:4.0%} per worker"
+                     f"   CPU {cpu / runs['sequential'][3]:4.2f}x sequential's")
         line += f"   peak RSS per {'process' if name == 'sequential' else 'worker'}: " + \
             ", ".join(f"{mb:.0f} MB" for mb in rss)
         print(line + (f"   FAILED {len(failed)}: {failed[0].error}" if failed else ""), flush=True)
     reference = next(iter(runs.values()))[1]
-    for name, (_, results, _) in runs.items():
+    for name, (_, results, _, _) in runs.items():
         same = all(
             r.stats is not None and reference[job_id].stats is not None
             and comparable_statistics(r.stats) == comparable_statistics(reference[job_id].stats)  # type: ignore[arg-type]
@@ -183,7 +206,7 @@ async def main() -> None:
         ) and results.keys() == reference.keys()
         print(f"{name:>10}: identical statistics to {next(iter(runs))}: {same}")
     trades = sum(r.stats.total_trades for r in reference.values() if r.stats)
-    print(f"trades over all jobs: {trades}")
+    print(f"trades over all jobs: {trades}; load average now {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

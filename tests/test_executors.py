@@ -138,6 +138,15 @@ async def _collect(executor: Executor, jobs: Sequence[BacktestJob]) -> dict[str,
     return results
 
 
+def _assert_same(got: dict[str, JobResult], expected: dict[str, JobResult]) -> None:
+    assert got.keys() == expected.keys()
+    for job_id, result in got.items():
+        want = expected[job_id].stats
+        assert result.stats is not None and want is not None, (result.error, expected[job_id].error)
+        assert comparable_statistics(result.stats) == comparable_statistics(want), job_id
+        assert result.params == expected[job_id].params
+
+
 # -- fixtures ------------------------------------------------------------------------------------------
 
 
@@ -191,10 +200,7 @@ async def test_the_same_jobs_give_the_same_statistics_as_sequential(executor: Ex
     got = await _collect(executor, jobs)
     assert sorted(got) == sorted(expected) == sorted(job.job_id for job in jobs)
     assert all(r.ok for r in got.values()), [r.error for r in got.values()]
-    for job_id, result in got.items():
-        assert result.stats is not None and expected[job_id].stats is not None
-        assert comparable_statistics(result.stats) == comparable_statistics(expected[job_id].stats), job_id
-        assert result.params == expected[job_id].params
+    _assert_same(got, expected)
     assert sum(r.stats.total_trades for r in got.values() if r.stats) > 0
     assert {r.worker.split(":")[-1] for r in got.values()} != {str(os.getpid())}  # ran elsewhere
 
@@ -287,9 +293,7 @@ async def test_recycled_workers_still_give_the_same_results() -> None:
     finally:
         await executor.aclose()
     assert len({r.worker for r in got.values()}) == len(jobs)  # a fresh process for every job
-    for job_id, result in got.items():
-        assert result.stats is not None and expected[job_id].stats is not None
-        assert comparable_statistics(result.stats) == comparable_statistics(expected[job_id].stats)
+    _assert_same(got, expected)
 
 
 async def _never(symbol: str, when: datetime) -> None:
@@ -325,9 +329,7 @@ async def test_a_factory_job_does_not_need_a_picklable_registered_get_signal() -
         got = await _collect(executor, jobs)
     finally:
         await executor.aclose()
-    for job_id, result in got.items():
-        assert result.stats is not None and expected[job_id].stats is not None
-        assert comparable_statistics(result.stats) == comparable_statistics(expected[job_id].stats)
+    _assert_same(got, expected)
 
 
 def test_a_csv_source_pickles_as_its_files_and_is_rebuilt_once_per_process(tmp_path: Path) -> None:
@@ -373,9 +375,10 @@ def test_csv_candles_travel_to_ray_as_their_data() -> None:
     shipped = _for_the_object_store(job.exchange)
     assert isinstance(shipped.get_candles, MemoryCandles) and not isinstance(shipped.get_candles, CsvCandles)
     assert len(pickle.dumps(shipped)) > 100_000  # the candles themselves: nodes need no files
-    source = job.exchange.get_candles
+    source, copy = job.exchange.get_candles, shipped.get_candles
+    assert isinstance(source, CsvCandles) and isinstance(copy, MemoryCandles)
     when = source.last_timestamp("ETHUSDT")
-    assert shipped.get_candles.closed_candles("ETHUSDT", "15m", when, 50) == source.closed_candles("ETHUSDT", "15m", when, 50)
+    assert copy.closed_candles("ETHUSDT", "15m", when, 50) == source.closed_candles("ETHUSDT", "15m", when, 50)
 
 
 def test_sequential_local_and_ray_are_registered() -> None:
