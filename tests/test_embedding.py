@@ -199,10 +199,13 @@ def test_install_signal_handlers_outside_the_main_thread_is_an_error() -> None:
 
 
 def test_the_library_never_runs_or_blocks_the_loop_itself() -> None:
-    """Only the CLI (an application) may start a loop; nothing in the engine sleeps the thread."""
+    """Only the CLI (an application) and a job worker's entry point (`run_job`, called in a worker
+    process or Ray task that has no loop of its own) may start a loop; nothing sleeps the thread."""
     offenders = []
     for path in PACKAGE.rglob("*.py"):
         if "cli" in path.relative_to(PACKAGE).parts:
+            continue
+        if path.relative_to(PACKAGE).as_posix() == "system/job_worker.py":
             continue
         text = path.read_text(encoding="utf-8")
         for pattern in (r"asyncio\.run\(", r"run_until_complete", r"(?<![\w.])time\.sleep\(", r"new_event_loop"):

@@ -45,7 +45,8 @@ def test_make_engine_keeps_live_state_in_memory_unless_given_a_directory(tmp_pat
 
 def test_testing_exports_the_engine_clock_and_a_persist_backend() -> None:
     assert testing.VirtualClock is bk.VirtualClock
-    assert sorted(testing.__all__) == ["MemoryPersist", "REFERENCE_CONFIG", "VirtualClock", "make_engine"]
+    assert sorted(testing.__all__) == ["MemoryPersist", "REFERENCE_CONFIG", "VirtualClock", "comparable_statistics",
+                                       "make_engine"]
     backend = MemoryPersist()
     assert isinstance(backend, PersistBackend) and isinstance(backend, QuarantineBackend)
 
