@@ -333,12 +333,84 @@ class CsvCandles(MemoryCandles):
         else:
             items = [(_symbol_from_name(Path(p)), Path(p)) for p in source]
         self.paths: dict[str, Path] = {}
+        self._fingerprints: dict[str, _Fingerprint] = {}
         for sym, given in items:
             _check_symbol(sym)
             path = resolve_sample_name(given)
+            fingerprint = _fingerprint(path)  # before the read: a file replaced meanwhile shows as changed
             raw, first_line = _read_csv(path)
             self._add(sym, raw, _file_where(sym, first_line, path.name), path.name)
             self.paths[sym] = path
+            self._fingerprints[sym] = fingerprint
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the files' (path, mtime, size), not as the candles: a worker process rebuilds the
+        source from the files once and then serves every later job from its own per-process cache.
+
+        A parallel sweep sends the same source with every job; pickling 130k candles per job would
+        cost more than many backtests. A worker whose file differs from the one loaded here (edited,
+        replaced) refuses it instead of silently computing on other data. The rebuilt object is of
+        `type(self)` built with the same paths and `anomaly_factor`, so a subclass with another
+        constructor must define its own `__reduce__`. To ship the candles themselves (to machines
+        without the files) use `in_memory()`.
+        """
+        return (_rebuild_csv, (type(self), tuple(self._fingerprints.values()), tuple(self._fingerprints),
+                               self._anomaly_factor))
+
+    def in_memory(self) -> MemoryCandles:
+        """The same candles as a `MemoryCandles`, which pickles by value (the candles, not the paths):
+        what to send to a machine that does not have the files, e.g. a Ray cluster's other nodes."""
+        copy = MemoryCandles.__new__(MemoryCandles)
+        copy._init_storage(self._anomaly_factor)
+        copy._series = {symbol: {"1m": by_interval["1m"]} for symbol, by_interval in self._series.items()}
+        copy.dropped = dict(self.dropped)
+        copy.gaps = dict(self.gaps)
+        copy.load_warnings = list(self.load_warnings)
+        return copy
+
+
+# -- per-process cache of CSV sources rebuilt from a pickle ----------------------------------------------
+
+_Fingerprint: TypeAlias = tuple[str, int, int]
+"""(resolved path, mtime in ns, size in bytes): a file is taken to be unchanged while these are."""
+
+_CSV_CACHE: dict[tuple[Any, ...], CsvCandles] = {}
+_CSV_CACHE_MAX = 16
+"""Distinct sources a worker keeps (a sweep uses a handful); the oldest goes first beyond this."""
+
+
+def _fingerprint(path: Path) -> _Fingerprint:
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise CandleError(f"{path}: cannot read the candle file: {exc}") from exc
+    return str(path.resolve()), stat.st_mtime_ns, stat.st_size
+
+
+def _rebuild_csv(
+    cls: type[CsvCandles], fingerprints: tuple[_Fingerprint, ...], symbols: tuple[str, ...],
+    anomaly_factor: float | None,
+) -> CsvCandles:
+    """Unpickle a `CsvCandles`: this process's copy of the same files, loaded on first use only."""
+    key = (cls, fingerprints, symbols, anomaly_factor)
+    cached = _CSV_CACHE.get(key)
+    if cached is not None:
+        return cached
+    for symbol, (path, mtime_ns, size) in zip(symbols, fingerprints, strict=True):
+        _, now_mtime_ns, now_size = _fingerprint(Path(path))
+        if (now_mtime_ns, now_size) != (mtime_ns, size):
+            raise CandleError(
+                f"{path} ({symbol}) changed after it was loaded (mtime or size differs here); "
+                "results would not match the data the job was built on; reload the source and resubmit"
+            )
+    with warnings.catch_warnings():  # the submitting process already warned about gaps and anomalies
+        warnings.simplefilter("ignore", CandleDataWarning)
+        source = cls({symbol: fp[0] for symbol, fp in zip(symbols, fingerprints, strict=True)},
+                     anomaly_factor=anomaly_factor)
+    while len(_CSV_CACHE) >= _CSV_CACHE_MAX:
+        del _CSV_CACHE[next(iter(_CSV_CACHE))]
+    _CSV_CACHE[key] = source
+    return source
 
 
 # -- serving -------------------------------------------------------------------------------------------

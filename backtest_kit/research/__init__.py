@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from .executors import EXECUTOR_NAMES, SequentialExecutor, make_executor
 from .grid import FloatRange, IntRange
+from .local_pool import LocalExecutor
 from .ranking import LOWER_IS_BETTER, METRICS
+from .ray_executor import RayExecutor
 from .sweep import Sweep
 from .sweep_models import RankedParams, SplitChoice, SweepProgress, SweepRow
 from .sweep_report import SweepFiles, SweepResult
@@ -19,7 +21,9 @@ __all__ = [
     "METRICS",
     "FloatRange",
     "IntRange",
+    "LocalExecutor",
     "RankedParams",
+    "RayExecutor",
     "SequentialExecutor",
     "Split",
     "SplitChoice",

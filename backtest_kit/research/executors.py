@@ -13,6 +13,8 @@ from typing import Any, Final
 from ..engine.errors import SchemaError
 from ..system.job_worker import run_job_async
 from ..system.jobs import BacktestJob, Executor, JobResult
+from .local_pool import LocalExecutor
+from .ray_executor import RayExecutor
 
 __all__ = ["EXECUTOR_NAMES", "SequentialExecutor", "make_executor"]
 
@@ -33,6 +35,8 @@ class SequentialExecutor:
 
 _FACTORIES: Final[dict[str, Callable[..., Executor]]] = {
     "sequential": SequentialExecutor,
+    "local": LocalExecutor,  # options: max_workers, max_tasks_per_child, start_method
+    "ray": RayExecutor,  # options: address, num_cpus, max_retries, init_options (Ray is imported on first run)
 }
 
 EXECUTOR_NAMES: Final = ("sequential", "local", "ray")

@@ -1,0 +1,388 @@
+"""Executors: the same jobs give the same statistics in this process, a local process pool and Ray.
+
+Everything is real: a real `ProcessPoolExecutor` (forkserver workers), a real local Ray started once
+per session (`ray.init(num_cpus=2)`), real candles (the bundled BTC week and a real ETH day from
+tests/data). Ray tests skip only when `ray` is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import pickle
+import sys
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backtest_kit import demo
+from backtest_kit.adapters import CsvCandles, MemoryCandles, bundled_sample_path
+from backtest_kit.engine.context import get_candles
+from backtest_kit.engine.errors import CandleError, SchemaError
+from backtest_kit.engine.models import SignalDto
+from backtest_kit.research import LocalExecutor, RayExecutor, SequentialExecutor, make_executor
+from backtest_kit.research.ray_executor import _for_the_object_store
+from backtest_kit.system.jobs import BacktestJob, Executor, JobResult
+from backtest_kit.testing import comparable_statistics, make_engine
+
+ETH_DAY = Path(__file__).parent / "data" / "ETHUSDT-1m-2025-05-20.csv.gz"
+LOG_ENV = "BK_TEST_EXECUTOR_LOG"
+"""File that `CountingCsvCandles` appends "load <pid>" lines to, from any process (spawned workers
+inherit the environment at start-up)."""
+
+
+# -- module-level strategy pieces (importable by workers) -----------------------------------------------
+
+
+def _log(line: str, path: str | None = None) -> None:
+    path = path or os.environ.get(LOG_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(f"{line}\n")
+
+
+async def momentum_signal(symbol: str, when: datetime) -> SignalDto | None:
+    """A second strategy: follow a 0.3 % move over the last hour, TP/SL 0.8 %."""
+    candles = await get_candles(symbol, "1m", 61)
+    if len(candles) < 61:
+        return None
+    move = candles[-1].close / candles[0].close - 1
+    price = candles[-1].close
+    if move > 0.003:
+        return SignalDto(position="long", price_take_profit=price * 1.008, price_stop_loss=price * 0.992,
+                         minute_estimated_time=120)
+    if move < -0.003:
+        return SignalDto(position="short", price_take_profit=price * 0.992, price_stop_loss=price * 1.008,
+                         minute_estimated_time=120)
+    return None
+
+
+def make_signal(fast: int, slow: int = 30, fail: bool = False, die: bool = False, log: str = "") -> Any:
+    """Sweep-style factory; `fail` raises (a failing job), `die` kills the worker process outright;
+    `log` names a file to note the start in (a parameter: forkserver workers do not see later env changes)."""
+    _log(f"start {os.getpid()} {fast}", log)
+    if fail:
+        raise ValueError(f"fast={fast} is not allowed")
+    if die:
+        os._exit(3)
+
+    async def get_signal(symbol: str, when: datetime) -> SignalDto | None:
+        candles = await get_candles(symbol, "1m", slow + 1)
+        if len(candles) < slow + 1:
+            return None
+        closes = [c.close for c in candles]
+        now = sum(closes[-fast:]) / fast - sum(closes[-slow:]) / slow
+        before = sum(closes[-fast - 1:-1]) / fast - sum(closes[-slow - 1:-1]) / slow
+        price = closes[-1]
+        if before <= 0 < now:
+            return SignalDto(position="long", price_take_profit=price * 1.01, price_stop_loss=price * 0.99,
+                             minute_estimated_time=240)
+        if before >= 0 > now:
+            return SignalDto(position="short", price_take_profit=price * 0.99, price_stop_loss=price * 1.01,
+                             minute_estimated_time=240)
+        return None
+
+    return get_signal
+
+
+class CountingCsvCandles(CsvCandles):
+    """CsvCandles that logs every load with the loading process's pid."""
+
+    def __init__(self, source: Any, symbol: str | None = None, *, anomaly_factor: float | None = 10.0) -> None:
+        _log(f"load {os.getpid()}")
+        super().__init__(source, symbol, anomaly_factor=anomaly_factor)
+
+
+# -- jobs ----------------------------------------------------------------------------------------------
+
+
+def _jobs(source: CsvCandles | None = None, *, copies: int = 1, **params: Any) -> list[BacktestJob]:
+    """demo + momentum on BTC (bundled week) and ETH (a real day), plus factory jobs with `params`."""
+    engine = make_engine()
+    csv = source or CsvCandles({"BTCUSDT": bundled_sample_path(), "ETHUSDT": ETH_DAY})
+    exchange = engine.add_exchange(exchange_name="csv", get_candles=csv)
+    sma = engine.add_strategy(strategy_name=demo.STRATEGY_NAME, interval="5m", get_signal=demo.get_signal)
+    momentum = engine.add_strategy(strategy_name="momentum", interval="1m", get_signal=momentum_signal)
+    frames = {}
+    for symbol in ("BTCUSDT", "ETHUSDT"):
+        first, last = csv.first_timestamp(symbol), csv.last_timestamp(symbol)
+        frames[symbol] = engine.add_frame(
+            frame_name=f"all-{symbol}", interval="1m",
+            start_date=datetime.fromtimestamp(first / 1000, UTC) + timedelta(minutes=61),
+            end_date=datetime.fromtimestamp(last / 1000, UTC),
+        )
+    config = engine.get_config()
+    jobs = []
+    for copy in range(copies):
+        for symbol in ("BTCUSDT", "ETHUSDT"):
+            for strategy in (sma, momentum):
+                jobs.append(BacktestJob(job_id=f"{strategy.strategy_name}/{symbol}/{copy}", symbol=symbol,
+                                        strategy=strategy, exchange=exchange, frame=frames[symbol], config=config))
+            if params:
+                jobs.append(BacktestJob(job_id=f"sweep/{symbol}/{copy}", symbol=symbol, strategy=sma,
+                                        exchange=exchange, frame=frames[symbol], config=config,
+                                        params=params, strategy_factory=make_signal))
+    return jobs
+
+
+async def _collect(executor: Executor, jobs: Sequence[BacktestJob]) -> dict[str, JobResult]:
+    results = {}
+    async with contextlib.aclosing(executor.run(jobs)) as stream:  # type: ignore[type-var]
+        async for result in stream:
+            results[result.job_id] = result
+    return results
+
+
+def _assert_same(got: dict[str, JobResult], expected: dict[str, JobResult]) -> None:
+    assert got.keys() == expected.keys()
+    for job_id, result in got.items():
+        want = expected[job_id].stats
+        assert result.stats is not None and want is not None, (result.error, expected[job_id].error)
+        assert comparable_statistics(result.stats) == comparable_statistics(want), job_id
+        assert result.params == expected[job_id].params
+
+
+# -- fixtures ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[Any]:
+    """One local Ray for the session; test modules are importable by its workers via PYTHONPATH."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'backtest-kit[ray]')")
+    here = str(Path(__file__).parent)
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (here, *sys.path) if p)  # Ray workers inherit it
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = saved
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def log_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "events.log"
+    path.touch()
+    monkeypatch.setenv(LOG_ENV, str(path))
+    return path
+
+
+def _events(path: Path, kind: str) -> list[list[str]]:
+    return [line.split()[1:] for line in path.read_text().splitlines() if line.split()[0] == kind]
+
+
+@pytest.fixture(params=["local", "ray"])
+async def executor(request: pytest.FixtureRequest) -> AsyncIterator[Executor]:
+    if request.param == "ray":
+        request.getfixturevalue("ray_session")
+        made = make_executor("ray")
+    else:
+        made = make_executor("local", max_workers=2)
+    yield made
+    await made.aclose()
+
+
+# -- same results everywhere -------------------------------------------------------------------------
+
+
+async def test_the_same_jobs_give_the_same_statistics_as_sequential(executor: Executor) -> None:
+    jobs = _jobs(fast=5, slow=20)
+    expected = await _collect(SequentialExecutor(), jobs)
+    got = await _collect(executor, jobs)
+    assert sorted(got) == sorted(expected) == sorted(job.job_id for job in jobs)
+    assert all(r.ok for r in got.values()), [r.error for r in got.values()]
+    _assert_same(got, expected)
+    assert sum(r.stats.total_trades for r in got.values() if r.stats) > 0
+    assert {r.worker.split(":")[-1] for r in got.values()} != {str(os.getpid())}  # ran elsewhere
+
+
+async def test_a_failing_job_is_reported_with_its_params_and_the_rest_finish(executor: Executor) -> None:
+    jobs = _jobs(fast=7, fail=True)
+    results = await _collect(executor, jobs)
+    assert len(results) == len(jobs)
+    failed = {job_id: r for job_id, r in results.items() if not r.ok}
+    assert set(failed) == {"sweep/BTCUSDT/0", "sweep/ETHUSDT/0"}
+    for result in failed.values():
+        assert result.stats is None and result.params == {"fast": 7, "fail": True}
+        assert "fast=7 is not allowed" in (result.error or "") and "'fail': True" in (result.error or "")
+    assert all(r.stats is not None for job_id, r in results.items() if job_id not in failed)
+
+
+async def test_a_job_that_kills_its_worker_fails_alone(executor: Executor) -> None:
+    jobs = _jobs(fast=5, die=True)
+    results = await _collect(executor, jobs)
+    assert len(results) == len(jobs)
+    failed = sorted(job_id for job_id, r in results.items() if not r.ok)
+    assert failed == ["sweep/BTCUSDT/0", "sweep/ETHUSDT/0"]
+    for job_id in failed:
+        assert job_id in (results[job_id].error or "")
+    assert all(r.stats is not None for job_id, r in results.items() if job_id not in failed)
+
+
+async def test_closing_early_cancels_the_jobs_not_started(executor: Executor, log_file: Path) -> None:
+    jobs = [job for job in _jobs(copies=8, fast=5, log=str(log_file)) if job.strategy_factory is not None]  # 16
+    stream = executor.run(jobs)
+    first = await stream.__anext__()
+    assert first.ok, first.error
+    await stream.aclose()  # type: ignore[attr-defined]
+    started = _events(log_file, "start")
+    assert 1 <= len(started) <= 6 < len(jobs)  # the one done, those running, at most a couple in the hand-over
+    if isinstance(executor, LocalExecutor):
+        for pid in {int(pid) for pid, _ in started}:
+            assert not Path(f"/proc/{pid}").exists(), f"worker {pid} left running"
+    again = await _collect(executor, jobs[:2])  # the executor is still usable
+    assert all(r.ok for r in again.values())
+
+
+async def test_cancelling_the_consumer_like_ctrl_c_stops_the_workers(log_file: Path) -> None:
+    """Ctrl-C under asyncio.run cancels the main task: the run's `finally` must stop the pool."""
+    jobs = [job for job in _jobs(copies=8, fast=5, log=str(log_file)) if job.strategy_factory is not None]
+    executor = LocalExecutor(max_workers=2)
+    got_one = asyncio.Event()
+    kept: list[JobResult] = []
+
+    async def consume() -> None:
+        async for result in executor.run(jobs):
+            kept.append(result)
+            got_one.set()
+
+    task = asyncio.create_task(consume())
+    await got_one.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert executor._pool is None and len(kept) < len(jobs)
+    for pid in {int(pid) for pid, _ in _events(log_file, "start")}:
+        assert not Path(f"/proc/{pid}").exists(), f"worker {pid} left running"
+    await executor.aclose()
+
+
+# -- local executor specifics ------------------------------------------------------------------------
+
+
+async def test_candles_are_loaded_once_per_worker(log_file: Path) -> None:
+    source = CountingCsvCandles({"BTCUSDT": bundled_sample_path(), "ETHUSDT": ETH_DAY})
+    jobs = _jobs(source, copies=3)  # 12 jobs on 2 workers
+    executor = LocalExecutor(max_workers=2, start_method="spawn")  # spawn: workers see LOG_ENV
+    try:
+        results = await _collect(executor, jobs)
+    finally:
+        await executor.aclose()
+    assert all(r.ok for r in results.values())
+    loads = [pid for (pid,) in _events(log_file, "load") if int(pid) != os.getpid()]
+    workers = {r.worker.split(":")[-1] for r in results.values()}
+    assert len(loads) == len(set(loads)), f"a worker loaded the candles twice: {loads}"
+    assert workers <= set(loads) and len(loads) <= 2
+
+
+async def test_recycled_workers_still_give_the_same_results() -> None:
+    jobs = _jobs()
+    expected = await _collect(SequentialExecutor(), jobs)
+    executor = LocalExecutor(max_workers=2, max_tasks_per_child=1)
+    try:
+        got = await _collect(executor, jobs)
+    finally:
+        await executor.aclose()
+    assert len({r.worker for r in got.values()}) == len(jobs)  # a fresh process for every job
+    _assert_same(got, expected)
+
+
+async def _never(symbol: str, when: datetime) -> None:
+    return None
+
+
+def _closure_factory() -> Any:
+    async def inner(symbol: str, when: datetime) -> None:
+        return None
+    return inner
+
+
+@pytest.mark.parametrize("get_signal", [lambda symbol, when: None, _closure_factory()], ids=["lambda", "closure"])
+async def test_an_unpicklable_job_names_the_job_and_the_culprit(get_signal: Any) -> None:
+    job = _jobs()[0]
+    bad = BacktestJob(job_id="bad-1", symbol=job.symbol, exchange=job.exchange, frame=job.frame,
+                      strategy=type(job.strategy)(strategy_name="x", interval="5m", get_signal=get_signal))
+    executor = LocalExecutor(max_workers=1)
+    with pytest.raises(SchemaError) as caught:
+        await _collect(executor, [job, bad])
+    text = str(caught.value)
+    assert "job 'bad-1'" in text and "get_signal of strategy 'x' is a lambda/closure" in text
+    assert "needs a module-level function" in text
+    assert executor._pool is None  # nothing was started
+
+
+async def test_a_factory_job_does_not_need_a_picklable_registered_get_signal() -> None:
+    jobs = [dataclasses.replace(job, strategy=dataclasses.replace(job.strategy, get_signal=_closure_factory()))
+            for job in _jobs(fast=5) if job.strategy_factory is not None]
+    expected = await _collect(SequentialExecutor(), jobs)
+    executor = LocalExecutor(max_workers=2)
+    try:
+        got = await _collect(executor, jobs)
+    finally:
+        await executor.aclose()
+    _assert_same(got, expected)
+
+
+def test_a_csv_source_pickles_as_its_files_and_is_rebuilt_once_per_process(tmp_path: Path) -> None:
+    path = tmp_path / "BTCUSDT-1m.csv.gz"
+    path.write_bytes(bundled_sample_path().read_bytes())
+    source = CsvCandles(path)
+    blob = pickle.dumps(source)
+    assert len(blob) < 1000  # paths and fingerprints, not 10k candles
+    first, second = pickle.loads(blob), pickle.loads(blob)
+    assert first is second and first is not source
+    assert first.closed_candles("BTCUSDT", "1h", source.last_timestamp("BTCUSDT"), 24) == \
+        source.closed_candles("BTCUSDT", "1h", source.last_timestamp("BTCUSDT"), 24)
+    changed = CsvCandles(path, anomaly_factor=None)  # another cache key: rebuilt, after the file changes
+    os.utime(path, ns=(0, 0))  # the file is touched (replaced, edited) after it was loaded
+    with pytest.raises(CandleError, match="changed after it was loaded"):
+        pickle.loads(pickle.dumps(changed))
+
+
+def test_executor_options_are_checked() -> None:
+    with pytest.raises(SchemaError, match="max_workers"):
+        make_executor("local", max_workers=0)
+    with pytest.raises(SchemaError, match="max_tasks_per_child"):
+        make_executor("local", max_tasks_per_child=0)
+    with pytest.raises(SchemaError, match="num_cpus"):
+        make_executor("ray", address="auto", num_cpus=2)
+    assert make_executor("local").max_workers >= 1  # type: ignore[attr-defined]
+
+
+# -- ray executor specifics --------------------------------------------------------------------------
+
+
+async def test_ray_uses_an_initialised_ray_and_leaves_it_running(ray_session: Any) -> None:
+    executor = RayExecutor(num_cpus=None)
+    results = await _collect(executor, _jobs()[:2])
+    assert all(r.ok for r in results.values())
+    assert executor.started_ray is False
+    await executor.aclose()
+    assert ray_session.is_initialized()
+
+
+def test_csv_candles_travel_to_ray_as_their_data() -> None:
+    job = _jobs()[0]
+    shipped = _for_the_object_store(job.exchange)
+    assert isinstance(shipped.get_candles, MemoryCandles) and not isinstance(shipped.get_candles, CsvCandles)
+    assert len(pickle.dumps(shipped)) > 100_000  # the candles themselves: nodes need no files
+    source, copy = job.exchange.get_candles, shipped.get_candles
+    assert isinstance(source, CsvCandles) and isinstance(copy, MemoryCandles)
+    when = source.last_timestamp("ETHUSDT")
+    assert copy.closed_candles("ETHUSDT", "15m", when, 50) == source.closed_candles("ETHUSDT", "15m", when, 50)
+
+
+def test_sequential_local_and_ray_are_registered() -> None:
+    assert isinstance(make_executor("sequential"), SequentialExecutor)
+    assert isinstance(make_executor("local", max_workers=1), LocalExecutor)
+    assert isinstance(make_executor("ray"), RayExecutor)  # Ray starts on the first run, not here
+    assert asyncio.iscoroutinefunction(LocalExecutor.aclose)
