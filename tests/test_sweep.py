@@ -22,6 +22,7 @@ from backtest_kit.engine.errors import SchemaError
 from backtest_kit.research import executors as executors_module
 from backtest_kit.research.ranking import metric_value, rank_key
 from backtest_kit.research.windowed import ClippedSyncCandles
+from backtest_kit.system import jobs as jobs_module
 from backtest_kit.system.job_worker import run_job_async
 from backtest_kit.system.jobs import BacktestJob, JobResult
 from backtest_kit.testing import comparable_statistics, make_engine
@@ -386,7 +387,7 @@ async def test_stop_returns_the_partial_result() -> None:
 async def test_the_default_engine_and_the_default_executor_name(monkeypatch: pytest.MonkeyPatch) -> None:
     engine = _engine()
     monkeypatch.setattr(default_slot, "default_engine", engine)
-    monkeypatch.setitem(executors_module._FACTORIES, "local", executors_module.SequentialExecutor)
+    monkeypatch.setitem(jobs_module._EXECUTORS, "local", executors_module.SequentialExecutor)
     sweep = bk.Sweep(demo.make_strategy, {"fast": [5]}, symbols="BTCUSDT")
     assert sweep.executor == "local"
     result = await sweep.run()

@@ -23,7 +23,7 @@ from backtest_kit.engine.registry import WALKER_METRICS
 from backtest_kit.reports.stats import Statistics
 from backtest_kit.reports.walker_stats import WalkerStrategyResult, is_better, rank_results
 from backtest_kit.system.jobs import BacktestJob, JobResult
-from backtest_kit.testing import make_engine
+from backtest_kit.testing import comparable_statistics, make_engine
 
 SYMBOL = "BTCUSDT"
 SOURCE = bk.CsvCandles(bk.bundled_sample_path())
@@ -80,19 +80,6 @@ def walker_engine(*names: str, metric: str = "sharpe_ratio", callbacks: Any = No
     return engine
 
 
-def comparable(stats: Statistics) -> Any:
-    """Statistics as builtins with the random signal ids blanked: equal for two runs of one backtest."""
-
-    def scrub(value: Any) -> Any:
-        if isinstance(value, dict):
-            return {k: ("<id>" if k in ("id", "signal_id") and v is not None else scrub(v)) for k, v in value.items()}
-        if isinstance(value, list):
-            return [scrub(v) for v in value]
-        return value
-
-    return scrub(msgspec.to_builtins(stats))
-
-
 async def separate_backtest(name: str) -> Statistics:
     engine = make_engine()
     register(engine, name)
@@ -117,9 +104,9 @@ async def test_each_strategy_gets_exactly_the_statistics_of_a_separate_backtest(
     for event in events:
         alone = await separate_backtest(event.strategy_name)
         assert alone.total_trades > 0
-        assert comparable(event.stats) == comparable(alone)
+        assert comparable_statistics(event.stats) == comparable_statistics(alone)
         # the walker's own Backtest store holds the same run
-        assert comparable(await engine.backtest.get_data(SYMBOL, event.strategy_name)) == comparable(alone)
+        assert comparable_statistics(await engine.backtest.get_data(SYMBOL, event.strategy_name)) == comparable_statistics(alone)
     assert [e.metric_value for e in events] == [e.stats.sharpe_ratio for e in events]
 
 
@@ -134,7 +121,7 @@ async def test_best_strategy_is_the_best_metric_higher_or_for_drawdown_lower(met
     expected = next(name for name, v in values.items() if v == best)  # the earliest of a tie
     data = await engine.walker.get_data(SYMBOL, "w")
     assert (data.best_strategy, data.best_metric, data.metric) == (expected, best, metric)
-    assert data.best_stats is not None and comparable(data.best_stats) == comparable(events[
+    assert data.best_stats is not None and comparable_statistics(data.best_stats) == comparable_statistics(events[
         [e.strategy_name for e in events].index(expected)].stats)
     # the best so far only ever improves
     bests = [e.best_metric for e in events]
@@ -577,7 +564,7 @@ async def test_executor_results_go_through_the_same_path_in_strategy_order() -> 
     assert log == [("progress", 1), ("walker", "sma"), ("progress", 2), ("walker", "inverse"),
                    ("progress", 3), ("walker", "wide")]
     for mine, theirs in zip(events, in_process, strict=True):
-        assert comparable(mine.stats) == comparable(theirs.stats)
+        assert comparable_statistics(mine.stats) == comparable_statistics(theirs.stats)
         assert (mine.metric_value, mine.best_strategy, mine.best_metric) == (
             theirs.metric_value, theirs.best_strategy, theirs.best_metric)
     # one job per strategy, built from the registered schemas
@@ -626,7 +613,7 @@ async def test_executor_failures_are_reported_and_skipped() -> None:
 
 async def test_executor_must_follow_the_protocol() -> None:
     engine = walker_engine("sma")
-    with pytest.raises(bk.SchemaError, match="executor: expected an object with run"):
+    with pytest.raises(bk.SchemaError, match="executor: expected a name .* or an object with run"):
         engine.walker.run(SYMBOL, walker_name="w", executor=object())  # type: ignore[arg-type]
 
 
@@ -635,3 +622,24 @@ async def test_walker_facade_is_an_engine_attribute_and_module_level() -> None:
     assert engine.Walker is engine.walker and engine.Heat is engine.heat
     assert bk.Walker is bk.default_engine.walker and bk.Heat is bk.default_engine.heat
     assert dataclasses.is_dataclass(bk.WalkerSchema)
+
+
+async def test_an_executor_name_runs_the_strategies_as_jobs_and_feeds_the_heatmap() -> None:
+    """`executor="sequential"` (a registered name): the same statistics as in process, the executor
+    built for the run is the run's own, and the trades reach this engine's heatmap."""
+    reference_engine = walker_engine("sma")
+    reference = [event async for event in reference_engine.walker.run(SYMBOL, walker_name="w")]
+    engine = walker_engine("sma")
+    events = [event async for event in engine.walker.run(SYMBOL, walker_name="w", executor="sequential")]
+    assert [e.strategy_name for e in events] == [e.strategy_name for e in reference]
+    assert [comparable_statistics(e.stats) for e in events] == [comparable_statistics(e.stats) for e in reference]
+    heat = await engine.heat.get_data(events[0].strategy_name)
+    reference_heat = await reference_engine.heat.get_data(events[0].strategy_name)
+    assert heat == reference_heat
+    assert sum(row.total_trades for row in heat.symbols) == events[0].stats.total_trades > 0
+
+
+async def test_an_unknown_executor_name_is_refused_before_anything_runs() -> None:
+    engine = walker_engine("sma")
+    with pytest.raises(bk.SchemaError, match="unknown executor 'cluster'"):
+        engine.walker.run(SYMBOL, walker_name="w", executor="cluster")

@@ -7,12 +7,11 @@ reference the others are tested against: the same jobs give the same statistics 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Final
 
-from ..engine.errors import SchemaError
 from ..system.job_worker import run_job_async
-from ..system.jobs import BacktestJob, Executor, JobResult
+from ..system.jobs import BacktestJob, Executor, JobResult, register_executor, resolve_executor
 from .local_pool import LocalExecutor
 from .ray_executor import RayExecutor
 
@@ -33,20 +32,16 @@ class SequentialExecutor:
         return None
 
 
-_FACTORIES: Final[dict[str, Callable[..., Executor]]] = {
-    "sequential": SequentialExecutor,
-    "local": LocalExecutor,  # options: max_workers, max_tasks_per_child, start_method
-    "ray": RayExecutor,  # options: address, num_cpus, max_retries, init_options (Ray is imported on first run)
-}
+for _name, _factory in (
+    ("sequential", SequentialExecutor),
+    ("local", LocalExecutor),  # options: max_workers, max_tasks_per_child, start_method
+    ("ray", RayExecutor),  # options: address, num_cpus, max_retries, init_options (Ray is imported on first run)
+):
+    register_executor(_name, _factory)
 
 EXECUTOR_NAMES: Final = ("sequential", "local", "ray")
 
 
 def make_executor(executor: str | Executor, **options: Any) -> Executor:
     """The executor called `executor` (built with `options`), or `executor` itself when it is one."""
-    if not isinstance(executor, str):
-        return executor
-    factory = _FACTORIES.get(executor)
-    if factory is None:
-        raise SchemaError(f"executor: unknown executor {executor!r}; known: {', '.join(EXECUTOR_NAMES)}")
-    return factory(**options)
+    return resolve_executor(executor, **options)

@@ -15,10 +15,20 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 from ..engine.config import Config
+from ..engine.errors import SchemaError
 from ..engine.registry import ExchangeSchema, FrameSchema, RiskSchema, SizingSchema, StrategySchema
 from ..reports.stats import Statistics
 
-__all__ = ["MAX_JOB_WARNINGS", "BacktestJob", "Executor", "JobResult"]
+__all__ = [
+    "MAX_JOB_WARNINGS",
+    "BacktestJob",
+    "Executor",
+    "ExecutorFactory",
+    "JobResult",
+    "executor_names",
+    "register_executor",
+    "resolve_executor",
+]
 
 MAX_JOB_WARNINGS: Final = 10
 """Errors the engine reported during one job (a tick whose get_signal raised, a bad candle) are kept
@@ -88,3 +98,37 @@ class Executor(Protocol):
 
     async def aclose(self) -> None: ...
 
+
+
+ExecutorFactory = Callable[..., Executor]
+
+_EXECUTORS: dict[str, ExecutorFactory] = {}
+"""Executors by name. `backtest_kit.research` registers "sequential", "local" and "ray" when it is
+imported (which `import backtest_kit` does), so the Walker here can accept a name without importing
+the layer above it."""
+
+
+def register_executor(name: str, factory: ExecutorFactory) -> None:
+    """Make `factory(**options)` available as `executor=name` to Walker, Sweep and the CLI."""
+    if not isinstance(name, str) or not name:
+        raise SchemaError(f"executor name: expected a non-empty string, got {name!r}")
+    _EXECUTORS[name] = factory
+
+
+def executor_names() -> tuple[str, ...]:
+    return tuple(_EXECUTORS)
+
+
+def resolve_executor(executor: str | Executor, **options: Any) -> Executor:
+    """The executor registered as `executor` (built with `options`), or `executor` itself when it is one."""
+    if not isinstance(executor, str):
+        if not callable(getattr(executor, "run", None)):
+            raise SchemaError(
+                f"executor: expected a name ({', '.join(_EXECUTORS) or 'none registered'}) or an object with "
+                f"run(jobs) (the Executor protocol of system/jobs.py), got {executor!r}"
+            )
+        return executor
+    factory = _EXECUTORS.get(executor)
+    if factory is None:
+        raise SchemaError(f"executor: unknown executor {executor!r}; known: {', '.join(_EXECUTORS)}")
+    return factory(**options)

@@ -40,6 +40,7 @@ from ..engine.bus import enter_run, leave_run
 from ..engine.channels import DONE_WALKER, EXIT, WALKER, WALKER_COMPLETE, WALKER_PROGRESS, WALKER_STOP
 from ..engine.errors import BacktestKitError, RunStateError, SchemaError
 from ..engine.models import (
+    ClosedResult,
     DoneEvent,
     InstanceStatus,
     WalkerContract,
@@ -62,7 +63,7 @@ from ..reports.walker_stats import (
     metric_value,
     walker_report,
 )
-from .jobs import BacktestJob, Executor, JobResult
+from .jobs import BacktestJob, Executor, JobResult, resolve_executor
 from .modes import BacktestFacade
 
 __all__ = ["WalkerCancel", "WalkerFacade"]
@@ -126,9 +127,13 @@ class WalkerCancel:
 class WalkerFacade:
     """`bk.Walker`: run / background / stop / get_data / get_report / dump / list."""
 
-    def __init__(self, engine: Services, backtest: BacktestFacade) -> None:
+    def __init__(
+        self, engine: Services, backtest: BacktestFacade, on_closed: Callable[[ClosedResult], None] | None = None
+    ) -> None:
         self.engine = engine
         self.backtest = backtest
+        # a job run elsewhere fed no store of this engine: its closed trades go to the heatmap here
+        self._on_closed = on_closed
         self.store = WalkerStore()
         self._records: dict[tuple[str, str], _WalkerRecord] = {}
 
@@ -156,14 +161,12 @@ class WalkerFacade:
         return record
 
     def _prepare(
-        self, symbol: str, walker_name: str, executor: Executor | None, method: str
+        self, symbol: str, walker_name: str, executor: Executor | str | None, method: str
     ) -> tuple[_WalkerRecord, WalkerSchema, AsyncGenerator[WalkerEvent, None]]:
         walker = self._check(symbol, walker_name, method, run=True)
-        if executor is not None and not callable(getattr(executor, "run", None)):
-            raise SchemaError(
-                f"executor: expected an object with run(jobs) (the Executor protocol of system/jobs.py), "
-                f"got {executor!r}"
-            )
+        # a name builds an executor this run owns (closed at its end); an object belongs to the caller
+        owned = isinstance(executor, str)
+        resolved = None if executor is None else resolve_executor(executor)
         record = self._record(symbol, walker)
         if record.status == "running":
             raise RunStateError(f"walker {walker_name!r} on {symbol} is already running; stop it first")
@@ -178,18 +181,21 @@ class WalkerFacade:
         self.store.reset(symbol, walker_name)
         for strategy_name in walker.strategies:
             self.backtest.pair_stats.reset(symbol, strategy_name)
-        return record, walker, self._walk(record, walker, executor)
+        return record, walker, self._walk(record, walker, resolved, owned)
 
     # ------------------------------------------------------------------ public API
     def run(
-        self, symbol: str, *, walker_name: str, executor: Executor | None = None
+        self, symbol: str, *, walker_name: str, executor: Executor | str | None = None
     ) -> AsyncIterator[WalkerEvent]:
         """One walker event per successfully backtested strategy, in the walker's order; names are
-        checked now, before iteration. `executor` runs the backtests as jobs (see the module docstring)."""
+        checked now, before iteration. `executor` runs the backtests as jobs (see the module docstring):
+        a name ("sequential", "local", "ray") or an `Executor` object."""
         record, _, body = self._prepare(symbol, walker_name, executor, "run")
         return self._iterate(record, body)
 
-    def background(self, symbol: str, *, walker_name: str, executor: Executor | None = None) -> WalkerCancel:
+    def background(
+        self, symbol: str, *, walker_name: str, executor: Executor | str | None = None
+    ) -> WalkerCancel:
         """Run without a consumer; returns the cancel function. `done_walker` fires at the end.
 
         A walker of the pair still running in the background is reused (a new handle is returned).
@@ -331,6 +337,9 @@ class WalkerFacade:
                                         f"(job {entry.job_id!r})")
             if result.error is not None or result.stats is None:
                 return BacktestKitError(f"strategy {strategy_name!r} failed in executor {name!r}: {result.error}")
+            if self._on_closed is not None:
+                for closed in reversed(result.stats.signals):  # newest first in the statistics
+                    self._on_closed(closed)
             return result.stats
 
         stream = executor.run([entry for _, entry in entries if isinstance(entry, BacktestJob)])
@@ -358,7 +367,7 @@ class WalkerFacade:
             await _aclose(stream)
 
     async def _walk(
-        self, record: _WalkerRecord, walker: WalkerSchema, executor: Executor | None
+        self, record: _WalkerRecord, walker: WalkerSchema, executor: Executor | None, owned: bool = False
     ) -> AsyncGenerator[WalkerEvent, None]:
         engine = self.engine
         bus = engine.bus
@@ -403,6 +412,8 @@ class WalkerFacade:
         finally:
             unsubscribe()
             await _aclose(outcomes)
+            if owned and executor is not None:
+                await executor.aclose()
         results: WalkerSummary = WalkerResults(
             walker_name=walker.walker_name, symbol=symbol, exchange_name=walker.exchange_name,
             frame_name=walker.frame_name, metric=walker.metric, total_strategies=total,
