@@ -106,7 +106,8 @@ async def test_each_strategy_gets_exactly_the_statistics_of_a_separate_backtest(
         assert alone.total_trades > 0
         assert comparable_statistics(event.stats) == comparable_statistics(alone)
         # the walker's own Backtest store holds the same run
-        assert comparable_statistics(await engine.backtest.get_data(SYMBOL, event.strategy_name)) == comparable_statistics(alone)
+        stored = await engine.backtest.get_data(SYMBOL, event.strategy_name)
+        assert comparable_statistics(stored) == comparable_statistics(alone)
     assert [e.metric_value for e in events] == [e.stats.sharpe_ratio for e in events]
 
 
@@ -613,7 +614,7 @@ async def test_executor_failures_are_reported_and_skipped() -> None:
 
 async def test_executor_must_follow_the_protocol() -> None:
     engine = walker_engine("sma")
-    with pytest.raises(bk.SchemaError, match="executor: expected a name .* or an object with run"):
+    with pytest.raises(bk.SchemaError, match=r"executor: expected a name .* or an object with run"):
         engine.walker.run(SYMBOL, walker_name="w", executor=object())  # type: ignore[arg-type]
 
 
