@@ -25,7 +25,17 @@ from .engine.errors import SchemaError
 from .engine.models import SignalDto
 from .system.engine import Engine
 
-__all__ = ["EXCHANGE_NAME", "FRAME_NAME", "STRATEGY_NAME", "get_signal", "make_strategy", "register"]
+__all__ = [
+    "EXCHANGE_NAME",
+    "FRAME_NAME",
+    "STRATEGY_NAME",
+    "WALK_STRATEGIES",
+    "get_signal",
+    "make_strategy",
+    "register",
+    "sma_5_20",
+    "sma_20_60",
+]
 
 STRATEGY_NAME = "sma-cross"
 EXCHANGE_NAME = "csv"
@@ -111,3 +121,28 @@ def register(engine: Engine, csv_path: str | Path | None = None) -> tuple[str, s
         end_date=datetime.fromtimestamp(last / 1000, UTC),
     )
     return symbol, FRAME_NAME
+
+
+# ------------------------------------------------------------------ variants for `backtest-kit walk`
+# Module-level functions (not closures) so a process pool or Ray can send them to workers by reference.
+_FAST = make_strategy(5, 20)
+_SLOW = make_strategy(20, 60)
+
+
+async def sma_5_20(symbol: str, when: datetime) -> SignalDto | None:
+    """The crossover of SMA(5) over SMA(20): quicker, more trades."""
+    return await _FAST(symbol, when)
+
+
+async def sma_20_60(symbol: str, when: datetime) -> SignalDto | None:
+    """The crossover of SMA(20) over SMA(60): slower, fewer trades."""
+    return await _SLOW(symbol, when)
+
+
+WALK_STRATEGIES: dict[str, Callable[[str, datetime], Awaitable[SignalDto | None]]] = {
+    "sma-5-20": sma_5_20,
+    "sma-10-30": get_signal,
+    "sma-20-60": sma_20_60,
+}
+"""What `backtest-kit walk` compares when no strategy module is given (a module of yours may define its
+own `WALK_STRATEGIES`: strategy name -> module-level get_signal)."""

@@ -59,9 +59,12 @@ def test_the_default_sweep_prints_a_summary_with_walk_forward_splits(capsys: pyt
     assert not Path("dump/sweep/make_strategy.png").exists()
 
 
-def test_a_factory_from_a_file_reports_the_params_that_raised(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("executor", ["sequential", "local"])
+def test_a_factory_from_a_file_reports_the_params_that_raised(capsys: pytest.CaptureFixture[str], executor: str) -> None:
+    """Also under the process pool: its workers load the file under the CLI's module name for it."""
     Path("strats.py").write_text(FACTORY_FILE, encoding="utf-8")
-    code, doc = _json(capsys, ["strats.py:make_strategy", "--param", "fast=5,7", "--name", "lucky", *FAST])
+    argv = ["strats.py:make_strategy", "--param", "fast=5,7", "--name", "lucky", *FAST, "--executor", executor]
+    code, doc = _json(capsys, argv)
     assert code == 0
     failed = [r for r in doc["rows"] if r["error"]]
     assert [r["params"] for r in failed] == [{"fast": 7}]

@@ -18,6 +18,7 @@ from .common import PROG
 from .report import cmd_report
 from .run import cmd_backtest, cmd_live
 from .sweep import add_sweep_parser
+from .walk import add_walk_parser
 
 __all__ = ["build_parser", "config_item", "parse_value", "positive_int", "speed", "when"]
 
@@ -169,4 +170,5 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(handler=cmd_report, verbose=False)
 
     add_sweep_parser(sub, when, config_item, positive_int, SIGNAL_INTERVALS, FRAME_INTERVALS)
+    add_walk_parser(sub, when, config_item, positive_int, SIGNAL_INTERVALS, FRAME_INTERVALS)
     return parser

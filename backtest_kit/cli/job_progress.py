@@ -1,4 +1,4 @@
-"""Progress of a batch of research jobs (a sweep) on stderr: finished of total jobs, failures, ETA.
+"""Progress of a batch of research jobs (a sweep, a walk) on stderr: finished of total jobs, failures, ETA.
 
 Separate from `render.py`'s backtest bar, which counts frames and trades of one run: here the unit is
 a whole backtest. rich draws the bar on a terminal (the `cli` extra); otherwise one plain line per
@@ -9,21 +9,47 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
 
-from ..research.sweep_models import SweepProgress
 from .render import format_seconds, rich_available
 
-__all__ = ["JobProgress", "make_job_progress"]
+__all__ = ["JobCount", "JobProgress", "JobTally", "make_job_progress"]
+
+
+class JobCount(Protocol):
+    """What the bar shows: a `SweepProgress`, or a `JobTally` of a walk."""
+
+    @property
+    def finished(self) -> int: ...
+    @property
+    def total(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def progress(self) -> float: ...
+
+
+@dataclass
+class JobTally:
+    """A running count of finished jobs (the walk command's strategies), in the shape of `JobCount`."""
+
+    total: int
+    finished: int = 0
+    failed: int = 0
+
+    @property
+    def progress(self) -> float:
+        return self.finished / self.total if self.total else 1.0
 
 
 class JobProgress(Protocol):
-    def __call__(self, event: SweepProgress) -> None: ...
+    def __call__(self, event: JobCount) -> None: ...
     def close(self) -> None: ...
 
 
 class _Null:
-    def __call__(self, event: SweepProgress) -> None:
+    def __call__(self, event: JobCount) -> None:
         pass
 
     def close(self) -> None:
@@ -37,7 +63,7 @@ class _Plain:
         self.started = time.monotonic()
         self.last_decile = -1
 
-    def __call__(self, event: SweepProgress) -> None:
+    def __call__(self, event: JobCount) -> None:
         decile = int(event.progress * 10)
         if decile == self.last_decile and event.finished < event.total:
             return
@@ -73,7 +99,7 @@ class _Rich:
         self.task: Any = self.progress.add_task(label, total=None, failed=0)
         self.progress.start()
 
-    def __call__(self, event: SweepProgress) -> None:
+    def __call__(self, event: JobCount) -> None:
         self.progress.update(self.task, total=event.total, completed=event.finished, failed=event.failed)
 
     def close(self) -> None:

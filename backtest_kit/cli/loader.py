@@ -37,6 +37,7 @@ from ..adapters.candles import resolve_sample_name
 from ..engine.errors import CliError
 from ..engine.registry import ExchangeSchema, FrameSchema, StrategySchema
 from ..system.engine import Engine
+from ..system.jobs import register_file_module
 from .outcome import SignalCalls
 
 __all__ = [
@@ -127,6 +128,7 @@ def _import_file(path: Path) -> ModuleType:
     except Exception as exc:
         sys.modules.pop(name, None)
         raise CliError(f"strategy file {path} failed to import: {type(exc).__name__}: {exc}") from exc
+    register_file_module(name, str(path.resolve()))  # so process-pool workers can load it too
     return module
 
 

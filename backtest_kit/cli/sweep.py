@@ -39,7 +39,7 @@ from .loader import CliError, _import_file, _import_module, utc
 from .outcome import Interrupt, until_done, write_line
 from .render import print_summary
 
-__all__ = ["DEFAULT_FACTORY", "DEFAULT_GRID", "cmd_sweep", "load_factory", "param_item"]
+__all__ = ["DEFAULT_FACTORY", "DEFAULT_GRID", "cmd_sweep", "load_factory", "param_item", "register_data"]
 
 DEFAULT_FACTORY = "backtest_kit.demo:make_strategy"
 DEFAULT_GRID: dict[str, ParamSpec] = {"fast": [5, 10, 20], "slow": [30, 60]}
@@ -124,7 +124,7 @@ def _walk_forward(args: argparse.Namespace) -> WalkForward | None:
     return WalkForward(train_days=args.train_days, test_days=args.test_days, anchored=args.anchored)
 
 
-def _register(engine: Engine, args: argparse.Namespace) -> list[str]:
+def register_data(engine: Engine, args: argparse.Namespace) -> list[str]:
     """Register the data's exchange and the frame; returns the symbols to sweep."""
     for path in args.data:
         if not resolve_sample_name(path).is_file():
@@ -175,7 +175,7 @@ async def cmd_sweep(args: argparse.Namespace) -> int:
                     raise CliError(str(exc)) from None
                 if not args.verbose:
                     optuna.logging.set_verbosity(optuna.logging.WARNING)
-            symbols = _register(engine, args)
+            symbols = register_data(engine, args)
             sweep = Sweep(
                 factory, space, symbols=symbols, exchange_name=SWEEP_EXCHANGE, frames=SWEEP_FRAME,
                 interval=args.interval, metric=args.metric, walk_forward=_walk_forward(args), optuna=args.optuna,

@@ -11,12 +11,15 @@ in the parent (defined in a notebook or REPL `__main__`) into a job error with t
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import os
 import pickle
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 from ..engine.errors import SchemaError
-from ..system.jobs import BacktestJob
+from ..system.jobs import BacktestJob, file_modules
 
 __all__ = ["dump_job", "load_job"]
 
@@ -31,9 +34,11 @@ def dump_job(job: BacktestJob, executor: str) -> bytes:
     if job.strategy_factory is not None:
         job = dataclasses.replace(job, strategy=dataclasses.replace(job.strategy, get_signal=_built_by_factory))
     try:
-        return pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
+        inner = pickle.dumps(job, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise SchemaError(_explain(job, executor, exc)) from exc
+    # builtins only, so the worker can always read it, and load the file modules before the job
+    return pickle.dumps((file_modules(), inner), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 async def _built_by_factory(symbol: str, when: object) -> None:
@@ -43,8 +48,10 @@ async def _built_by_factory(symbol: str, when: object) -> None:
 
 def load_job(blob: bytes, job_id: str) -> BacktestJob:
     """Unpickle a job in a worker; an import failure becomes an error that says what to change."""
+    modules, inner = pickle.loads(blob)
     try:
-        job = pickle.loads(blob)
+        _load_file_modules(modules)
+        job = pickle.loads(inner)
     except (AttributeError, ImportError) as exc:
         raise SchemaError(
             f"job {job_id!r} could not be rebuilt in the worker process: {type(exc).__name__}: {exc}. "
@@ -54,6 +61,26 @@ def load_job(blob: bytes, job_id: str) -> BacktestJob:
     if not isinstance(job, BacktestJob):
         raise SchemaError(f"job {job_id!r}: expected a BacktestJob, got {type(job).__name__}")
     return job
+
+
+def _load_file_modules(modules: dict[str, str]) -> None:
+    """Import every file module of the parent this worker lacks, under the parent's name for it."""
+    for name, path in modules.items():
+        if name in sys.modules:
+            continue
+        folder = os.path.dirname(path)
+        if folder not in sys.path:
+            sys.path.insert(0, folder)  # like the parent did: the file's neighbours are importable
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load module {name!r} from {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            sys.modules.pop(name, None)
+            raise
 
 
 def _parts(job: BacktestJob) -> Iterator[tuple[str, Any]]:

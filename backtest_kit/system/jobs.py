@@ -26,7 +26,9 @@ __all__ = [
     "ExecutorFactory",
     "JobResult",
     "executor_names",
+    "file_modules",
     "register_executor",
+    "register_file_module",
     "resolve_executor",
 ]
 
@@ -132,3 +134,18 @@ def resolve_executor(executor: str | Executor, **options: Any) -> Executor:
     if factory is None:
         raise SchemaError(f"executor: unknown executor {executor!r}; known: {', '.join(_EXECUTORS)}")
     return factory(**options)
+
+
+_FILE_MODULES: dict[str, str] = {}
+"""Modules imported from a file under a made-up name (the CLI's `strategy.py`): name -> file path.
+A worker process cannot import such a name, so the local executor sends this table with each job and
+the worker loads the same files under the same names before it unpickles the job."""
+
+
+def register_file_module(name: str, path: str) -> None:
+    """Record that module `name` was loaded from the file `path` (see `_FILE_MODULES`)."""
+    _FILE_MODULES[name] = path
+
+
+def file_modules() -> dict[str, str]:
+    return dict(_FILE_MODULES)
