@@ -60,7 +60,9 @@ def test_the_default_sweep_prints_a_summary_with_walk_forward_splits(capsys: pyt
 
 
 @pytest.mark.parametrize("executor", ["sequential", "local"])
-def test_a_factory_from_a_file_reports_the_params_that_raised(capsys: pytest.CaptureFixture[str], executor: str) -> None:
+def test_a_factory_from_a_file_reports_the_params_that_raised(
+    capsys: pytest.CaptureFixture[str], executor: str
+) -> None:
     """Also under the process pool: its workers load the file under the CLI's module name for it."""
     Path("strats.py").write_text(FACTORY_FILE, encoding="utf-8")
     argv = ["strats.py:make_strategy", "--param", "fast=5,7", "--name", "lucky", *FAST, "--executor", executor]
