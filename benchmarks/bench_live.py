@@ -84,6 +84,37 @@ class LagClock(bk.SystemClock):
         return super().timer(seconds)
 
 
+class GcPauses:
+    """Cyclic-GC passes (count and total pause per generation) while `measuring`, via `gc.callbacks`.
+
+    Why: at 10,000 pairs a full collection over the heap stalled the loop for hundreds of ms; the
+    figure shows whether the engine's GC policy (`CC_LIVE_GC_FREEZE`) keeps those passes away.
+    """
+
+    def __init__(self) -> None:
+        self.measuring = False
+        self.count = [0, 0, 0]
+        self.total = [0.0, 0.0, 0.0]
+        self.longest = 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if not self.measuring:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._started
+        generation = info["generation"]
+        self.count[generation] += 1
+        self.total[generation] += pause
+        self.longest = max(self.longest, pause)
+
+    def summary(self) -> str:
+        parts = [f"gen{g} {self.count[g]} x = {self.total[g] * 1000:.1f} ms" for g in range(3)]
+        return f"GC passes {', '.join(parts)}; longest {self.longest * 1000:.1f} ms"
+
+
 def synthetic_candles(symbols: Sequence[str], now_ms: int, minutes: int = 240) -> bk.MemoryCandles:
     start = now_ms - now_ms % 60_000 - (minutes - 60) * 60_000  # an hour of future candles too
     data: dict[str, Any] = {}
@@ -123,6 +154,8 @@ async def sma_check(symbol: str) -> Literal["long", "short"] | None:
 
 async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, signal: str, stagger: bool) -> None:
     clock = LagClock()
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
     active = signal == "hold"
     with tempfile.TemporaryDirectory(prefix="bench-live-") as scratch:
         engine = bk.Engine(clock=clock, persist_dir=scratch, dump_dir=scratch)
@@ -179,12 +212,12 @@ async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, signa
             handles.append(engine.live.background(symbol, strategy_name="trivial", exchange_name="mem"))
         await asyncio.sleep(max(0.0, started + warmup - time.perf_counter()))
 
-        clock.measuring = True
+        clock.measuring = pauses.measuring = True
         ticks_before = ticks
         cpu0, wall0 = time.process_time(), time.perf_counter()
         await asyncio.sleep(seconds)
         cpu1, wall1 = time.process_time(), time.perf_counter()
-        clock.measuring = False
+        clock.measuring = pauses.measuring = False
         measured_ticks = ticks - ticks_before
         rss_after = current_rss_mb()
 
@@ -197,6 +230,7 @@ async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, signa
         stats = await engine.live.get_data(symbols[0], "trivial")
         await engine.close()
 
+    gc.callbacks.remove(pauses)
     lags = sorted(clock.lags)
     if not lags:
         print("no ticks measured")
@@ -212,6 +246,7 @@ async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, signa
           f"events kept per pair {len(stats.events)}" + (f", 50-candle reads {sma_reads}" if signal == "sma50" else ""))
     print(f"tick lag  p50 {q[49] * 1000:.2f} ms   p99 {q[98] * 1000:.2f} ms   max {lags[-1] * 1000:.2f} ms")
     print(f"CPU {100 * (cpu1 - cpu0) / wall:.1f} %  ({(cpu1 - cpu0) / max(1, measured_ticks) * 1e6:.0f} us per tick)")
+    print(pauses.summary())
     print(f"memory {rss_after - rss_before:+.1f} MB RSS over {pairs} pairs = "
           f"{(rss_after - rss_before) * 1024 / pairs:.1f} KiB per pair (candles excluded)")
     if errors:
