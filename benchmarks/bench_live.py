@@ -24,9 +24,18 @@ strategy). The engine calls `get_signal` at most once per strategy interval (1m 
 after which ticks also monitor it. `--sweep` runs 1,000, 5,000 and 10,000 pairs one after the other
 (or `--sweep 2000,4000`), with `--signal sma50` unless another signal is given.
 
+`--source json` serves the same candles through a plain async `get_candles` callback that answers
+freshly JSON-decoded rows, as an exchange adapter (ccxt) does: the engine then keeps every pair's
+recent candles in its candle store (a ring per symbol and interval, engine/candle_store.py), and the
+memory figure includes that ring (also printed alone as ring bytes per pair). The default
+`--source memory` is a `MemoryCandles`, which the engine reads directly, with no ring.
+
 Figures: tick lag p50/p99/max, ticks delivered in the measured window (% of pairs x seconds / period),
-CPU % and CPU per delivered tick, and memory per pair = (RSS after the run's window - RSS before the
-pairs started, candles already built) / pairs.
+CPU % and CPU per delivered tick, GC passes in the window (count and total pause per generation, the
+longest), and memory per pair = (RSS after the run's window - RSS before the pairs started) / pairs.
+"Before" is taken once the candle source is built and warmed (its lazily built per-symbol caches,
+such as `MemoryCandles`' prefix sums, exist): those are candle data, not pair state. With
+`--source json` the candle ring each pair fills is built after "before", so it is included.
 
 `--stagger` spreads the pairs' first ticks over one period (pair i starts i/N s late), so ticks are
 not all due at the same instant; by default all pairs start together, the worst case for lag.
@@ -46,6 +55,8 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+import msgspec
 
 import backtest_kit as bk
 
@@ -152,16 +163,34 @@ async def sma_check(symbol: str) -> Literal["long", "short"] | None:
     return None
 
 
-async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, signal: str, stagger: bool) -> None:
+def json_source(candles: bk.MemoryCandles) -> Any:
+    """`candles` behind an async callback answering fresh JSON-decoded rows, like an exchange adapter."""
+    encode, decode = msgspec.json.encode, msgspec.json.decode
+
+    async def get_candles(symbol: str, interval: str, since: datetime, limit: int) -> list[list[float]]:
+        found = candles.next_candles(symbol, interval, int(since.timestamp() * 1000), limit)
+        rows = [(c.timestamp, c.open, c.high, c.low, c.close, c.volume) for c in found]
+        decoded: list[list[float]] = decode(encode(rows))
+        return decoded
+
+    return get_candles
+
+
+async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, signal: str, stagger: bool,
+                source: str = "memory", gc_freeze: bool = True) -> None:
     clock = LagClock()
     pauses = GcPauses()
     gc.callbacks.append(pauses)
     active = signal == "hold"
     with tempfile.TemporaryDirectory(prefix="bench-live-") as scratch:
         engine = bk.Engine(clock=clock, persist_dir=scratch, dump_dir=scratch)
-        engine.set_config(CC_TICK_TTL_MS=period_ms)
+        engine.set_config(CC_TICK_TTL_MS=period_ms, CC_LIVE_GC_FREEZE=gc_freeze)
         symbols = [f"S{i:04d}USDT" for i in range(pairs)]
-        engine.add_exchange(exchange_name="mem", get_candles=synthetic_candles(symbols, int(time.time() * 1000)))
+        candles = synthetic_candles(symbols, int(time.time() * 1000))
+        warm_ms = int(time.time() * 1000)
+        for symbol in symbols:  # build the source's lazy per-symbol caches now: candle data, not pair state
+            candles.average_price(symbol, warm_ms, 5)
+        engine.add_exchange(exchange_name="mem", get_candles=candles if source == "memory" else json_source(candles))
         gc.collect()
         rss_before = current_rss_mb()
 
@@ -220,6 +249,8 @@ async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, signa
         clock.measuring = pauses.measuring = False
         measured_ticks = ticks - ticks_before
         rss_after = current_rss_mb()
+        ring_bytes = engine.exchange("mem").candle_store_bytes()
+        ring_full = engine.exchange("mem").candle_store_bytes(at_bound=True)
 
         for handle in handles:
             if active or signal == "sma50":
@@ -240,15 +271,23 @@ async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, signa
     kind = {"idle": "idle", "hold": "active positions", "sma50": "sma50 signal (50 candles read every tick)"}
     expected = pairs * wall * 1000 / period_ms
     print(f"pairs {pairs}, tick period {period_ms} ms, measured {wall:.1f} s after {warmup:.0f} s warm-up, "
-          f"{kind[signal]}, {'staggered' if stagger else 'aligned'} starts")
+          f"{kind[signal]}, {'staggered' if stagger else 'aligned'} starts, {source} source"
+          f"{'' if gc_freeze else ', CC_LIVE_GC_FREEZE off'}")
     print(f"ticks {measured_ticks} ({measured_ticks / wall:.0f}/s, expected ~{pairs * 1000 / period_ms:.0f}/s; "
           f"delivered {100 * measured_ticks / expected:.1f} %), errors {len(errors)}, "
           f"events kept per pair {len(stats.events)}" + (f", 50-candle reads {sma_reads}" if signal == "sma50" else ""))
     print(f"tick lag  p50 {q[49] * 1000:.2f} ms   p99 {q[98] * 1000:.2f} ms   max {lags[-1] * 1000:.2f} ms")
     print(f"CPU {100 * (cpu1 - cpu0) / wall:.1f} %  ({(cpu1 - cpu0) / max(1, measured_ticks) * 1e6:.0f} us per tick)")
     print(pauses.summary())
+    per_pair = (rss_after - rss_before) * 1024 / pairs
+    ring = f"candle ring {ring_bytes / pairs / 1024:.1f} KiB per pair included" if source != "memory" else \
+        "no candle ring: MemoryCandles is read directly"
     print(f"memory {rss_after - rss_before:+.1f} MB RSS over {pairs} pairs = "
-          f"{(rss_after - rss_before) * 1024 / pairs:.1f} KiB per pair (candles excluded)")
+          f"{per_pair:.1f} KiB per pair ({ring}; source data excluded)")
+    if source != "memory":  # a short run has not filled the rings yet: the figure once they are full
+        full = per_pair + (ring_full - ring_bytes) / pairs / 1024
+        print(f"memory per pair with full rings ~{full:.1f} KiB = {full * 1.024:.1f} kB "
+              f"(ring at its eviction bound {ring_full / pairs / 1024:.1f} KiB)")
     if errors:
         print(f"first error: {errors[0]!r}", file=sys.stderr)
 
@@ -264,6 +303,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="idle (default), hold (= --active) or sma50 (50-candle SMA check on every tick)")
     parser.add_argument("--sweep", nargs="?", const="1000,5000,10000", default=None, metavar="N,N,...",
                         help="run these pair counts in turn (default 1000,5000,10000; --signal sma50 by default)")
+    parser.add_argument("--source", choices=("memory", "json"), default="memory",
+                        help="memory (MemoryCandles, default) or json (async callback: the engine keeps a candle ring)")
+    parser.add_argument("--no-gc-freeze", action="store_true",
+                        help="CC_LIVE_GC_FREEZE=False: leave the cyclic GC alone (to compare)")
     parser.add_argument("--stagger", action="store_true", help="spread the first ticks over one period")
     args = parser.parse_args(argv)
     signal = args.signal or ("hold" if args.active else "sma50" if args.sweep else "idle")
@@ -272,7 +315,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for n in counts:
         if len(counts) > 1:
             print(f"\n== {n} pairs")
-        asyncio.run(bench(n, args.seconds, args.period_ms, args.warmup, signal, args.stagger))
+        asyncio.run(bench(n, args.seconds, args.period_ms, args.warmup, signal, args.stagger, args.source,
+                          not args.no_gc_freeze))
         gc.collect()
 
 
