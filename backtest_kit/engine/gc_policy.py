@@ -9,7 +9,10 @@ reference counting the moment the tick is done.
 
 So once the pairs started together have each run their first tick (the tick that builds their lazily
 made state: candle stores, the source's caches), the live runner calls `gc.freeze()`: everything
-alive then moves to the permanent generation, which no collection walks. Objects allocated later are
+alive then moves to the permanent generation, which no collection walks. First ticks can take long
+(10,000 crash-safe restores go through a thread pool, a `get_signal` may take minutes), so while
+pairs are still settling the heap is also frozen at most once every `FREEZE_EVERY_S` as their first
+ticks end: the settled part stops being walked without waiting for the slowest pair. Objects allocated later are
 collected as usual, so a cycle made by a later tick (an exception's traceback, say) is still found.
 `gc.freeze()` is constant time (it splices the generation lists), so it runs again whenever pairs
 start later. When the last live run of the process ends, `gc.unfreeze()` hands the frozen objects
@@ -25,8 +28,11 @@ anywhere begins the policy, the last one to end stops it. Opt out with
 from __future__ import annotations
 
 import gc
+import time
 
-__all__ = ["LiveGcPolicy", "RunSettling", "live_gc"]
+__all__ = ["FREEZE_EVERY_S", "LiveGcPolicy", "RunSettling", "live_gc"]
+
+FREEZE_EVERY_S = 1.0
 
 
 class RunSettling:
@@ -57,25 +63,32 @@ class RunSettling:
 class LiveGcPolicy:
     """Counts live runs and the ones still before their first tick; freezes when the latter reach 0."""
 
-    __slots__ = ("freezes", "runs", "settling")
+    __slots__ = ("every_s", "freezes", "last_freeze", "runs", "settling")
 
-    def __init__(self) -> None:
+    def __init__(self, every_s: float = FREEZE_EVERY_S) -> None:
+        self.every_s = every_s
         self.runs = 0  # live runs (of every engine) under the policy
         self.settling = 0  # of those, the ones whose first tick has not ended yet
         self.freezes = 0  # how many times the heap was frozen (a figure for tests and benchmarks)
+        self.last_freeze = 0.0  # time.monotonic() of the last freeze
 
     def run_started(self) -> RunSettling:
         """A live run under the policy started; its first tick is still ahead."""
+        if self.runs == 0:
+            self.last_freeze = time.monotonic()  # the policy begins: the first freeze is due in every_s
         self.runs += 1
         self.settling += 1
         return RunSettling(self)
 
     def first_tick_done(self) -> None:
-        """A run's first tick ended (however it ended): freeze once no started run is still settling."""
+        """A run's first tick ended (however it ended): freeze once no started run is still settling,
+        or if the last freeze is `every_s` old while others still are."""
         self.settling -= 1
-        if self.settling == 0:
+        now = time.monotonic()
+        if self.settling == 0 or now - self.last_freeze >= self.every_s:
             gc.freeze()
             self.freezes += 1
+            self.last_freeze = now
 
     def run_ended(self) -> None:
         """A run ended (after `first_tick_done`); the last one hands the frozen heap back."""
