@@ -1,5 +1,5 @@
 """The live GC policy (engine/gc_policy.py): freeze once started pairs ran their first tick, unfreeze
-when the last live run ends, opt out with CC_LIVE_GC_FREEZE=False, never lose a cycle made later."""
+when the last live run ends, opt out with CC_LIVE_GC_TUNING=False, never lose a cycle made later."""
 
 from __future__ import annotations
 
@@ -13,19 +13,24 @@ import pytest
 from helpers import T0, M, dt, flat_candles
 
 import backtest_kit as bk
-from backtest_kit.engine.gc_policy import LiveGcPolicy, live_gc
+from backtest_kit.engine.gc_policy import LIVE_GEN0_THRESHOLD, LiveGcPolicy, live_gc
 
 SYMBOL = "BTCUSDT"
 
 
 @pytest.fixture(autouse=True)
 def nothing_frozen() -> Iterator[None]:
-    """Every test starts and must end with nothing frozen and no live run under the policy."""
+    """Every test starts and must end with nothing frozen, CPython's thresholds, no run under the policy."""
     gc.unfreeze()
-    yield
-    assert live_gc.runs == 0 and live_gc.settling == 0
-    assert gc.get_freeze_count() == 0
-    gc.unfreeze()
+    before = gc.get_threshold()
+    try:
+        yield
+        assert live_gc.runs == 0 and live_gc.settling == 0
+        assert gc.get_freeze_count() == 0
+        assert gc.get_threshold() == before
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
 
 
 class _Node:
@@ -74,6 +79,34 @@ def test_while_pairs_settle_the_heap_is_also_frozen_every_so_often() -> None:
     assert policy.freezes == 2 and gc.get_freeze_count() == 0
 
 
+def test_the_young_threshold_is_raised_while_runs_go_and_put_back_after() -> None:
+    before = gc.get_threshold()
+    assert before[0] < LIVE_GEN0_THRESHOLD
+    policy = LiveGcPolicy(every_s=3600)
+    run = policy.run_started()
+    assert gc.get_threshold() == (LIVE_GEN0_THRESHOLD, *before[1:])
+    other = policy.run_started()
+    run.ended()
+    assert gc.get_threshold()[0] == LIVE_GEN0_THRESHOLD  # a run is still going
+    other.ended()
+    assert gc.get_threshold() == before
+
+
+def test_a_threshold_the_application_set_meanwhile_or_before_is_left_alone() -> None:
+    before = gc.get_threshold()
+    policy = LiveGcPolicy(every_s=3600)
+    run = policy.run_started()
+    gc.set_threshold(50_000, 20, 20)  # the application's own choice while live runs go
+    run.ended()
+    assert gc.get_threshold() == (50_000, 20, 20)
+    gc.set_threshold(0)  # automatic collection off: the policy does not switch it on
+    run = policy.run_started()
+    assert gc.get_threshold()[0] == 0
+    run.ended()
+    assert gc.get_threshold()[0] == 0
+    gc.set_threshold(*before)
+
+
 def test_a_cycle_made_after_the_freeze_is_still_collected() -> None:
     policy = LiveGcPolicy(every_s=3600)
     run = policy.run_started()
@@ -101,7 +134,7 @@ def make_engine(tmp_path: Path, get_candles: Any = None, **config: Any) -> tuple
 async def test_a_live_run_freezes_after_its_first_tick_and_unfreezes_when_it_ends(
     tmp_path: Path, enabled: bool
 ) -> None:
-    engine, clock = make_engine(tmp_path, CC_LIVE_GC_FREEZE=enabled)
+    engine, clock = make_engine(tmp_path, CC_LIVE_GC_TUNING=enabled)
     frozen_at_tick: list[int] = []
     engine.listen_signal_live(lambda result: frozen_at_tick.append(gc.get_freeze_count()))
     handle = engine.live.background(SYMBOL, strategy_name="s", exchange_name="mem")
@@ -109,6 +142,7 @@ async def test_a_live_run_freezes_after_its_first_tick_and_unfreezes_when_it_end
         while len(frozen_at_tick) < 3:
             await clock.sleep(30)
         assert (live_gc.runs == 1) is enabled
+        assert (gc.get_threshold()[0] == LIVE_GEN0_THRESHOLD) is enabled
         handle()
         await handle.wait()
     # listeners see the tick's result after the first tick ended: the heap is frozen by then

@@ -44,8 +44,8 @@ class Config(Struct, frozen=True):
     # per-delivery listener timeouts (seconds, 0 = off): a hung live listener must not freeze every pair
     CC_LISTENER_TIMEOUT_SECONDS: float = 30
     CC_BACKTEST_LISTENER_TIMEOUT_SECONDS: float = 0
-    # live: gc.freeze() the heap once started pairs ran their first tick (engine/gc_policy.py); False = leave gc alone
-    CC_LIVE_GC_FREEZE: bool = True
+    # live: gc.freeze() the settled heap, gen-0 threshold >= 10 000 while runs go (engine/gc_policy.py)
+    CC_LIVE_GC_TUNING: bool = True
 
 
 DEFAULT_CONFIG = Config()
@@ -76,7 +76,7 @@ _RULES: dict[str, tuple[str, float | None, bool]] = {
     "CC_LIVE_MAX_CANDLE_AGE_MS": (_INT, 0, True),
     "CC_LISTENER_TIMEOUT_SECONDS": (_NUM, 0, True),
     "CC_BACKTEST_LISTENER_TIMEOUT_SECONDS": (_NUM, 0, True),
-    "CC_LIVE_GC_FREEZE": (_BOOL, None, True),
+    "CC_LIVE_GC_TUNING": (_BOOL, None, True),
 }
 
 

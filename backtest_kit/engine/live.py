@@ -106,8 +106,8 @@ class LiveRunner(RunnerBase[TickResult]):
 
     @contextmanager
     def _gc_policy(self) -> Iterator[RunSettling | None]:
-        """The run under the live GC policy (engine/gc_policy.py), unless CC_LIVE_GC_FREEZE is off."""
-        if not self.engine.config.CC_LIVE_GC_FREEZE:
+        """The run under the live GC policy (engine/gc_policy.py), unless CC_LIVE_GC_TUNING is off."""
+        if not self.engine.config.CC_LIVE_GC_TUNING:
             yield None
             return
         run = live_gc.run_started()
