@@ -31,15 +31,18 @@ after which ticks also monitor it. `--sweep` runs 1,000, 5,000 and 10,000 pairs 
 `--source json` serves the same candles through a plain async `get_candles` callback that answers
 freshly JSON-decoded rows, as an exchange adapter (ccxt) does: the engine then keeps every pair's
 recent candles in its candle store (a ring per symbol and interval, engine/candle_store.py), and the
-memory figure includes that ring (also printed alone as ring bytes per pair). The default
+memory figure includes that ring (also printed alone as ring bytes per pair, and at its eviction
+bound, which a run of seconds has not reached: the rings fill up as minutes pass). The default
 `--source memory` is a `MemoryCandles`, which the engine reads directly, with no ring.
 
 Figures: tick lag p50/p99/max, ticks delivered in the measured window (% of pairs x seconds / period),
 CPU % and CPU per delivered tick, GC passes in the window (count and total pause per generation, the
-longest), and memory per pair = (RSS after the run's window - RSS before the pairs started) / pairs.
+longest, and the CPU time they took, which a busy machine does not inflate), and memory per pair = (RSS after the run's window - RSS before the pairs started) / pairs.
 "Before" is taken once the candle source is built and warmed (its lazily built per-symbol caches,
 such as `MemoryCandles`' prefix sums, exist): those are candle data, not pair state. With
 `--source json` the candle ring each pair fills is built after "before", so it is included.
+
+`--no-gc-tuning` sets `CC_LIVE_GC_TUNING=False` (the engine leaves the cyclic GC alone) to compare.
 
 `--stagger` spreads the pairs' first ticks over one period (pair i starts i/N s late), so ticks are
 not all due at the same instant; by default all pairs start together, the worst case for lag.
