@@ -37,7 +37,8 @@ bound, which a run of seconds has not reached: the rings fill up as minutes pass
 
 Figures: tick lag p50/p99/max, ticks delivered in the measured window (% of pairs x seconds / period),
 CPU % and CPU per delivered tick, GC passes in the window (count and total pause per generation, the
-longest, and the CPU time they took, which a busy machine does not inflate), and memory per pair = (RSS after the run's window - RSS before the pairs started) / pairs.
+longest, and the CPU time they took, which a busy machine does not inflate), and memory per pair =
+(RSS after the run's window - RSS before the pairs started) / pairs.
 "Before" is taken once the candle source is built and warmed (its lazily built per-symbol caches,
 such as `MemoryCandles`' prefix sums, exist): those are candle data, not pair state. With
 `--source json` the candle ring each pair fills is built after "before", so it is included.
