@@ -44,7 +44,8 @@ class Config(Struct, frozen=True):
     # per-delivery listener timeouts (seconds, 0 = off): a hung live listener must not freeze every pair
     CC_LISTENER_TIMEOUT_SECONDS: float = 30
     CC_BACKTEST_LISTENER_TIMEOUT_SECONDS: float = 0
-    # live: gc.freeze() the settled heap, gen-0 threshold >= 10 000 while runs go (engine/gc_policy.py)
+    # live: gc.freeze() the settled heap, gen-0 threshold >= 10 000 while runs go (engine/gc_policy.py);
+    # read when a run starts
     CC_LIVE_GC_TUNING: bool = True
 
 
