@@ -13,7 +13,11 @@ position-monitoring path.
 
 Tick lag = how late a tick starts: the time between the moment the loop's inter-tick sleep was due
 to end (sleep start + period) and the moment the next tick reads the clock. It includes waiting for
-the event loop while the other pairs' ticks run. The first `--warmup` seconds are not measured.
+the event loop while the other pairs' ticks run. Measuring starts `--warmup` seconds after the start,
+and never before every pair has finished its first tick (a first tick restores the pair's persisted
+state through a thread pool, which takes seconds for 10,000 pairs on a busy machine: startup, not the
+steady state this measures) and one more tick period has passed; the time to that first tick of
+every pair is printed as its own figure.
 CPU % = process CPU time / wall time over the measured window (100 % = one core).
 
 `--signal sma50` is a real signal check: on every tick the pair reads its last 50 closed 1m candles
@@ -24,9 +28,22 @@ strategy). The engine calls `get_signal` at most once per strategy interval (1m 
 after which ticks also monitor it. `--sweep` runs 1,000, 5,000 and 10,000 pairs one after the other
 (or `--sweep 2000,4000`), with `--signal sma50` unless another signal is given.
 
+`--source json` serves the same candles through a plain async `get_candles` callback that answers
+freshly JSON-decoded rows, as an exchange adapter (ccxt) does: the engine then keeps every pair's
+recent candles in its candle store (a ring per symbol and interval, engine/candle_store.py), and the
+memory figure includes that ring (also printed alone as ring bytes per pair, and at its eviction
+bound, which a run of seconds has not reached: the rings fill up as minutes pass). The default
+`--source memory` is a `MemoryCandles`, which the engine reads directly, with no ring.
+
 Figures: tick lag p50/p99/max, ticks delivered in the measured window (% of pairs x seconds / period),
-CPU % and CPU per delivered tick, and memory per pair = (RSS after the run's window - RSS before the
-pairs started, candles already built) / pairs.
+CPU % and CPU per delivered tick, GC passes in the window (count and total pause per generation, the
+longest, and the CPU time they took, which a busy machine does not inflate), and memory per pair =
+(RSS after the run's window - RSS before the pairs started) / pairs.
+"Before" is taken once the candle source is built and warmed (its lazily built per-symbol caches,
+such as `MemoryCandles`' prefix sums, exist): those are candle data, not pair state. With
+`--source json` the candle ring each pair fills is built after "before", so it is included.
+
+`--no-gc-tuning` sets `CC_LIVE_GC_TUNING=False` (the engine leaves the cyclic GC alone) to compare.
 
 `--stagger` spreads the pairs' first ticks over one period (pair i starts i/N s late), so ticks are
 not all due at the same instant; by default all pairs start together, the worst case for lag.
@@ -46,6 +63,8 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+import msgspec
 
 import backtest_kit as bk
 
@@ -82,6 +101,42 @@ class LagClock(bk.SystemClock):
         if slot is not None:
             slot[0] = time.perf_counter() + seconds
         return super().timer(seconds)
+
+
+class GcPauses:
+    """Cyclic-GC passes (count and total pause per generation) while `measuring`, via `gc.callbacks`.
+
+    Why: at 10,000 pairs a full collection over the heap stalled the loop for hundreds of ms; the
+    figure shows whether the engine's GC policy (`CC_LIVE_GC_TUNING`) keeps those passes away.
+    """
+
+    def __init__(self) -> None:
+        self.measuring = False
+        self.count = [0, 0, 0]
+        self.total = [0.0, 0.0, 0.0]
+        self.longest = 0.0
+        self.cpu = 0.0  # CPU time in the passes: unlike the pauses, not inflated by a busy machine
+        self._started = 0.0
+        self._cpu_started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if not self.measuring:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+            self._cpu_started = time.thread_time()
+            return
+        self.cpu += time.thread_time() - self._cpu_started
+        pause = time.perf_counter() - self._started
+        generation = info["generation"]
+        self.count[generation] += 1
+        self.total[generation] += pause
+        self.longest = max(self.longest, pause)
+
+    def summary(self) -> str:
+        parts = [f"gen{g} {self.count[g]} x = {self.total[g] * 1000:.1f} ms" for g in range(3)]
+        return (f"GC passes {', '.join(parts)}; longest {self.longest * 1000:.1f} ms; "
+                f"CPU in GC {self.cpu * 1000:.1f} ms")
 
 
 def synthetic_candles(symbols: Sequence[str], now_ms: int, minutes: int = 240) -> bk.MemoryCandles:
@@ -121,14 +176,34 @@ async def sma_check(symbol: str) -> Literal["long", "short"] | None:
     return None
 
 
-async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, signal: str, stagger: bool) -> None:
+def json_source(candles: bk.MemoryCandles) -> Any:
+    """`candles` behind an async callback answering fresh JSON-decoded rows, like an exchange adapter."""
+    encode, decode = msgspec.json.encode, msgspec.json.decode
+
+    async def get_candles(symbol: str, interval: str, since: datetime, limit: int) -> list[list[float]]:
+        found = candles.next_candles(symbol, interval, int(since.timestamp() * 1000), limit)
+        rows = [(c.timestamp, c.open, c.high, c.low, c.close, c.volume) for c in found]
+        decoded: list[list[float]] = decode(encode(rows))
+        return decoded
+
+    return get_candles
+
+
+async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, signal: str, stagger: bool,
+                source: str = "memory", gc_tuning: bool = True) -> None:
     clock = LagClock()
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
     active = signal == "hold"
     with tempfile.TemporaryDirectory(prefix="bench-live-") as scratch:
         engine = bk.Engine(clock=clock, persist_dir=scratch, dump_dir=scratch)
-        engine.set_config(CC_TICK_TTL_MS=period_ms)
+        engine.set_config(CC_TICK_TTL_MS=period_ms, CC_LIVE_GC_TUNING=gc_tuning)
         symbols = [f"S{i:04d}USDT" for i in range(pairs)]
-        engine.add_exchange(exchange_name="mem", get_candles=synthetic_candles(symbols, int(time.time() * 1000)))
+        candles = synthetic_candles(symbols, int(time.time() * 1000))
+        warm_ms = int(time.time() * 1000)
+        for symbol in symbols:  # build the source's lazy per-symbol caches now: candle data, not pair state
+            candles.average_price(symbol, warm_ms, 5)
+        engine.add_exchange(exchange_name="mem", get_candles=candles if source == "memory" else json_source(candles))
         gc.collect()
         rss_before = current_rss_mb()
 
@@ -164,9 +239,16 @@ async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, signa
         ticks = 0
         errors: list[BaseException] = []
 
+        unseen = set(symbols)  # pairs before their first tick
+        all_ticked = asyncio.get_running_loop().create_future()
+
         def count(result: bk.TickResult) -> None:
             nonlocal ticks
             ticks += 1
+            if unseen:
+                unseen.discard(result.symbol)
+                if not unseen:
+                    all_ticked.set_result(time.perf_counter())
 
         engine.listen_signal_live(count)
         engine.listen_error(errors.append)
@@ -177,16 +259,20 @@ async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, signa
             if stagger and i:
                 await asyncio.sleep(started + i * period_ms / 1000 / pairs - time.perf_counter())
             handles.append(engine.live.background(symbol, strategy_name="trivial", exchange_name="mem"))
-        await asyncio.sleep(max(0.0, started + warmup - time.perf_counter()))
+        await asyncio.wait({all_ticked}, timeout=max(60.0, warmup))  # a failing pair never ticks: go on
+        first_ticks_s = all_ticked.result() - started if all_ticked.done() else float("nan")
+        await asyncio.sleep(max(period_ms / 1000, started + warmup - time.perf_counter()))
 
-        clock.measuring = True
+        clock.measuring = pauses.measuring = True
         ticks_before = ticks
         cpu0, wall0 = time.process_time(), time.perf_counter()
         await asyncio.sleep(seconds)
         cpu1, wall1 = time.process_time(), time.perf_counter()
-        clock.measuring = False
+        clock.measuring = pauses.measuring = False
         measured_ticks = ticks - ticks_before
         rss_after = current_rss_mb()
+        ring_bytes = engine.exchange("mem").candle_store_bytes()
+        ring_full = engine.exchange("mem").candle_store_bytes(at_bound=True)
 
         for handle in handles:
             if active or signal == "sma50":
@@ -197,6 +283,7 @@ async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, signa
         stats = await engine.live.get_data(symbols[0], "trivial")
         await engine.close()
 
+    gc.callbacks.remove(pauses)
     lags = sorted(clock.lags)
     if not lags:
         print("no ticks measured")
@@ -205,15 +292,25 @@ async def bench(pairs: int, seconds: float, period_ms: int, warmup: float, signa
     wall = wall1 - wall0
     kind = {"idle": "idle", "hold": "active positions", "sma50": "sma50 signal (50 candles read every tick)"}
     expected = pairs * wall * 1000 / period_ms
-    print(f"pairs {pairs}, tick period {period_ms} ms, measured {wall:.1f} s after {warmup:.0f} s warm-up, "
-          f"{kind[signal]}, {'staggered' if stagger else 'aligned'} starts")
+    print(f"pairs {pairs}, tick period {period_ms} ms, measured {wall:.1f} s after a {warmup:.0f} s warm-up "
+          f"(every pair's first tick done {first_ticks_s:.1f} s after the start), "
+          f"{kind[signal]}, {'staggered' if stagger else 'aligned'} starts, {source} source"
+          f"{'' if gc_tuning else ', CC_LIVE_GC_TUNING off'}")
     print(f"ticks {measured_ticks} ({measured_ticks / wall:.0f}/s, expected ~{pairs * 1000 / period_ms:.0f}/s; "
           f"delivered {100 * measured_ticks / expected:.1f} %), errors {len(errors)}, "
           f"events kept per pair {len(stats.events)}" + (f", 50-candle reads {sma_reads}" if signal == "sma50" else ""))
     print(f"tick lag  p50 {q[49] * 1000:.2f} ms   p99 {q[98] * 1000:.2f} ms   max {lags[-1] * 1000:.2f} ms")
     print(f"CPU {100 * (cpu1 - cpu0) / wall:.1f} %  ({(cpu1 - cpu0) / max(1, measured_ticks) * 1e6:.0f} us per tick)")
+    print(pauses.summary())
+    per_pair = (rss_after - rss_before) * 1024 / pairs
+    ring = f"candle ring {ring_bytes / pairs / 1024:.1f} KiB per pair included" if source != "memory" else \
+        "no candle ring: MemoryCandles is read directly"
     print(f"memory {rss_after - rss_before:+.1f} MB RSS over {pairs} pairs = "
-          f"{(rss_after - rss_before) * 1024 / pairs:.1f} KiB per pair (candles excluded)")
+          f"{per_pair:.1f} KiB per pair ({ring}; source data excluded)")
+    if source != "memory":  # a short run has not filled the rings yet: the figure once they are full
+        full = per_pair + (ring_full - ring_bytes) / pairs / 1024
+        print(f"memory per pair with full rings ~{full:.1f} KiB = {full * 1.024:.1f} kB "
+              f"(ring at its eviction bound {ring_full / pairs / 1024:.1f} KiB)")
     if errors:
         print(f"first error: {errors[0]!r}", file=sys.stderr)
 
@@ -229,6 +326,10 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="idle (default), hold (= --active) or sma50 (50-candle SMA check on every tick)")
     parser.add_argument("--sweep", nargs="?", const="1000,5000,10000", default=None, metavar="N,N,...",
                         help="run these pair counts in turn (default 1000,5000,10000; --signal sma50 by default)")
+    parser.add_argument("--source", choices=("memory", "json"), default="memory",
+                        help="memory (MemoryCandles, default) or json (async callback: the engine keeps a candle ring)")
+    parser.add_argument("--no-gc-tuning", action="store_true",
+                        help="CC_LIVE_GC_TUNING=False: the engine leaves the cyclic GC alone (to compare)")
     parser.add_argument("--stagger", action="store_true", help="spread the first ticks over one period")
     args = parser.parse_args(argv)
     signal = args.signal or ("hold" if args.active else "sma50" if args.sweep else "idle")
@@ -237,7 +338,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for n in counts:
         if len(counts) > 1:
             print(f"\n== {n} pairs")
-        asyncio.run(bench(n, args.seconds, args.period_ms, args.warmup, signal, args.stagger))
+        asyncio.run(bench(n, args.seconds, args.period_ms, args.warmup, signal, args.stagger, args.source,
+                          not args.no_gc_tuning))
         gc.collect()
 
 

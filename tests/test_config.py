@@ -56,7 +56,7 @@ NUM_KEYS = [
     "CC_LISTENER_TIMEOUT_SECONDS",
     "CC_BACKTEST_LISTENER_TIMEOUT_SECONDS",
 ]
-BOOL_KEYS = ["CC_REPORT_SHOW_SIGNAL_NOTE"]
+BOOL_KEYS = ["CC_REPORT_SHOW_SIGNAL_NOTE", "CC_LIVE_GC_TUNING"]
 # counts: the smallest valid value is 1
 COUNT_KEYS = [
     "CC_SCHEDULE_AWAIT_MINUTES",
@@ -179,7 +179,7 @@ def test_bool_keys_must_be_bool(key: str, value: Any, unsafe: bool) -> None:
     with pytest.raises(bk.ConfigError) as info:
         engine.set_config({key: value}, unsafe=unsafe)
     assert key in str(info.value) and repr(value) in str(info.value)
-    assert getattr(engine.get_config(), key) is False
+    assert getattr(engine.get_config(), key) is getattr(Config(), key)  # unchanged default
 
 
 # --------------------------------------------------------------------------- ranges

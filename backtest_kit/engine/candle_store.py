@@ -26,6 +26,7 @@ fits and is always fetched from the source, as without a store.
 
 from __future__ import annotations
 
+import sys
 from bisect import bisect_left
 
 from .models import Candle
@@ -87,6 +88,22 @@ class CandleStore:
             self.candles = list(candles)
             self.lo, self.hi = start, end
         self._evict()
+
+    def nbytes(self, at_bound: bool = False) -> int:
+        """Bytes this store holds (its lists, the candles and their field objects): a figure for
+        benchmarks and monitoring, not used by the engine; objects shared with a source count too.
+
+        `at_bound`: the figure once the store is full (``capacity + capacity // 4`` candles, the most
+        it holds before eviction), at the current average size of a stored candle.
+        """
+        size = sys.getsizeof
+        candles = self.candles
+        held = sum(size(c) + size(c.timestamp) + 5 * size(c.close) for c in candles)
+        count = len(candles)
+        if at_bound and count:
+            bound = self.capacity + self.capacity // 4
+            return size(self) + 2 * (56 + 8 * bound) + held * bound // count
+        return size(self) + size(self.stamps) + size(candles) + held
 
     def _evict(self) -> None:
         capacity = self.capacity

@@ -44,6 +44,9 @@ class Config(Struct, frozen=True):
     # per-delivery listener timeouts (seconds, 0 = off): a hung live listener must not freeze every pair
     CC_LISTENER_TIMEOUT_SECONDS: float = 30
     CC_BACKTEST_LISTENER_TIMEOUT_SECONDS: float = 0
+    # live: gc.freeze() the settled heap, gen-0 threshold >= 10 000 while runs go (engine/gc_policy.py);
+    # read when a run starts
+    CC_LIVE_GC_TUNING: bool = True
 
 
 DEFAULT_CONFIG = Config()
@@ -74,6 +77,7 @@ _RULES: dict[str, tuple[str, float | None, bool]] = {
     "CC_LIVE_MAX_CANDLE_AGE_MS": (_INT, 0, True),
     "CC_LISTENER_TIMEOUT_SECONDS": (_NUM, 0, True),
     "CC_BACKTEST_LISTENER_TIMEOUT_SECONDS": (_NUM, 0, True),
+    "CC_LIVE_GC_TUNING": (_BOOL, None, True),
 }
 
 

@@ -296,6 +296,10 @@ class ExchangeClient:
         store.reserve(limit)
         return store
 
+    def candle_store_bytes(self, at_bound: bool = False) -> int:
+        """Bytes held by this exchange's candle stores (`CandleStore.nbytes`), for benchmarks and monitoring."""
+        return sum(store.nbytes(at_bound) for store in self._stores.values())
+
     # -------------------------------------------------------------- backward (closed candles only)
     async def get_candles(self, symbol: str, interval: str, limit: int, when_ms: int) -> list[Candle]:
         """The newest `limit` candles closed by `when_ms`, ascending (fewer if the source has fewer).

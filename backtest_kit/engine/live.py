@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from .channels import DONE_LIVE, PERFORMANCE, SIGNAL, SIGNAL_LIVE
 from .clock import SystemClock
+from .gc_policy import RunSettling, live_gc
 from .models import PerformanceEvent, TickResult
 from .ports import Services
 from .runner import CancelHandle, RunHooks, RunnerBase, RunRecord, RunStores
@@ -104,6 +105,18 @@ class LiveRunner(RunnerBase[TickResult]):
         return self._background(record, body)
 
     @contextmanager
+    def _gc_policy(self) -> Iterator[RunSettling | None]:
+        """The run under the live GC policy (engine/gc_policy.py), unless CC_LIVE_GC_TUNING is off."""
+        if not self.engine.config.CC_LIVE_GC_TUNING:
+            yield None
+            return
+        run = live_gc.run_started()
+        try:
+            yield run
+        finally:
+            run.ended()
+
+    @contextmanager
     def _attached(self) -> Iterator[None]:
         attach = getattr(self.engine.clock, "attach", None)
         if attach is None:
@@ -121,7 +134,7 @@ class LiveRunner(RunnerBase[TickResult]):
         last_perf: float | None = None
         data_end = instance.exchange.data_end_ms(record.symbol)  # a replay runs out; an exchange never
         end = _NEVER if data_end is None else data_end
-        with ExitStack() as attached:
+        with self._gc_policy() as settling, ExitStack() as attached:
             attached.enter_context(self._attached())
             while True:
                 if instance.stopped and not instance.has_signal:
@@ -141,12 +154,18 @@ class LiveRunner(RunnerBase[TickResult]):
                 try:
                     result = await instance.tick(now)
                 except Exception as exc:
+                    if settling is not None:
+                        settling.settled()
+                        settling = None
                     await engine.report_error(exc)
                     if now >= end:
                         self._data_exhausted(record, instance, now)
                         return
                     await self._sleep(record)
                     continue
+                if settling is not None:
+                    settling.settled()  # the pair's lazily built state exists now: freeze it
+                    settling = None
                 stats.add(result, now)
                 schedule.add(result)
                 pending = publish(SIGNAL_LIVE, result)
@@ -170,7 +189,19 @@ class LiveRunner(RunnerBase[TickResult]):
                 if now >= end:
                     self._data_exhausted(record, instance, now)
                     return
-                await self._sleep(record)
+                if record.wake is None:
+                    await self._sleep(record)
+                    continue
+                sleeper = self._sleeper(record)  # `_sleep`, inlined: no coroutine per tick
+                if sleeper is None:
+                    continue
+                try:
+                    await sleeper
+                except asyncio.CancelledError:
+                    if not self._woken(record, sleeper):
+                        raise
+                finally:
+                    self._slept(record, sleeper)
 
     def _data_exhausted(self, record: RunRecord, instance: StrategyInstance, now: int) -> None:
         """The replay's data ran out: end the run like a stop would, minus the wait for an open position.
@@ -186,15 +217,34 @@ class LiveRunner(RunnerBase[TickResult]):
 
     async def _sleep(self, record: RunRecord) -> None:
         """Sleep one tick period on the engine clock, or less if a stop arrives."""
-        wake = record.wake
-        seconds = self.engine.config.CC_TICK_TTL_MS / 1000
-        if wake is None:
-            await self.engine.clock.sleep(seconds)
+        if record.wake is None:
+            await self.engine.clock.sleep(self.engine.config.CC_TICK_TTL_MS / 1000)
             return
+        sleeper = self._sleeper(record)
+        if sleeper is None:
+            return
+        try:
+            await sleeper  # a broken clock's error propagates
+        except asyncio.CancelledError:
+            if not self._woken(record, sleeper):
+                raise  # our own task is being cancelled, not woken
+        finally:
+            self._slept(record, sleeper)
+
+    def _sleeper(self, record: RunRecord) -> asyncio.Future[None] | None:
+        """Start one tick period's wait: the future to await, or None when there is nothing to wait for.
+
+        Split from `_sleep` so the live loop can await it inline: a coroutine per tick, alive for the
+        whole period, was one more object for the cyclic GC to walk per pair (engine/gc_policy.py).
+        """
+        wake = record.wake
+        assert wake is not None  # `_sleep` waits without one
         if wake.is_set():
             wake.clear()
-            return
+            return None
+        seconds = self.engine.config.CC_TICK_TTL_MS / 1000
         clock = self.engine.clock
+        sleeper: asyncio.Future[None]
         # the fast path for the wall clock, unless a subclass overrides its sleep and not its timer
         if isinstance(clock, SystemClock) and (
             type(clock).sleep is SystemClock.sleep or type(clock).timer is not SystemClock.timer
@@ -207,17 +257,25 @@ class LiveRunner(RunnerBase[TickResult]):
             # relies on that step before time jumps: kept as it was.
             sleeper = asyncio.ensure_future(clock.sleep(seconds))
         record.sleeper = sleeper  # a stop cancels it (RunRecord.request_stop)
-        try:
-            await sleeper  # a broken clock's error propagates
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if not (sleeper.cancelled() and wake.is_set()) or (task is not None and task.cancelling()):
-                raise  # our own task is being cancelled, not woken
-        finally:
-            record.sleeper = None
-            if not sleeper.done():
-                sleeper.cancel()
-        wake.clear()
+        return sleeper
+
+    @staticmethod
+    def _woken(record: RunRecord, sleeper: asyncio.Future[None]) -> bool:
+        """The wait was cancelled: by a stop (True: go on) or by a cancellation of our own task?"""
+        wake = record.wake
+        task = asyncio.current_task()
+        return sleeper.cancelled() and wake is not None and wake.is_set() and not (
+            task is not None and task.cancelling()
+        )
+
+    @staticmethod
+    def _slept(record: RunRecord, sleeper: asyncio.Future[None]) -> None:
+        """The wait is over, however it ended: drop the sleeper, and the wake-up it may have had."""
+        record.sleeper = None
+        if not sleeper.done():
+            sleeper.cancel()
+        if record.wake is not None:
+            record.wake.clear()
 
     async def _perf(self, started: float, previous: float | None, record: RunRecord) -> float:
         now = time.time() * 1000
