@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import logging
 import uuid
@@ -53,6 +54,7 @@ from .nats_wire import (
     HEADER_SOURCE,
     check_name,
     encode_event,
+    ensure_stream,
     event_names,
     import_nats,
     resolve_channels,
@@ -280,7 +282,10 @@ class NatsBridge:
         queue: asyncio.Queue[_Item] = asyncio.Queue(self.queue_size)
         self._queue = queue
         self._unacked = 0
-        self._task = loop.create_task(self._run(queue), name=f"backtest-kit NatsBridge {self.source}")
+        # an empty context: the task must not inherit the publishing run's (its run mode, its share of
+        # a VirtualClock) — it belongs to the bridge, not to whichever pair published first
+        self._task = loop.create_task(self._run(queue), name=f"backtest-kit NatsBridge {self.source}",
+                                      context=contextvars.Context())
         return queue
 
     def _drop(self, why: str) -> None:
@@ -410,30 +415,10 @@ class NatsBridge:
             self._nc = nc
             self._js = nc.jetstream(timeout=self.ack_timeout)
         if not self._stream_ready:
-            await self._ensure_stream()
+            await ensure_stream(self._js, self.stream, self.prefix, duplicate_window=self.duplicate_window,
+                                max_age=self.max_age, max_bytes=self.max_bytes, storage=self.storage)
             self._stream_ready = True
         return self._js
-
-    async def _ensure_stream(self) -> None:
-        import_nats()
-        from nats.js.api import StorageType, StreamConfig
-        from nats.js.errors import NotFoundError
-
-        subjects = [f"{self.prefix}.>"]
-        try:
-            info = await self._js.stream_info(self.stream)
-        except NotFoundError:
-            config = StreamConfig(
-                name=self.stream, subjects=subjects, duplicate_window=self.duplicate_window,
-                max_age=self.max_age or None, max_bytes=self.max_bytes,
-                storage=StorageType.FILE if self.storage == "file" else StorageType.MEMORY,
-            )
-            await self._js.add_stream(config)
-            return
-        have = list(info.config.subjects or [])
-        if subjects[0] not in have:
-            info.config.subjects = [*have, subjects[0]]
-            await self._js.update_stream(info.config)
 
     async def _on_error(self, exc: Exception) -> None:
         if not self._down:  # connecting keeps retrying (the queue holds the events): say it once

@@ -42,6 +42,7 @@ from .nats_wire import (
     HEADER_SOURCE,
     check_name,
     decode_event,
+    ensure_stream,
     filter_subject,
     import_nats,
     parse_subject,
@@ -208,6 +209,7 @@ class RemoteEvents:
             ack_wait=ack_wait, inactive_threshold=None if durable else inactive_threshold,
         )
         js = self._nc.jetstream()
+        await ensure_stream(js, self.stream, self.prefix)
         psub = await js.pull_subscribe(filter_subject(self.prefix, only, symbol, strategy),
                                        durable=durable, stream=self.stream, config=config)
         subscription = RemoteSubscription(_psub=psub)

@@ -57,6 +57,7 @@ __all__ = [
     "check_name",
     "decode_event",
     "encode_event",
+    "ensure_stream",
     "event_names",
     "filter_subject",
     "import_nats",
@@ -206,3 +207,26 @@ def encode_event(event: Any) -> bytes:
 def decode_event(channel: str, payload: bytes) -> Any:
     """The event of `channel` in `payload`; raises KeyError (unknown channel) or msgspec errors."""
     return _DECODERS[channel].decode(payload)
+
+
+async def ensure_stream(js: Any, stream: str, prefix: str, *, duplicate_window: float = 120.0,
+                        max_age: float = 0.0, max_bytes: int = -1, storage: str = "file") -> None:
+    """Create `stream` holding ``<prefix>.>`` if it does not exist (either side may start first), or
+    add the subject to the one that does; an existing stream's other settings are left as they are."""
+    import_nats()
+    from nats.js.api import StorageType, StreamConfig
+    from nats.js.errors import NotFoundError
+
+    subject = f"{prefix}.>"
+    try:
+        info = await js.stream_info(stream)
+    except NotFoundError:
+        await js.add_stream(StreamConfig(
+            name=stream, subjects=[subject], duplicate_window=duplicate_window, max_age=max_age or None,
+            max_bytes=max_bytes, storage=StorageType.FILE if storage == "file" else StorageType.MEMORY,
+        ))
+        return
+    have = list(info.config.subjects or [])
+    if subject not in have:
+        info.config.subjects = [*have, subject]
+        await js.update_stream(info.config)
