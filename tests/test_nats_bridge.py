@@ -224,7 +224,8 @@ async def test_a_full_queue_drops_counts_and_reports_without_blocking(tmp_path: 
     engine = bk.Engine()
     errors: list[BaseException] = []
     engine.listen_error(errors.append)
-    bridge = bk.NatsBridge(down.url, queue_size=5, report_every=10, connect_timeout=0.2, reconnect_wait=0.1)
+    bridge = bk.NatsBridge(down.url, queue_size=5, report_every=10, connect_timeout=0.2, reconnect_wait=0.1,
+                           close_timeout=0.2)
     bridge.attach(engine)
     async with asyncio.timeout(5):  # each emit returns at once though the broker never answers
         for i in range(30):
