@@ -18,8 +18,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
-import backtest_kit as bk  # noqa: E402
 from backtest_sma import register  # noqa: E402
+
+import backtest_kit as bk  # noqa: E402
 
 
 async def main(url: str, stream: str, prefix: str) -> None:

@@ -23,8 +23,10 @@ from typing import Any
 import msgspec
 import nats
 import pytest
+from helpers import T0, M, dt, flat_candles, long, row
 from hypothesis import given
 from hypothesis import strategies as st
+from nats_server import NATS_URL, NatsServer
 
 import backtest_kit as bk
 from backtest_kit.adapters.nats_wire import parse_subject, subject_for
@@ -32,9 +34,6 @@ from backtest_kit.engine.channels import ERROR, SIGNAL_LIVE
 from backtest_kit.engine.naming import parse_subject_token, subject_token
 from backtest_kit.engine.redact import register_secret
 from backtest_kit.testing import REFERENCE_CONFIG
-
-from helpers import M, T0, dt, flat_candles, long, row
-from nats_server import NATS_URL, NatsServer
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..engine.channels import ERROR, Channel
-from ..engine.errors import BacktestKitError, ConfigError
+from ..engine.errors import ConfigError, EventsDroppedError
 from ..engine.logger import EngineLogger
 from ..engine.models import ActiveResult, IdleResult
 from ..engine.redact import redact, register_secret
@@ -67,14 +67,6 @@ if TYPE_CHECKING:
 __all__ = ["BridgeStats", "EventsDroppedError", "NatsBridge", "lifecycle_filter", "server_label"]
 
 _log = logging.getLogger("backtest_kit.nats")
-
-
-class EventsDroppedError(BacktestKitError):
-    """Events were dropped before reaching NATS (the bridge's queue was full); `dropped` so far."""
-
-    def __init__(self, message: str, dropped: int) -> None:
-        super().__init__(message)
-        self.dropped = dropped
 
 
 @dataclass
@@ -337,31 +329,31 @@ class NatsBridge:
         messages = [m for m in map(self._message, batch) if m is not None]
         attempt = 0
         while messages:
+            done = 0
             try:
                 js = await self._jetstream()
                 if len(messages) == 1:
                     subject, payload, headers = messages[0]
                     await js.publish(subject, payload, timeout=self.ack_timeout, headers=dict(headers))
                     done = 1
-                else:
+                else:  # how many from the start were acknowledged; the rest is sent again
                     done = await self._publish_pipelined(js, messages)
-                self.stats.published += done
-                messages = messages[done:]
-                if done and self._down:
-                    self._down = False
-                    self._logger.warn(f"NatsBridge: NATS at {self.server} accepts events again",
-                                      f"{self.stats.retries} retries so far")
-                if messages:
-                    raise _PartialPublish
-                attempt = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._failed(exc)
+            if done:
+                self.stats.published += done
+                messages = messages[done:]
+                attempt = 0
+                if self._down:
+                    self._down = False
+                    self._logger.warn(f"NatsBridge: NATS at {self.server} accepts events again",
+                                      f"{self.stats.retries} retries so far")
+            if messages and not done:
                 self.stats.retries += 1
-                delay = min(self.max_backoff, self.reconnect_wait * (2 ** min(attempt, 16)))
+                await asyncio.sleep(min(self.max_backoff, self.reconnect_wait * (2 ** min(attempt, 16))))
                 attempt += 1
-                await asyncio.sleep(delay)
 
     async def _publish_pipelined(self, js: Any, messages: list[tuple[str, bytes, dict[str, str]]]) -> int:
         """Send every message before awaiting the acks; how many from the start were acknowledged."""
@@ -383,8 +375,6 @@ class NatsBridge:
         return done
 
     def _failed(self, exc: BaseException) -> None:
-        if isinstance(exc, _PartialPublish):
-            return
         name = type(exc).__name__
         if "NoStream" in name or "NotFound" in name:  # the stream was deleted or the store wiped
             self._stream_ready = False
@@ -489,6 +479,3 @@ class NatsBridge:
         return (f"<NatsBridge {self.server} stream={self.stream} published={s.published} "
                 f"dropped={s.dropped} pending={self.pending}>")
 
-
-class _PartialPublish(Exception):
-    """Some pipelined messages were not acknowledged: retry the rest (not a broker failure by itself)."""
