@@ -321,3 +321,18 @@ async def test_no_secret_reaches_a_payload() -> None:
         await nc.close()
         await engine.close()
         await drop_stream(stream)
+
+
+async def test_a_password_in_the_url_never_reaches_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    down = NatsServer(Path("unused"))  # its port: nothing listens there
+    password = "pw-" + uuid.uuid4().hex
+    engine = bk.Engine()
+    bridge = bk.NatsBridge(f"nats://alice:{password}@127.0.0.1:{down.port}", connect_timeout=0.2,
+                           reconnect_wait=0.1, close_timeout=0.1)
+    bridge.attach(engine)
+    with caplog.at_level("DEBUG"):
+        await engine.bus.emit(SIGNAL_LIVE, opened())
+        await until(lambda: "cannot reach NATS" in caplog.text)
+        await engine.close()
+    assert f"127.0.0.1:{down.port}" in caplog.text and password not in caplog.text
+    assert password not in repr(bridge)
