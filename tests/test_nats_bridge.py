@@ -336,3 +336,19 @@ async def test_a_password_in_the_url_never_reaches_the_log(caplog: pytest.LogCap
         await engine.close()
     assert f"127.0.0.1:{down.port}" in caplog.text and password not in caplog.text
     assert password not in repr(bridge)
+
+
+async def test_pipelined_publishing_delivers_every_event_in_order_when_healthy() -> None:
+    stream, prefix, _ = names()
+    engine = bk.Engine()
+    bridge = bk.NatsBridge(NATS_URL, stream=stream, prefix=prefix, max_in_flight=16)
+    bridge.attach(engine)
+    try:
+        for i in range(200):
+            await engine.bus.emit(SIGNAL_LIVE, opened(sid=f"s{i}"))
+        assert await bridge.flush(20) and bridge.stats.published == 200
+        got = await read_all(NATS_URL, stream, prefix, 200)
+        assert [r.event.signal.id for r in got] == [f"s{i}" for i in range(200)]
+    finally:
+        await engine.close()
+        await drop_stream(stream)
