@@ -23,6 +23,9 @@ from typing import Any
 from .adapters import CsvCandles, FilePersist, MemoryCandles, ReplayExchange, bundled_sample_path, replay_clock
 from .adapters.candles import CandleDataWarning, CandleGaps, DroppedCandle
 from .adapters.ccxt_exchange import add_ccxt_exchange as _add_ccxt_exchange
+from .adapters.nats_bridge import BridgeStats, EventsDroppedError, NatsBridge  # nats-py: on first use (extra "nats")
+from .adapters.nats_remote import RemoteEvent, RemoteEvents, RemoteStats, RemoteSubscription, listen_remote
+from .adapters.nats_wire import RemoteError
 from .adapters.postgres_persist import PostgresPersist  # asyncpg loads on first use (extra "postgres")
 from .adapters.redis_persist import RedisPersist  # redis.asyncio loads on first use (extra "redis")
 from .engine import default_slot as _default_slot
@@ -179,6 +182,7 @@ __all__ = [
     "ActiveResult",
     "Backtest",
     "BacktestKitError",
+    "BridgeStats",
     "CancelHandle",
     "CancelledResult",
     "Candle",
@@ -196,6 +200,7 @@ __all__ = [
     "DroppedCandle",
     "Engine",
     "EventBus",
+    "EventsDroppedError",
     "ExchangeError",
     "FilePersist",
     "FinishedResult",
@@ -211,6 +216,7 @@ __all__ = [
     "LogNotifier",
     "MemoryCandles",
     "MetricStats",
+    "NatsBridge",
     "Notifier",
     "NotifierStats",
     "OpenedResult",
@@ -229,6 +235,11 @@ __all__ = [
     "ProgressEvent",
     "QueuedNotifier",
     "RedisPersist",
+    "RemoteError",
+    "RemoteEvent",
+    "RemoteEvents",
+    "RemoteStats",
+    "RemoteSubscription",
     "ReplayExchange",
     "Risk",
     "RiskCheckArgs",
@@ -311,6 +322,7 @@ __all__ = [
     "listen_partial_profit_once",
     "listen_performance",
     "listen_progress",
+    "listen_remote",
     "listen_risk",
     "listen_risk_once",
     "listen_signal",

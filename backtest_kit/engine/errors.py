@@ -25,11 +25,13 @@ the input. The tree (a test keeps it in step with the classes the package define
     ├── PersistError (OSError)
     ├── RunStateError (RuntimeError)
     ├── DeliveryError
+    ├── EventsDroppedError
     └── CliError
 
 Several classes are also importable from the module that raises them (`engine.sizing.SizingError`,
 `adapters.candles.UnknownSymbolError`, `adapters.ccxt_exchange.*Error`,
-`listeners.notifiers.http.DeliveryError`, `cli.loader.CliError`): those are the same objects,
+`listeners.notifiers.http.DeliveryError`, `adapters.nats_bridge.EventsDroppedError`,
+`cli.loader.CliError`): those are the same objects,
 re-exported so older imports keep working.
 
 Errors pickle (a worker process may hand one back to its parent): `BacktestKitError.__reduce__`
@@ -48,6 +50,7 @@ __all__ = [
     "CliError",
     "ConfigError",
     "DeliveryError",
+    "EventsDroppedError",
     "ExchangeError",
     "ExchangeRateLimitError",
     "ExchangeResponseError",
@@ -207,6 +210,15 @@ class DeliveryError(BacktestKitError):
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+
+
+class EventsDroppedError(BacktestKitError):
+    """An event bridge (`NatsBridge`) dropped events: its bounded queue was full (the broker slow or away
+    for long); `dropped` is the count so far. Published on the `error` channel, so alerts see it."""
+
+    def __init__(self, message: str, dropped: int) -> None:
+        super().__init__(message)
+        self.dropped = dropped
 
 
 class CliError(BacktestKitError):

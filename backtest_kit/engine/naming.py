@@ -25,6 +25,13 @@ Report files (`pair_file_stem`) are named ``<symbol>_<strategy>``: each name is 
 byte outside ``[A-Za-z0-9.-]`` and, in the symbol, ``_``), so the first ``_`` is the join and no two
 pairs share a report; ``BTCUSDT_sma-cross`` stays readable and ``BTC/USDT`` becomes ``BTC%2FUSDT``.
 Reports named by one name (`name_file_stem`: a walker, a strategy's heatmap) encode it the same way.
+
+Message subjects (`subject_token`): a NATS subject is a ``.``-separated list of tokens where ``*`` and
+``>`` are wildcards and whitespace ends the subject, so a user name becomes one token by
+percent-encoding every UTF-8 byte outside ``[A-Za-z0-9_-]`` (``BTC.PERP`` -> ``BTC%2EPERP``, ``a b`` ->
+``a%20b``); the empty name, which would be an empty (invalid) token, is a lone ``%``, which no
+non-empty name encodes to. `parse_subject_token` inverts it and accepts canonical tokens only, so one
+name has one token and one token one name.
 """
 
 from __future__ import annotations
@@ -39,7 +46,9 @@ __all__ = [
     "name_file_stem",
     "pair_file_stem",
     "pair_key",
+    "parse_subject_token",
     "split_pair_key",
+    "subject_token",
 ]
 
 _KEY_ESCAPES = {"%": "%25", "-": "%2D", ":": "%3A"}
@@ -103,3 +112,40 @@ def split_pair_key(key: str, separator: str = SIGNAL_SEPARATOR) -> tuple[str, st
 def legacy_pair_key(first: str, second: str, separator: str = SIGNAL_SEPARATOR) -> str:
     """The key older versions used (plain join, not injective): only to find their files."""
     return f"{first}{separator}{second}"
+
+
+_TOKEN_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_TOKEN_ESCAPE = re.compile(r"%([0-9A-F]{2})")
+
+
+def subject_token(name: str) -> str:
+    """`name` as one message-subject token: no ``.``, ``*``, ``>``, whitespace or empty token, injective
+    (see the module docstring)."""
+    if not name:
+        return "%"
+    return "".join(chr(b) if b in _TOKEN_SAFE else f"%{b:02X}" for b in name.encode("utf-8", "surrogatepass"))
+
+
+def parse_subject_token(token: str) -> str:
+    """The name of a `subject_token`; raises ValueError naming the token when it is not a canonical one."""
+    if token == "%":
+        return ""
+    out = bytearray()
+    i = 0
+    while i < len(token):
+        if token[i] == "%":
+            match = _TOKEN_ESCAPE.match(token, i)
+            if match is None:
+                raise ValueError(f"subject token {token!r}: bad escape at {i}")
+            out.append(int(match.group(1), 16))
+            i += 3
+        else:
+            out.extend(token[i].encode("utf-8"))
+            i += 1
+    try:
+        name = out.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError:
+        raise ValueError(f"subject token {token!r} is not UTF-8") from None
+    if subject_token(name) != token:
+        raise ValueError(f"subject token {token!r} is not canonical")
+    return name
