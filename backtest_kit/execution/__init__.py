@@ -1,0 +1,1 @@
+"""Order execution: a strategy's signal lifecycle turned into exchange orders, exactly once (issue 16)."""

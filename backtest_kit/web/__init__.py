@@ -1,0 +1,1 @@
+"""The live dashboard, JSON API and Prometheus metrics (the `web` extra, issue 17)."""
