@@ -6,6 +6,10 @@ deployment and told apart by a ``namespace`` column:
 * ``backtest_kit_state (namespace, entity, key, data, updated_at)``, one row per document;
 * ``backtest_kit_quarantine (id, namespace, entity, key, data, quarantined_at)``, the documents the
   engine could not restore, never deleted by this class.
+* ``backtest_kit_lease (namespace, pair, owner, token, expires_at)``, one row per live pair ever
+  owned: its lease and latest fencing token (engine/lease.py; why a row and not an advisory lock: at
+  `acquire_lease`);
+* ``backtest_kit_risk_slot (namespace, risk, position, data)``, the held slots of shared risk profiles.
 
 Why these choices:
 

@@ -18,6 +18,14 @@ Why a HASH per entity rather than one string key per document:
   Lua script (Redis runs it atomically): copy to the quarantine hash under a new field, then remove
   it, so the bytes are never lost and never in both places.
 
+Live ownership (engine/lease.py): ``bk:<namespace>:lease:<pair>`` is a pair's lease (a HASH of
+``owner`` and ``token`` with a TTL, taken / renewed / released by Lua scripts), ``bk:<namespace>:fence``
+holds each pair's latest fencing token (never expires, so tokens only grow), and a fenced write or
+delete is a Lua script comparing the token before the ``HSET`` / ``HDEL``. A shared risk profile's
+slots are ``bk:<namespace>:r:<risk>`` (field = position key), taken by one script that checks the
+fence, counts the other slots and adds this one unless the limit is reached. (All keys of one
+namespace must be on one Redis node: the scripts touch several keys.)
+
 Quarantine fields are ``<UTC timestamp>[-<n>]:<key>``; the timestamp part has no ``:``, so the field
 names its original key unambiguously. Nothing is ever deleted from the quarantine hash by this class.
 
