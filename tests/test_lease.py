@@ -144,7 +144,9 @@ async def test_an_expired_lease_nobody_took_keeps_its_token_valid(store: Any) ->
     await expire_lease(store, PAIR)
     await store.write_fenced("signals", PAIR, b"still mine", Fence(PAIR, grant.token))
     assert await store.renew_lease(PAIR, grant.token)  # re-established
-    assert not (await sibling(store, "owner-c").acquire_lease(PAIR)).granted
+    late = sibling(store, "owner-c")
+    assert not (await late.acquire_lease(PAIR)).granted
+    await late.aclose()
 
 
 async def test_racing_acquirers_get_exactly_one_grant(store: Any) -> None:
@@ -362,5 +364,31 @@ async def test_two_engines_share_one_risk_limit(kind: str, tmp_path: Path) -> No
     finally:
         await a.engine.close(timeout=0)
         await b.engine.close(timeout=0)
+        await b.backend.aclose()
+        await drop_backend(backend)
+
+
+async def test_a_stop_ends_a_waiting_standby_without_trading(kind: str, tmp_path: Path) -> None:
+    backend = make(kind, owner="engine-a")
+    calls: list[str] = []
+    a = Node(tmp_path, backend, lambda s, w: long(110, 90, 600, id="a-1"))
+    b = Node(tmp_path, sibling(backend, "engine-b"), lambda s, w: calls.append(s))
+    try:
+        a.start()
+        await a.wait_for(lambda: bool(a.of("opened")), "a opened")
+        standby = b.start(standby=True)
+        await a.wait_for(lambda: len(a.results) >= 3, "a ticked on while b waits")
+        assert not standby.task.done()
+        standby()  # a graceful stop: the wait ends, nothing was read or traded
+        await asyncio.wait_for(standby.wait(), 60)
+        assert calls == [] and b.results == [] and b.errors == []
+        info = await b.engine.live.list()
+        assert info[0].status == "done" and info[0].error is None
+        c = sibling(backend, "engine-c")
+        assert (await c.acquire_lease(PAIR)).owner == "engine-a"  # a still owns it
+        await c.aclose()
+    finally:
+        await a.engine.close(timeout=0)
+        await b.engine.close()
         await b.backend.aclose()
         await drop_backend(backend)

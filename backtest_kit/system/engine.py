@@ -268,6 +268,9 @@ class Engine(ListenMixin):
             shared = self.persist_for(ENTITY_RISK)
             if lease is not None and _same(shared, lease.backend) and isinstance(shared, SharedRiskBackend):
                 risk = SharedRiskGate(risk.state, symbol, schema.strategy_name, exchange_name, shared, lease)
+            elif lease is not None:
+                self.logger.warn(f"risk {schema.risk_name}: counted in this process only (its state is not in "
+                                 "the backend holding the pair leases, so other processes' positions are not seen)")
         sizer = None
         if schema.sizing_name is not None:
             sizing = self.registry.sizings.get(schema.sizing_name, source)
