@@ -1,6 +1,6 @@
 """Kill -9 trials on a shared store: processes sharing one risk profile, and a standby taking over.
 
-    pytest -m killtest -s tests/test_lease_killtest.py                 # 20 kills per server (CI)
+    pytest -m killtest -s tests/test_lease_killtest.py                 # 10 kills per server (CI)
     BK_LEASE_KILLTEST_TRIALS=200 pytest -m killtest -s tests/test_lease_killtest.py   # or --trials 200
     BK_KILLTEST_SEED=1234 ...                                            # replay one random schedule
 
@@ -49,7 +49,7 @@ pytestmark = pytest.mark.killtest
 CHILD = Path(__file__).with_name("lease_child.py")
 LIMIT = 1
 NODES = (("node-1", "BTC/USDT"), ("node-2", "ETH/USDT"))
-DEFAULT_TRIALS = 20
+DEFAULT_TRIALS = 10  # per server: ~20 kills in CI
 KILLS_PER_PASS = 25
 
 
@@ -188,12 +188,12 @@ async def test_kill9_two_processes_share_one_risk_limit(kind: str, tmp_path: Pat
     started = time.perf_counter()
     while totals.kills < wanted:
         totals.passes += 1
-        assert totals.passes <= 50
+        assert totals.passes <= max(50, 2 * wanted)  # a pass may end (its data ran out) before its kills
         store = make_backend(kind)
         workdir = tmp_path / f"pass-{totals.passes}"
         journal_path = workdir / "journal.jsonl"
         try:
-            children = [Child(kind, store, workdir, journal_path, owner, symbol, "--minutes", "2880")
+            children = [Child(kind, store, workdir, journal_path, owner, symbol, "--minutes", "5760")
                         for owner, symbol in NODES]
             pass_kills = min(KILLS_PER_PASS, wanted - totals.kills)
             for child in children:
