@@ -18,6 +18,14 @@ Why a HASH per entity rather than one string key per document:
   Lua script (Redis runs it atomically): copy to the quarantine hash under a new field, then remove
   it, so the bytes are never lost and never in both places.
 
+Live ownership (engine/lease.py): ``bk:<namespace>:lease:<pair>`` is a pair's lease (a HASH of
+``owner`` and ``token`` with a TTL, taken / renewed / released by Lua scripts), ``bk:<namespace>:fence``
+holds each pair's latest fencing token (never expires, so tokens only grow), and a fenced write or
+delete is a Lua script comparing the token before the ``HSET`` / ``HDEL``. A shared risk profile's
+slots are ``bk:<namespace>:r:<risk>`` (field = position key), taken by one script that checks the
+fence, counts the other slots and adds this one unless the limit is reached. (All keys of one
+namespace must be on one Redis node: the scripts touch several keys.)
+
 Quarantine fields are ``<UTC timestamp>[-<n>]:<key>``; the timestamp part has no ``:``, so the field
 names its original key unambiguously. Nothing is ever deleted from the quarantine hash by this class.
 
@@ -40,12 +48,18 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import quote
 
-from backtest_kit.engine.errors import ConfigError
+from backtest_kit.engine.errors import ConfigError, LeaseLostError
+from backtest_kit.engine.lease import Fence, LeaseGrant, SlotAnswer
 
 from .remote_persist import (
+    default_owner,
+    describe_target,
     import_extra,
+    lease_lost_message,
     safe_url,
+    validate_lease_ttl,
     validate_namespace,
+    validate_owner,
     validate_pool_size,
     validate_timeout,
     with_deadline,
@@ -73,6 +87,54 @@ until redis.call('HSETNX', KEYS[2], field, value) == 1
 redis.call('HDEL', KEYS[1], ARGV[1])
 return field
 """
+# Leases (engine/lease.py). KEYS[1] the pair's lease HASH (owner, token; expires after the TTL),
+# KEYS[2] the namespace's fencing-token HASH (pair -> latest token; never expires, so tokens only grow).
+_ACQUIRE_SCRIPT: Final = """
+local holder = redis.call('HGET', KEYS[1], 'owner')
+if holder and holder ~= ARGV[2] then
+  return {0, holder, tonumber(redis.call('HGET', KEYS[1], 'token')), redis.call('PTTL', KEYS[1])}
+end
+local token = redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'token', token)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return {1, ARGV[2], token, tonumber(ARGV[3])}
+"""
+# ARGV: pair, owner, token, ttl. Also re-creates an expired lease nobody took over (the token is current).
+_RENEW_SCRIPT: Final = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[3] then return 0 end
+redis.call('HSET', KEYS[1], 'owner', ARGV[2], 'token', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+_RELEASE_SCRIPT: Final = """
+if redis.call('HGET', KEYS[2], ARGV[1]) == ARGV[2] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+# Fenced write/delete. KEYS[1] the fencing-token HASH, KEYS[2] the entity HASH; ARGV: pair, token,
+# field[, data]. The token check and the change are one script: nothing can run in between.
+_FENCED_WRITE_SCRIPT: Final = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current ~= ARGV[2] then return {0, current or ''} end
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+return {1, current}
+"""
+_FENCED_DELETE_SCRIPT: Final = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current ~= ARGV[2] then return {0, current or ''} end
+redis.call('HDEL', KEYS[2], ARGV[3])
+return {1, current}
+"""
+# Shared risk slots: KEYS[1] the fencing-token HASH, KEYS[2] the profile's slot HASH (position -> doc);
+# ARGV: pair, token, position, data, limit (-1: none). Count, compare and add in one atomic step.
+_TAKE_SLOT_SCRIPT: Final = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current ~= ARGV[2] then return {0, -1, current or ''} end
+local others = redis.call('HLEN', KEYS[2]) - redis.call('HEXISTS', KEYS[2], ARGV[3])
+local limit = tonumber(ARGV[5])
+if limit >= 0 and others >= limit then return {2, others, current} end
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+return {1, others, current}
+"""
 
 
 def _key_bytes(text: str) -> bytes:
@@ -96,7 +158,10 @@ class RedisPersist:
     `url`: a redis:// or rediss:// URL (a password in it is masked in every message and log line);
     `namespace`: one per deployment, 1-64 characters of ``A-Za-z0-9_.-``; `timeout`: seconds each
     operation may take, connecting and waiting for a free connection included, before it fails with
-    `PersistError`; `pool_size`: the most connections (more concurrent operations wait for one).
+    `PersistError`; `pool_size`: the most connections (more concurrent operations wait for one);
+    `lease_ttl`: seconds a pair's lease outlives its owner's last renewal (the standby takeover bound);
+    `owner`: this process in lease records (default ``host:pid:random``; give a stable unique name,
+    e.g. the pod name, and a restart after a crash takes its pairs back without waiting the TTL).
     """
 
     def __init__(
@@ -106,6 +171,8 @@ class RedisPersist:
         namespace: str = "default",
         timeout: float = 5.0,
         pool_size: int = 16,
+        lease_ttl: float = 10.0,
+        owner: str | None = None,
     ) -> None:
         if not isinstance(url, str) or not url.startswith(("redis://", "rediss://", "unix://")):
             # the URL is not echoed: it may hold a password
@@ -114,6 +181,8 @@ class RedisPersist:
         self._namespace = validate_namespace(namespace)
         self._timeout = validate_timeout(timeout)
         self._pool_size = validate_pool_size(pool_size, "RedisPersist")
+        self._lease_ttl = validate_lease_ttl(lease_ttl, "RedisPersist")
+        self._owner = default_owner() if owner is None else validate_owner(owner, "RedisPersist")
         shown, self._address = safe_url(url)
         self._where = f"Redis at {self._address} (namespace {self._namespace!r})"
         self._shown_url = shown
@@ -152,17 +221,20 @@ class RedisPersist:
     async def write(self, entity: str, key: str, data: bytes) -> None:
         """Store `data` atomically with one ``HSET`` (a reader sees the old or the new bytes).
 
-        The single place that changes a live document: a later fencing-token check (a lease held by
-        one engine per namespace) belongs here, as a Lua script comparing the token before the HSET.
+        Unfenced: a live run writes its pair's state through `write_fenced` (engine/lease.py).
         """
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise TypeError(f"data for {entity!r}/{key[:80]!r} must be bytes, got {type(data).__name__}")
-        payload = bytes(data)
+        payload = self._payload(entity, key, data)
 
         async def call() -> None:
             await self._redis().hset(self.hash_name(entity), _key_bytes(key), payload)
 
         await self._run(call, "write", entity, key)
+
+    @staticmethod
+    def _payload(entity: str, key: str, data: bytes) -> bytes:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TypeError(f"data for {entity!r}/{key[:80]!r} must be bytes, got {type(data).__name__}")
+        return bytes(data)
 
     async def delete(self, entity: str, key: str) -> None:
         """Remove `key` (one ``HDEL``); deleting a missing key is not an error."""
@@ -180,6 +252,117 @@ class RedisPersist:
             return [f.decode("utf-8", "surrogatepass") for f in sorted(fields)]
 
         return await self._run(call, "list", entity, None)
+
+    # ------------------------------------------------------------------ leases (engine/lease.py)
+
+    @property
+    def lease_ttl(self) -> float:
+        """Seconds a lease lives without renewal."""
+        return self._lease_ttl
+
+    @property
+    def owner(self) -> str:
+        """This process in lease records."""
+        return self._owner
+
+    def lease_key(self, pair: str) -> str:
+        """The Redis key of `pair`'s lease HASH (fields ``owner``, ``token``); no I/O."""
+        return f"{_PREFIX}:{self._namespace}:lease:{_entity_part(pair)}"
+
+    def fence_key(self) -> str:
+        """The namespace's fencing-token HASH (field = pair, value = its latest token); no I/O."""
+        return f"{_PREFIX}:{self._namespace}:fence"
+
+    async def acquire_lease(self, pair: str) -> LeaseGrant:
+        """Take `pair`'s lease when free, expired or already this owner's; always a new token."""
+        ttl_ms = max(1, round(self._lease_ttl * 1000))
+
+        async def call() -> LeaseGrant:
+            reply: Any = await self._redis().eval(
+                _ACQUIRE_SCRIPT, 2, self.lease_key(pair), self.fence_key(), _key_bytes(pair), self._owner, ttl_ms
+            )
+            granted, holder, token, ttl = reply
+            return LeaseGrant(bool(granted), _as_bytes(holder).decode("utf-8", "replace"), int(token), int(ttl))
+
+        return await self._run(call, "acquire the lease of", "lease", pair)
+
+    async def renew_lease(self, pair: str, token: int) -> bool:
+        ttl_ms = max(1, round(self._lease_ttl * 1000))
+
+        async def call() -> bool:
+            reply: Any = await self._redis().eval(
+                _RENEW_SCRIPT, 2, self.lease_key(pair), self.fence_key(), _key_bytes(pair), self._owner,
+                str(token), ttl_ms,
+            )
+            return bool(reply)
+
+        return await self._run(call, "renew the lease of", "lease", pair)
+
+    async def release_lease(self, pair: str, token: int) -> None:
+        async def call() -> None:
+            await self._redis().eval(_RELEASE_SCRIPT, 2, self.lease_key(pair), self.fence_key(),
+                                     _key_bytes(pair), str(token))
+
+        await self._run(call, "release the lease of", "lease", pair)
+
+    async def write_fenced(self, entity: str, key: str, data: bytes, fence: Fence) -> None:
+        """`write`, refused with `LeaseLostError` unless `fence` holds the pair's latest token."""
+        payload = self._payload(entity, key, data)
+        await self._fenced("write", entity, key, fence, _FENCED_WRITE_SCRIPT, self.hash_name(entity),
+                           _key_bytes(key), payload)
+
+    async def delete_fenced(self, entity: str, key: str, fence: Fence) -> None:
+        """`delete`, refused with `LeaseLostError` unless `fence` holds the pair's latest token."""
+        await self._fenced("delete", entity, key, fence, _FENCED_DELETE_SCRIPT, self.hash_name(entity),
+                           _key_bytes(key))
+
+    async def _fenced(self, action: str, entity: str, key: str, fence: Fence, script: str, target: str,
+                      *args: bytes) -> None:
+        async def call() -> tuple[int, bytes]:
+            reply: Any = await self._redis().eval(
+                script, 2, self.fence_key(), target, _key_bytes(fence.pair), str(fence.token), *args
+            )
+            return int(reply[0]), _as_bytes(reply[1])
+
+        done, current = await self._run(call, action, entity, key)
+        if not done:
+            raise LeaseLostError(lease_lost_message(action, describe_target(entity, key), self._where, fence,
+                                                    current.decode() or None))
+
+    # ------------------------------------------------------------------ shared risk slots
+
+    def risk_key(self, risk_name: str) -> str:
+        """The HASH of a risk profile's held slots (field = position key, value = its document)."""
+        return f"{_PREFIX}:{self._namespace}:r:{_entity_part(risk_name)}"
+
+    async def risk_slots(self, risk_name: str) -> dict[str, bytes]:
+        async def call() -> dict[str, bytes]:
+            raw = await self._redis().hgetall(self.risk_key(risk_name))
+            return {_as_bytes(k).decode("utf-8", "surrogatepass"): _as_bytes(v) for k, v in raw.items()}
+
+        return await self._run(call, "list the slots of", "risk", risk_name)
+
+    async def take_risk_slot(
+        self, risk_name: str, position: str, data: bytes, *, limit: int | None, fence: Fence
+    ) -> SlotAnswer:
+        """Count the profile's other slots and add this one unless `limit` are held: one Lua script."""
+
+        async def call() -> tuple[int, int, bytes]:
+            reply: Any = await self._redis().eval(
+                _TAKE_SLOT_SCRIPT, 2, self.fence_key(), self.risk_key(risk_name), _key_bytes(fence.pair),
+                str(fence.token), _key_bytes(position), bytes(data), -1 if limit is None else limit,
+            )
+            return int(reply[0]), int(reply[1]), _as_bytes(reply[2])
+
+        status, others, current = await self._run(call, "take a slot of", "risk", risk_name)
+        if status == 0:
+            raise LeaseLostError(lease_lost_message("take a slot", f"of risk profile {risk_name!r}", self._where,
+                                                    fence, current.decode() or None))
+        return SlotAnswer(status == 1, others)
+
+    async def drop_risk_slot(self, risk_name: str, position: str, *, fence: Fence) -> None:
+        await self._fenced("release a slot of", "risk", risk_name, fence, _FENCED_DELETE_SCRIPT,
+                           self.risk_key(risk_name), _key_bytes(position))
 
     # ------------------------------------------------------------------ QuarantineBackend
 

@@ -11,22 +11,30 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import re
+import socket
+import uuid
 from collections.abc import Awaitable, Callable
 from types import ModuleType
 from typing import Final, TypeVar
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 from backtest_kit.engine.errors import ConfigError, PersistError
+from backtest_kit.engine.lease import Fence
 from backtest_kit.engine.redact import redact, register_secret
 
 __all__ = [
     "NAMESPACE_PATTERN",
+    "default_owner",
     "describe_target",
     "import_extra",
+    "lease_lost_message",
     "safe_url",
     "short_key",
+    "validate_lease_ttl",
     "validate_namespace",
+    "validate_owner",
     "validate_pool_size",
     "validate_timeout",
     "with_deadline",
@@ -60,6 +68,33 @@ def validate_pool_size(pool_size: object, backend: str) -> int:
     if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
         raise ConfigError(f"{backend}: pool_size must be a positive int, got {pool_size!r}")
     return pool_size
+
+
+def validate_lease_ttl(ttl: object, backend: str) -> float:
+    """Lease time-to-live in seconds: at least 0.1 (renewals every third of it must keep up)."""
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0.1 <= ttl < float("inf"):
+        raise ConfigError(f"{backend}: lease_ttl must be a number of seconds >= 0.1, got {ttl!r}")
+    return float(ttl)
+
+
+def validate_owner(owner: object, backend: str) -> str:
+    """A lease owner name: 1-200 printable characters."""
+    if not isinstance(owner, str) or not 0 < len(owner) <= 200 or not owner.isprintable():
+        raise ConfigError(f"{backend}: owner must be 1-200 printable characters, got {owner!r}")
+    return owner
+
+
+def default_owner() -> str:
+    """``host:pid:random``: unique per backend object, so two processes never share an owner."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def lease_lost_message(action: str, target: str, where: str, fence: Fence, current: str | None) -> str:
+    """Why a fenced change was refused: which pair, which token, which newer token the store holds."""
+    latest = "no lease at all" if current is None else f"fencing token {current}"
+    return (f"cannot {action} {target} on {where}: refused, the lease of pair {fence.pair!r} was taken over "
+            f"(this owner holds fencing token {fence.token}, the store has {latest}); this process no "
+            "longer owns the pair and stops trading it")
 
 
 def import_extra(module: str, extra: str, backend: str) -> ModuleType:

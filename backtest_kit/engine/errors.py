@@ -23,6 +23,8 @@ the input. The tree (a test keeps it in step with the classes the package define
     ├── SignalTimeoutError (TimeoutError)
     ├── ListenerTimeoutError (TimeoutError)
     ├── PersistError (OSError)
+    │   ├── LeaseHeldError
+    │   └── LeaseLostError
     ├── RunStateError (RuntimeError)
     ├── DeliveryError
     ├── EventsDroppedError
@@ -56,6 +58,8 @@ __all__ = [
     "ExchangeResponseError",
     "ExchangeTimeoutError",
     "ExchangeUnavailableError",
+    "LeaseHeldError",
+    "LeaseLostError",
     "ListenerTimeoutError",
     "PersistError",
     "RunStateError",
@@ -180,6 +184,16 @@ class SignalTimeoutError(BacktestKitError, TimeoutError):
 
 class PersistError(BacktestKitError, OSError):
     """Live state could not be read or written; the engine keeps its memory state and retries."""
+
+
+class LeaseHeldError(PersistError):
+    """A live run (without ``standby=True``) found its (symbol, strategy) pair owned by another live
+    process through the shared store's lease; it traded nothing and touched no state."""
+
+
+class LeaseLostError(PersistError):
+    """This process no longer owns the pair: another owner took the lease over (a newer fencing token),
+    so the server refused the state write. The run stops trading the pair; its new owner carries on."""
 
 
 class RunStateError(BacktestKitError, RuntimeError):

@@ -68,7 +68,7 @@ class LiveRunner(RunnerBase[TickResult]):
         self._holding.clear()
 
     def _prepare(
-        self, symbol: str, strategy_name: str, exchange_name: str, source: str
+        self, symbol: str, strategy_name: str, exchange_name: str, source: str, standby: bool = False
     ) -> tuple[RunRecord, AsyncIterator[TickResult]]:
         engine = self.engine
         schema = engine.registry.strategies.get(strategy_name, f"Live.{source}")
@@ -82,27 +82,67 @@ class LiveRunner(RunnerBase[TickResult]):
             raise
         self._holding.add((symbol, strategy_name))
         record.instance = instance
+        record.lease = self.hooks.lease_for(symbol, strategy_name)
+        record.standby = standby
         self.stores.reset(symbol, strategy_name)
-        return record, self._loop(record, instance)
+        if record.lease is None:
+            return record, self._loop(record, instance)
+        return record, self._leased(record, instance)
 
     def run(
-        self, symbol: str, *, strategy_name: str, exchange_name: str
+        self, symbol: str, *, strategy_name: str, exchange_name: str, standby: bool = False
     ) -> AsyncGenerator[TickResult, None]:
         """Opened, closed and cancelled results as they happen; ends only after a stop.
 
         To leave early, close it (`async with contextlib.aclosing(Live.run(...)) as results:`);
-        a bare `break` leaves that to the event loop's async-generator finaliser.
+        a bare `break` leaves that to the event loop's async-generator finaliser. `standby`: see
+        `background`.
         """
-        record, body = self._prepare(symbol, strategy_name, exchange_name, "run")
+        record, body = self._prepare(symbol, strategy_name, exchange_name, "run", standby)
         return self._iterate(record, body)
 
-    def background(self, symbol: str, *, strategy_name: str, exchange_name: str) -> CancelHandle:
-        """Start the pair as a task on the running loop; returns its cancel handle."""
+    def background(
+        self, symbol: str, *, strategy_name: str, exchange_name: str, standby: bool = False
+    ) -> CancelHandle:
+        """Start the pair as a task on the running loop; returns its cancel handle.
+
+        With state in Redis or PostgreSQL the run first takes the pair's lease (`engine/lease.py`):
+        when another process holds it, the run fails with `LeaseHeldError`, or with `standby=True`
+        waits (a stop ends the wait) and takes over once the holder's lease ends, restoring its
+        position. A run whose lease was taken over ends with `LeaseLostError`.
+        """
         existing = self._running_handle(symbol, strategy_name)
         if existing is not None:
             return existing
-        record, body = self._prepare(symbol, strategy_name, exchange_name, "background")
+        record, body = self._prepare(symbol, strategy_name, exchange_name, "background", standby)
         return self._background(record, body)
+
+    async def _leased(self, record: RunRecord, instance: StrategyInstance) -> AsyncIterator[TickResult]:
+        """The run loop under the pair's lease: acquire (or wait as a standby) before anything is read,
+        so a takeover restores the newest state; give it back when the run ends."""
+        lease = record.lease
+        assert lease is not None
+
+        def wake() -> None:  # the lease was lost: end the inter-tick sleep, the loop then stops
+            if record.wake is not None:
+                record.wake.set()
+            if record.sleeper is not None:
+                record.sleeper.cancel()
+
+        lease.on_lost = wake
+        try:
+            if not await lease.acquire(standby=record.standby, stopped=lambda: record.stop_requested,
+                                       wake=record.wake):
+                return
+            body = self._loop(record, instance)
+            try:
+                async for result in body:
+                    yield result
+            finally:
+                if isinstance(body, AsyncGenerator):
+                    await body.aclose()
+        finally:
+            await lease.release()
 
     @contextmanager
     def _gc_policy(self) -> Iterator[RunSettling | None]:
@@ -137,6 +177,8 @@ class LiveRunner(RunnerBase[TickResult]):
         with self._gc_policy() as settling, ExitStack() as attached:
             attached.enter_context(self._attached())
             while True:
+                if record.lease is not None and record.lease.lost is not None:
+                    raise record.lease.lost  # another process owns the pair now: stop trading it
                 if instance.stopped and not instance.has_signal:
                     if instance.restored:
                         return

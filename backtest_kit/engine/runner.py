@@ -24,6 +24,7 @@ from .models import DoneEvent, InstanceInfo, InstanceStatus, TickResult
 from .ports import Services
 
 if TYPE_CHECKING:
+    from .lease import PairLease
     from .strategy import StrategyInstance
 
 __all__ = ["CancelHandle", "ResultSink", "RunHooks", "RunRecord", "RunStores", "RunnerBase"]
@@ -49,6 +50,8 @@ class RunRecord:
     sleeper: asyncio.Future[None] | None = None  # the live loop's inter-tick sleep, while it sleeps
     loop: asyncio.AbstractEventLoop | None = None
     data_exhausted: bool = False  # a live replay ended because its data ran out
+    lease: PairLease | None = None  # live on a shared store: the pair's lease (engine/lease.py)
+    standby: bool = False  # live: wait for a lease another process holds instead of failing
 
     def info(self) -> InstanceInfo:
         return InstanceInfo(
@@ -137,6 +140,8 @@ class RunHooks:
     """A live run starts: own the persist directory (raises `PersistError` if another engine does)."""
     release_persist: Callable[[], None]
     """A live run ended: give the persist directory back (the last one does)."""
+    lease_for: Callable[[str, str], PairLease | None] = lambda symbol, strategy_name: None
+    """`(symbol, strategy_name)`: the lease the live run of the instance just made must hold, if any."""
 
 
 class RunnerBase(Generic[R]):

@@ -44,7 +44,7 @@ from typing import Final
 
 import msgspec
 
-from .errors import PersistError
+from .errors import LeaseLostError, PersistError
 from .models import SignalRow
 from .naming import legacy_pair_key, pair_key
 from .persist import ENTITY_SCHEDULES, ENTITY_SIGNALS, PersistBackend, set_aside
@@ -226,6 +226,9 @@ class PersistedSignalStore:
 
     def _error(self, action: str, entity: str, exc: BaseException) -> PersistError:
         detail = str(exc) if isinstance(exc, PersistError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, LeaseLostError):  # the class tells the live loop to stop trading the pair
+            return LeaseLostError(f"cannot {action} the {_what(entity)} of {self.symbol}/{self.strategy_name} "
+                                  f"(entity {entity!r}, key {self.key!r}): {detail}")
         retry = "the restore is retried" if action == "read" else "the state is kept in memory and retried"
         return PersistError(
             f"cannot {action} the {_what(entity)} of {self.symbol}/{self.strategy_name} "

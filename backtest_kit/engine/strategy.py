@@ -177,6 +177,9 @@ class StrategyInstance:
         self.stopped = False
         self.restored = store is None
         self._hold = False  # a snapshot was just set aside: open nothing on this tick
+        # a closed position whose risk slot waits for the signal's delete to be stored (a shared profile:
+        # portfolio/shared_risk.py), so a stored signal never lacks its slot
+        self._release_after_delete: SignalRow | None = None
         self._get_signal_is_async = inspect.iscoroutinefunction(schema.get_signal)
 
     # ------------------------------------------------------------------ helpers
@@ -249,6 +252,9 @@ class StrategyInstance:
             self.pending = pending
             if self.risk is not None:  # re-count it even if a crash lost the risk write
                 await self.risk.restore(pending)
+        release_stale = getattr(self.risk, "release_stale", None)
+        if self.pending is None and release_stale is not None:
+            await release_stale()  # a slot left by a kill between the slot and the signal write
         if scheduled is not None and self._owned(scheduled):
             if self.pending is not None and scheduled.id == self.pending.id:
                 await self.store.save_scheduled(None)  # crash between activation's two writes
@@ -275,24 +281,35 @@ class StrategyInstance:
     async def _store_ready(self) -> bool:
         """Retry unsynced persistence; False (error reported) while the stored state is unknown."""
         store = self.store
-        if store is None or store.healthy:
+        if store is None or (store.healthy and self._release_after_delete is None):
             return True
         try:
-            await store.flush()
+            if not store.healthy:
+                await store.flush()
+            await self._release_deferred()
         except Exception as exc:
             await self.env.report_error(exc)
             return False
-        return True
+        return self._release_after_delete is None  # no new position while the old slot is still held
 
     async def sync_store(self) -> None:
         """Apply deferred deletes once the tick's result reached the listeners (live loop)."""
         store = self.store
-        if store is None or not store.has_deferred:
+        if store is None or not (store.has_deferred or self._release_after_delete is not None):
             return
         try:
-            await store.flush()
+            if store.has_deferred:
+                await store.flush()
+            await self._release_deferred()
         except Exception as exc:
             await self.env.report_error(exc)
+
+    async def _release_deferred(self) -> None:
+        """Release the risk slot of a closed position once its signal's delete is stored."""
+        row = self._release_after_delete
+        if row is not None and self.risk is not None and self.store is not None and not self.store.has_deferred:
+            await self.risk.release(row)
+            self._release_after_delete = None
 
     async def _forget(self, scheduled: bool) -> None:
         """A save raised: the write may still have landed, so make sure the store ends empty."""
@@ -637,7 +654,10 @@ class StrategyInstance:
             if self.partial is not None:
                 await self.partial.clear(row)
             if self.risk is not None:
-                await self.risk.release(row)
+                if self.store is not None and getattr(self.risk, "deferred_release", False):
+                    self._release_after_delete = row  # after the signal's delete (sync_store)
+                else:
+                    await self.risk.release(row)
         except Exception as exc:
             await self.env.report_error(exc)
         self.pending = None

@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
@@ -150,6 +150,8 @@ class RiskState:
         self.backtest = backtest
         self.positions: dict[str, ActivePosition] = {}
         self.loaded = backtest  # backtest state starts empty and never touches persistence
+        # set by a `SharedRiskGate`: the positions are counted in the store, read afresh on each use
+        self.shared_refresh: Callable[[], Awaitable[None]] | None = None
         self._lock: asyncio.Lock | None = None
         self._lock_loop: asyncio.AbstractEventLoop | None = None
 
@@ -188,6 +190,9 @@ class RiskState:
         stored signals cannot be listed, nothing is assumed: the error propagates (the open that asked
         fails and is retried on a later tick).
         """
+        if self.shared_refresh is not None:
+            await self.shared_refresh()
+            return
         if self.loaded:
             return
         engine = self.service.engine
@@ -483,6 +488,7 @@ class RiskService:
             if not state.backtest:
                 state.positions = {}
                 state.loaded = False
+                state.shared_refresh = None
 
     def iter_states(self) -> Iterator[RiskState]:
         return iter(self._states.values())

@@ -21,6 +21,7 @@ from ..engine.clock import Clock, SystemClock, clock_now_ms
 from ..engine.config import DEFAULT_CONFIG, Config, merge_config
 from ..engine.errors import ConfigError, SchemaError
 from ..engine.exchange import ExchangeClient
+from ..engine.lease import FencedPersist, LeaseBackend, PairLease, SharedRiskBackend
 from ..engine.logger import EngineLogger, LoggerLike
 from ..engine.models import SignalRow
 from ..engine.persist import ENTITY_PARTIAL, ENTITY_RISK, ENTITY_SCHEDULES, ENTITY_SIGNALS, PersistBackend
@@ -42,7 +43,7 @@ from ..engine.registry import (
     make_walker,
 )
 from ..engine.runner import RunHooks
-from ..engine.signal_store import PersistedSignalStore
+from ..engine.signal_store import PersistedSignalStore, signal_key
 from ..engine.strategy import RunEnv, StrategyInstance
 from ..engine.validation import restored_row_problems
 from ..listeners.notifiers import attach_notifier
@@ -50,6 +51,7 @@ from ..listeners.subscriptions import ListenMixin
 from ..portfolio.partial import PartialFacade, PartialService
 from ..portfolio.risk import RiskService
 from ..portfolio.risk_facade import RiskFacade
+from ..portfolio.shared_risk import SharedRiskGate
 from ..portfolio.sizing import CustomSizer, PositionSizeFacade, check_sizing_schema
 from ..reports.heat_stats import HeatFacade
 from ..reports.performance_stats import PerformanceFacade
@@ -60,6 +62,11 @@ from .walker import WalkerFacade
 __all__ = ["PERSIST_ENTITIES", "Engine"]
 
 PERSIST_ENTITIES = (ENTITY_SIGNALS, ENTITY_SCHEDULES, ENTITY_RISK, ENTITY_PARTIAL)
+
+
+def _same(a: object, b: object) -> bool:
+    """Whether two backend references are one object (a lease fences only writes to its own store)."""
+    return a is b
 
 
 class Engine(ListenMixin):
@@ -89,7 +96,8 @@ class Engine(ListenMixin):
         self._shutdown_hooks: list[Callable[[], Any]] = []
         self._notifier_hooks: set[int] = set()  # notifiers whose aclose is a shutdown hook already
         hooks = RunHooks(make_instance=self._make_instance, track_task=self._track_task,
-                         hold_persist=self._hold_persist, release_persist=self._release_persist)
+                         hold_persist=self._hold_persist, release_persist=self._release_persist,
+                         lease_for=self._take_lease)
         self.schedule = ScheduleFacade(self)
         # the portfolio heatmap is fed every closed trade of both modes by their statistics stores
         self.heat = HeatFacade(self)
@@ -110,6 +118,8 @@ class Engine(ListenMixin):
         # ([hardening item 3](../../docs/design/decisions.md#hardening-3-one-engine-per-persist-directory))
         self._persist_holds = 0
         self._persist_locked: list[Any] = []
+        # the lease of each live instance made and not yet handed to its run (`_take_lease`)
+        self._leases: dict[tuple[str, str], PairLease] = {}
 
     # ------------------------------------------------------------------ facade aliases
     # The module-level API spells the facades `bk.Backtest`, `bk.Live`, ...; these read-only aliases
@@ -281,10 +291,17 @@ class Engine(ListenMixin):
         self, schema: StrategySchema, exchange_name: str, symbol: str, *, backtest: bool, source: str
     ) -> StrategyInstance:
         exchange = self.exchange(exchange_name, source)
-        risk = None
+        lease = None if backtest else self._new_lease(symbol, schema.strategy_name)
+        risk: Any = None
         if schema.risk_name is not None:
             risk = self._risk.gate(schema.risk_name, symbol, schema.strategy_name, exchange_name,
                                    backtest=backtest, source=source)
+            shared = self.persist_for(ENTITY_RISK)
+            if lease is not None and _same(shared, lease.backend) and isinstance(shared, SharedRiskBackend):
+                risk = SharedRiskGate(risk.state, symbol, schema.strategy_name, exchange_name, shared, lease)
+            elif lease is not None:
+                self.logger.warn(f"risk {schema.risk_name}: counted in this process only (its state is not in "
+                                 "the backend holding the pair leases, so other processes' positions are not seen)")
         sizer = None
         if schema.sizing_name is not None:
             sizing = self.registry.sizings.get(schema.sizing_name, source)
@@ -297,8 +314,25 @@ class Engine(ListenMixin):
                 callbacks=schema.callbacks.on_partial_profit is not None
                 or schema.callbacks.on_partial_loss is not None,
             ),
-            store=None if backtest else self._signal_store(symbol, schema.strategy_name, exchange_name),
+            store=None if backtest else self._signal_store(symbol, schema.strategy_name, exchange_name, lease),
         )
+
+    # ------------------------------------------------------------------ pair leases (live, shared stores)
+    def _new_lease(self, symbol: str, strategy_name: str) -> PairLease | None:
+        """The lease a live run of the pair must hold when its signals live in a `LeaseBackend`
+        (Redis, PostgreSQL: see `engine/lease.py`); None for stores one process owns (`FilePersist`)."""
+        backend = self.persist_for(ENTITY_SIGNALS)
+        if not isinstance(backend, LeaseBackend):
+            self._leases.pop((symbol, strategy_name), None)
+            return None
+        lease = PairLease(backend, signal_key(symbol, strategy_name), f"live {symbol}/{strategy_name}",
+                          self.report_error, self.logger.info)
+        self._leases[(symbol, strategy_name)] = lease
+        return lease
+
+    def _take_lease(self, symbol: str, strategy_name: str) -> PairLease | None:
+        """Hand the lease of the instance just made to its live run (`RunHooks.lease_for`)."""
+        return self._leases.pop((symbol, strategy_name), None)
 
     # ------------------------------------------------------------------ persistence (live only)
     @property
@@ -333,9 +367,19 @@ class Engine(ListenMixin):
         backend = self._persist_by_entity.get(entity)
         return backend if backend is not None else self.persist
 
-    def _signal_store(self, symbol: str, strategy_name: str, exchange_name: str) -> PersistedSignalStore:
+    def _signal_store(
+        self, symbol: str, strategy_name: str, exchange_name: str, lease: PairLease | None = None
+    ) -> PersistedSignalStore:
+        persist_for = self.persist_for
+        if lease is not None:
+            fenced = FencedPersist(lease.backend, lease)
+
+            def persist_for(entity: str) -> PersistBackend:  # the pair's writes carry its fencing token
+                backend = self.persist_for(entity)
+                return fenced if _same(backend, lease.backend) else backend
+
         return PersistedSignalStore(
-            self.persist_for, symbol, strategy_name, self.report_error, exchange_name=exchange_name,
+            persist_for, symbol, strategy_name, self.report_error, exchange_name=exchange_name,
             check_row=self.restored_row_problems,
         )
 
