@@ -255,16 +255,16 @@ async def test_the_same_message_id_is_delivered_once() -> None:
         first = await js.publish(subject, payload, headers=dict(headers))
         again = await js.publish(subject, payload, headers=dict(headers))
         assert again.duplicate and again.seq == first.seq  # JetStream's duplicate window
-        async with asyncio.timeout(10):  # once the window has passed, the stream takes it again
-            while (await js.publish(subject, payload, headers=dict(headers))).duplicate:
-                await asyncio.sleep(0.05)
         seen: list[bk.RemoteEvent[Any]] = []
         sub = await bk.listen_remote(seen.append, NATS_URL, stream=stream, prefix=prefix, deliver="all",
                                      durable=durable)
-        await until(lambda: sub.stats.delivered + sub.stats.duplicates == 3)  # three stored messages
+        await until(lambda: sub.stats.delivered == 2)  # two stored messages: the duplicate was not stored
         await sub.aclose()
-        assert [r.msg_id for r in seen] == [f"{bridge.source}-1", "other-1"]  # the subscriber's own dedup
-        assert sub.stats.duplicates == 1
+        assert [r.msg_id for r in seen] == [f"{bridge.source}-1", "other-1"]
+        assert sub.stats.duplicates == 0
+        # (a copy stored again after the window is dropped by the subscriber's memory of handled ids;
+        # waiting for the server to forget the id is timing-dependent here, so that path is covered by
+        # the redelivery test below instead)
         # a durable consumer resumes after what it acknowledged
         await engine.bus.emit(SIGNAL_LIVE, opened(sid="later"))
         assert await bridge.flush(10)
