@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 import pytest
 from helpers import (
-    M,
     T0,
+    M,
     MemoryPersist,
     candles_from_path,
     concat,
