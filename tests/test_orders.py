@@ -3,6 +3,7 @@ the journal's exactly-once rules on restart, and executors that fail or place re
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -124,7 +125,7 @@ async def test_paper_market_fills_at_next_candle_open_and_stats_show_realised_ne
 async def test_without_an_executor_statistics_and_report_are_unchanged() -> None:
     candles = _rising()
     _, orders, plain, plain_report = await _backtest(candles, long(105, 90, 60))
-    _, _, paper, paper_report = await _backtest(candles, long(105, 90, 60), executor=PaperExecutor())
+    _, _, paper, _ = await _backtest(candles, long(105, 90, 60), executor=PaperExecutor())
     assert orders == [] and plain.filled_trades == 0 and plain.fills == {} and plain.realized_pnl is None
     assert "Fill PNL" not in plain_report and "Realized" not in plain_report
     strip = {"filled_trades": 0, "realized_pnl": None, "fill_slippage": None, "fills": {}, "signals": [],
@@ -193,7 +194,7 @@ async def test_live_replay_events_come_in_order_submitted_then_filled() -> None:
     assert errors == []
     assert [(o.role, o.status) for o in orders] == [("entry", "submitted"), ("entry", "filled"),
                                                     ("exit", "submitted"), ("exit", "filled")]
-    assert all(a.timestamp <= b.timestamp for a, b in zip(orders, orders[1:], strict=False))
+    assert all(a.timestamp <= b.timestamp for a, b in itertools.pairwise(orders))
     assert orders[1].timestamp >= orders[0].timestamp  # the fill comes from a candle after the order
     assert stats.filled_trades == 1 and "Fill PNL" in report
 
