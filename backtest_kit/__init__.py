@@ -68,6 +68,8 @@ from .engine.models import (
     IdleResult,
     InstanceInfo,
     OpenedResult,
+    OrderEvent,
+    OrderRequest,
     PartialEvent,
     PerformanceEvent,
     PnL,
@@ -75,6 +77,7 @@ from .engine.models import (
     RiskEvent,
     ScheduledResult,
     SignalDto,
+    SignalLifecycleEvent,
     SignalRow,
     TickResult,
     WalkerContract,
@@ -86,6 +89,15 @@ from .engine.models import (
 from .engine.persist import PersistBackend
 from .engine.registry import StrategyCallbacks, WalkerCallbacks, WalkerSchema
 from .engine.runner import CancelHandle
+from .execution import (
+    ExecutorContext,
+    JournaledExecutor,
+    OrderExecutor,
+    OrderGateway,
+    PaperExecutor,
+    PaperGateway,
+    client_order_id,
+)
 from .listeners.notifiers import (
     ConsoleNotifier,
     LogNotifier,
@@ -102,7 +114,7 @@ from .portfolio.sizing import Constant
 from .reports.heat_stats import HeatRow, HeatStatistics
 from .reports.performance_stats import MetricStats, PerformanceStatistics
 from .reports.schedule_stats import ScheduleEvent, ScheduleStatistics
-from .reports.stats import Statistics
+from .reports.stats import Statistics, TradeFill
 from .reports.walker_stats import WalkerData, WalkerStrategyResult
 from .research import FloatRange, IntRange, Sweep, SweepProgress, SweepResult, SweepRow, WalkForward
 from .system.engine import Engine
@@ -164,6 +176,11 @@ listen_partial_profit_once = default_engine.listen_partial_profit_once
 listen_partial_loss = default_engine.listen_partial_loss
 listen_partial_loss_once = default_engine.listen_partial_loss_once
 
+# Orders (issue 16): one order executor per strategy; `listen_order` sees what its orders did
+add_order_executor = default_engine.add_order_executor
+listen_order = default_engine.listen_order
+listen_order_once = default_engine.listen_order_once
+
 # Walker (strategy comparison) and Heat (the portfolio heatmap)
 Walker = default_engine.walker
 Heat = default_engine.heat
@@ -204,6 +221,7 @@ __all__ = [
     "EventBus",
     "EventsDroppedError",
     "ExchangeError",
+    "ExecutorContext",
     "FilePersist",
     "FinishedResult",
     "FloatRange",
@@ -213,6 +231,7 @@ __all__ = [
     "IdleResult",
     "InstanceInfo",
     "IntRange",
+    "JournaledExecutor",
     "LeaseHeldError",
     "LeaseLostError",
     "ListenerTimeoutError",
@@ -224,6 +243,12 @@ __all__ = [
     "Notifier",
     "NotifierStats",
     "OpenedResult",
+    "OrderEvent",
+    "OrderExecutor",
+    "OrderGateway",
+    "OrderRequest",
+    "PaperExecutor",
+    "PaperGateway",
     "Partial",
     "PartialEntry",
     "PartialEvent",
@@ -256,6 +281,7 @@ __all__ = [
     "ScheduledResult",
     "SchemaError",
     "SignalDto",
+    "SignalLifecycleEvent",
     "SignalRow",
     "SignalTimeoutError",
     "SignalValidationError",
@@ -270,6 +296,7 @@ __all__ = [
     "SystemClock",
     "TelegramNotifier",
     "TickResult",
+    "TradeFill",
     "UnknownNameError",
     "VirtualClock",
     "WalkForward",
@@ -289,11 +316,13 @@ __all__ = [
     "add_exchange",
     "add_frame",
     "add_notifier",
+    "add_order_executor",
     "add_risk",
     "add_sizing",
     "add_strategy",
     "add_walker",
     "bundled_sample_path",
+    "client_order_id",
     "default_engine",
     "execution_context",
     "format_price",
@@ -320,6 +349,8 @@ __all__ = [
     "listen_done_walker_once",
     "listen_error",
     "listen_exit",
+    "listen_order",
+    "listen_order_once",
     "listen_partial_loss",
     "listen_partial_loss_once",
     "listen_partial_profit",

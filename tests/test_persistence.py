@@ -528,8 +528,8 @@ async def test_use_persist_per_entity(tmp_path: Path) -> None:
 
 def test_use_persist_rejects_bad_arguments(tmp_path: Path) -> None:
     engine = bk.Engine(persist_dir=tmp_path / "data")
-    with pytest.raises(bk.ConfigError, match="'orders'"):
-        engine.use_persist(MemoryBackend(), entity="orders")
+    with pytest.raises(bk.ConfigError, match="'ledger'"):
+        engine.use_persist(MemoryBackend(), entity="ledger")
     with pytest.raises(TypeError, match="PersistBackend"):
         engine.use_persist(object())  # type: ignore[arg-type]
     assert callable(bk.use_persist) and "use_persist" in bk.__all__

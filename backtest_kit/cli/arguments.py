@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--to", dest="end", type=when, metavar="ISO", help="replay end (default: end of the data)")
     r.add_argument("--persist-dir", metavar="DIR",
                    help="state directory (default ./data live; a temporary one for a replay)")
+    r.add_argument("--paper", action=argparse.BooleanOptionalAction, default=None,
+                   help="fill the signals as paper orders against the candles (PaperExecutor) and report the "
+                        "realised PnL next to the model's (default: on with --replay, off live)")
     lv.set_defaults(handler=cmd_live)
 
     rp = sub.add_parser("report", help="list the dumped reports or print one",

@@ -23,6 +23,7 @@ from ..engine.clock import VirtualClock
 from ..engine.live import LiveRunner
 from ..engine.models import ProgressEvent, TickResult
 from ..engine.registry import FrameSchema
+from ..execution.paper import PaperExecutor
 from .common import PROG, apply_config, dump_reports, emit_json, print_files, stdout_to_stderr, strategy_spec
 from .loader import CliEngine, CliError, Target, build_target, load_strategy, utc
 from .outcome import Interrupt, RunLog, until_done, write_line
@@ -291,6 +292,10 @@ async def _run_live(
             status.on_tick(result, engine.now_ms())
 
     engine.listen_signal_live(on_tick)
+    if replay if args.paper is None else args.paper:
+        # paper orders by default on a replay: the report shows realised (fill) PnL next to the model's;
+        # going live for real is this one line with a real executor and trade=True
+        engine.add_order_executor(strategy_name=target.strategy_name, executor=PaperExecutor())
     started = time.perf_counter()
     handle = engine.live.background(target.symbol, strategy_name=target.strategy_name,
                                     exchange_name=target.exchange_name)

@@ -18,6 +18,7 @@ from typing import Any, Final, Generic, NoReturn, TypeVar
 
 from .models import (
     DoneEvent,
+    OrderEvent,
     PartialEvent,
     PerformanceEvent,
     ProgressEvent,
@@ -37,6 +38,7 @@ __all__ = [
     "DONE_WALKER",
     "ERROR",
     "EXIT",
+    "ORDER",
     "PARTIAL_LOSS",
     "PARTIAL_PROFIT",
     "PERFORMANCE",
@@ -158,6 +160,11 @@ WALKER_STOP: Final[Channel[WalkerStopEvent]] = Channel("walker_stop")
 """A stop request for one strategy of a walker (`WalkerStopEvent`), published by `Walker.stop` and the
 walker's cancel; the running walker of that (symbol, walker) listens; `listen_walker_stop`."""
 
+ORDER: Final[Channel[OrderEvent]] = Channel("order")
+"""What happened to an order an executor placed for a signal (`OrderEvent`: submitted, filled, partially
+filled, rejected, cancelled), published by `execution/router.py` through the executor's sink; recorded by
+the statistics stores (realised PnL from fills) and `listen_order`."""
+
 ALL_CHANNELS: Final[tuple[Channel[Any], ...]] = (
     SIGNAL,
     SIGNAL_LIVE,
@@ -177,6 +184,7 @@ ALL_CHANNELS: Final[tuple[Channel[Any], ...]] = (
     WALKER,
     WALKER_COMPLETE,
     WALKER_STOP,
+    ORDER,
 )
 """Every channel of the bus, in the order of `bk.CHANNELS` (their names)."""
 

@@ -27,6 +27,12 @@ __all__ = [
     "InstanceInfo",
     "InstanceStatus",
     "OpenedResult",
+    "OrderEvent",
+    "OrderRequest",
+    "OrderRole",
+    "OrderSide",
+    "OrderStatus",
+    "OrderType",
     "PartialEvent",
     "PerformanceEvent",
     "PnL",
@@ -35,6 +41,8 @@ __all__ = [
     "RiskEvent",
     "ScheduledResult",
     "SignalDto",
+    "SignalLifecycleEvent",
+    "SignalLifecycleKind",
     "SignalRow",
     "TickResult",
     "WalkerContract",
@@ -48,6 +56,11 @@ __all__ = [
 Position: TypeAlias = Literal["long", "short"]
 CloseReason: TypeAlias = Literal["take_profit", "stop_loss", "time_expired"]
 InstanceStatus: TypeAlias = Literal["idle", "running", "done"]
+SignalLifecycleKind: TypeAlias = Literal["scheduled", "opened", "closed", "cancelled"]
+OrderRole: TypeAlias = Literal["entry", "exit", "cancel"]
+OrderSide: TypeAlias = Literal["buy", "sell"]
+OrderType: TypeAlias = Literal["market", "limit"]
+OrderStatus: TypeAlias = Literal["submitted", "filled", "partially_filled", "rejected", "cancelled"]
 
 
 class Candle(Struct, frozen=True, gc=False):
@@ -303,6 +316,87 @@ class WalkerInstanceInfo(Struct, frozen=True, kw_only=True):
     exchange_name: str
     status: InstanceStatus
     error: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Order execution (issue 16). Declared here, in the engine core, because both sides of the order path
+# need them: `execution/` (the executors, the order journal) and `adapters/` (an exchange's order
+# gateway), and adapters may not import execution.
+# ---------------------------------------------------------------------------------------------------------
+
+
+class SignalLifecycleEvent(Struct, frozen=True, kw_only=True):
+    """A step of a signal's life handed to its strategy's order executor.
+
+    `kind` is the tick result's action; `timestamp` is when it happened (scheduled_at, pending_at or
+    close_timestamp); `price` is the model's price for it (the current price; the close price of a
+    close). `close_reason` and `model_pnl` (net PnL %) are set for `closed` only. A backtest never
+    publishes `opened` for a limit signal that filled inside a fast-forward: its executor sees
+    `scheduled`, then `closed`.
+    """
+
+    kind: SignalLifecycleKind
+    signal: SignalRow
+    symbol: str
+    strategy_name: str
+    exchange_name: str
+    price: float
+    timestamp: int
+    backtest: bool
+    close_reason: CloseReason | None = None
+    model_pnl: float | None = None
+
+
+class OrderRequest(Struct, frozen=True, kw_only=True):
+    """One order an executor wants on the exchange: what the journal stores before the gateway sees it.
+
+    `client_order_id` is deterministic (`execution.ids.client_order_id(signal_id, role, attempt)`), so a
+    retried or replayed placement is recognised by the exchange instead of doubled. `price` is None for a
+    market order; `target_client_order_id` names the order a `cancel` request cancels.
+    """
+
+    client_order_id: str
+    signal_id: str
+    role: OrderRole
+    symbol: str
+    strategy_name: str
+    exchange_name: str
+    side: OrderSide
+    type: OrderType
+    amount: float
+    price: float | None = None
+    timestamp: int = 0
+    backtest: bool = False
+    target_client_order_id: str | None = None
+
+
+class OrderEvent(Struct, frozen=True, kw_only=True):
+    """What happened to an order on the exchange (`listen_order`), with the exchange's own ids.
+
+    `filled` is the cumulative filled amount, `average_price` its average fill price (None before any
+    fill), `fee` the cumulative fee in `fee_currency` (the quote currency for the paper executor).
+    `reason` explains a rejection or cancellation. `timestamp` is ms since the epoch on the engine clock.
+    """
+
+    signal_id: str
+    role: OrderRole
+    client_order_id: str
+    exchange_order_id: str | None
+    symbol: str
+    strategy_name: str
+    exchange_name: str
+    side: OrderSide
+    type: OrderType
+    price: float | None
+    amount: float
+    filled: float
+    average_price: float | None
+    fee: float
+    status: OrderStatus
+    timestamp: int
+    backtest: bool = False
+    reason: str | None = None
+    fee_currency: str | None = None
 
 
 def decode_signal_dto(obj: Any) -> SignalDto:

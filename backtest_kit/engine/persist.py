@@ -1,7 +1,8 @@
 """The persistence protocol: where live state (pending/scheduled signals, risk positions, partial
 levels) is kept between process runs. Backtests never call it.
 
-Entities used by the engine: "signals", "schedules", "risk", "partial". Keys are free text (a symbol
+Entities used by the engine: "signals", "schedules", "risk", "partial", and "orders" (the order
+journal of a strategy with an order executor). Keys are free text (a symbol
 and a strategy name joined by "-"); a backend must make any key safe for its own storage.
 """
 
@@ -13,6 +14,7 @@ from typing import Final, Protocol, TypeVar, runtime_checkable
 from .errors import PersistError
 
 __all__ = [
+    "ENTITY_ORDERS",
     "ENTITY_PARTIAL",
     "ENTITY_RISK",
     "ENTITY_SCHEDULES",
@@ -29,6 +31,8 @@ ENTITY_SIGNALS: Final = "signals"
 ENTITY_SCHEDULES: Final = "schedules"
 ENTITY_RISK: Final = "risk"
 ENTITY_PARTIAL: Final = "partial"
+ENTITY_ORDERS: Final = "orders"
+"""The order journal (`execution/journal.py`): one document per client order id, intent then answer."""
 
 
 @runtime_checkable

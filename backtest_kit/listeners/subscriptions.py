@@ -16,6 +16,7 @@ from ..engine.channels import (
     DONE_WALKER,
     ERROR,
     EXIT,
+    ORDER,
     PARTIAL_LOSS,
     PARTIAL_PROFIT,
     PERFORMANCE,
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from ..engine.bus import EventBus
     from ..engine.models import (
         DoneEvent,
+        OrderEvent,
         PartialEvent,
         PerformanceEvent,
         ProgressEvent,
@@ -179,3 +181,12 @@ class ListenMixin:
 
     def listen_done_walker_once(self, filter: Filter[DoneEvent], callback: Callback[DoneEvent]) -> Unsubscribe:
         return self._once(DONE_WALKER, filter, callback)
+
+    # orders -------------------------------------------------------------------------------
+    def listen_order(self, callback: Callback[OrderEvent]) -> Unsubscribe:
+        """What happened to the orders the strategies' order executors placed (submitted, filled,
+        partially filled, rejected, cancelled), in the order the exchange answered."""
+        return self._listen(ORDER, callback)
+
+    def listen_order_once(self, filter: Filter[OrderEvent], callback: Callback[OrderEvent]) -> Unsubscribe:
+        return self._once(ORDER, filter, callback)

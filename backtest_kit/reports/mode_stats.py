@@ -24,9 +24,11 @@ from ..engine.models import (
     ClosedResult,
     IdleResult,
     OpenedResult,
+    OrderEvent,
     SignalRow,
     TickResult,
 )
+from .fill_stats import FillBook
 from .stats import (
     MAX_EVENTS,
     LiveEvent,
@@ -93,7 +95,7 @@ class BacktestStats:
     reports and the reference use.
     """
 
-    __slots__ = ("_trades", "aggregate", "max_events", "on_closed", "open_price", "open_signal")
+    __slots__ = ("_trades", "aggregate", "fills", "max_events", "on_closed", "open_price", "open_signal")
 
     def __init__(self, max_events: int = MAX_EVENTS, on_closed: Callable[[ClosedResult], None] | None = None) -> None:
         self.max_events = max_events
@@ -102,6 +104,13 @@ class BacktestStats:
         self.aggregate = TradeAggregate()
         self.open_signal: SignalRow | None = None  # set once, by the runner, when the data ends
         self.open_price = 0.0
+        self.fills: FillBook | None = None  # created by the first order event (an executor is attached)
+
+    def add_order(self, event: OrderEvent) -> None:
+        """Record an order event of the pair (realised PnL from fills)."""
+        if self.fills is None:
+            self.fills = FillBook()
+        self.fills.add_order(event)
 
     def set_open(self, signal: SignalRow | None, price: float) -> None:
         """The position the frame ended with (None: flat) and the last price the run saw."""
@@ -113,6 +122,8 @@ class BacktestStats:
         if isinstance(result, ClosedResult):
             self._trades.append(result)
             self.aggregate.add(result)
+            if self.fills is not None:
+                self.fills.add_closed(result)
             if self.on_closed is not None:
                 self.on_closed(result)
 
@@ -121,6 +132,7 @@ class BacktestStats:
         self._trades = []
         self.aggregate = TradeAggregate()
         self.open_signal = None
+        self.fills = None
 
     def __len__(self) -> int:
         return len(self._trades)
@@ -130,7 +142,8 @@ class BacktestStats:
         trades = self._trades
         signals = trades[::-1]
         events = [closed_event(t) for t in signals[: self.max_events]]
-        return statistics_from_aggregate(self.aggregate, events=events, signals=signals)
+        stats = statistics_from_aggregate(self.aggregate, events=events, signals=signals)
+        return stats if self.fills is None else self.fills.apply(stats)
 
 
 class LiveStats:
@@ -143,7 +156,8 @@ class LiveStats:
     `inserted − 1 − seq`. That lets an `active` tick find its signal's row in O(1) without a scan.
     """
 
-    __slots__ = ("_active", "_inserted", "_rows", "aggregate", "max_events", "on_closed", "open_price", "open_signal")
+    __slots__ = ("_active", "_inserted", "_rows", "aggregate", "fills", "max_events", "on_closed", "open_price",
+                 "open_signal")
 
     def __init__(self, max_events: int = MAX_EVENTS, on_closed: Callable[[ClosedResult], None] | None = None) -> None:
         if max_events < 1:
@@ -156,6 +170,13 @@ class LiveStats:
         self.aggregate = TradeAggregate()
         self.open_signal: SignalRow | None = None  # the open position and the last price it was seen at
         self.open_price = 0.0
+        self.fills: FillBook | None = None  # created by the first order event (an executor is attached)
+
+    def add_order(self, event: OrderEvent) -> None:
+        """Record an order event of the pair (realised PnL from fills; the recent `max_events` rows)."""
+        if self.fills is None:
+            self.fills = FillBook(self.max_events)
+        self.fills.add_order(event)
 
     def clear(self) -> None:
         """Forget everything (a new live run of the pair starts)."""
@@ -164,6 +185,7 @@ class LiveStats:
         self._active.clear()
         self.aggregate = TradeAggregate()
         self.open_signal = None
+        self.fills = None
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -219,6 +241,8 @@ class LiveStats:
             return
         if isinstance(result, ClosedResult):
             self.aggregate.add(result)
+            if self.fills is not None:
+                self.fills.add_closed(result)
             self._push(closed_event(result), result)
             if self.on_closed is not None:
                 self.on_closed(result)
@@ -251,7 +275,8 @@ class LiveStats:
         """Snapshot: `events` newest first; `signals` = the closed results among them; exact figures."""
         events = [row for row, _ in self._rows]
         signals = [closed for _, closed in self._rows if closed is not None]
-        return statistics_from_aggregate(self.aggregate, events=events, signals=signals)
+        stats = statistics_from_aggregate(self.aggregate, events=events, signals=signals)
+        return stats if self.fills is None else self.fills.apply(stats)
 
 
 def with_open_position(

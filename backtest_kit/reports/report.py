@@ -194,7 +194,28 @@ def _summary(stats: Statistics) -> list[str]:
             " min",
         ),
         _line("Close Reasons", _close_reasons(stats.close_reasons)),
+        *_fill_lines(stats),
     ]
+
+
+def _fill_lines(stats: Statistics) -> list[str]:
+    """The realised figures of an executor's fills, after the model's; nothing without fills."""
+    if not stats.filled_trades:
+        return []
+    return [
+        _line("Realized PNL (fills)", _fmt(format_signed_percent, stats.realized_pnl),
+              f" over {stats.filled_trades} filled trades"),
+        _line("Fill slippage vs model", _fmt(format_signed_percent, stats.fill_slippage),
+              " (realized − model PNL; higher is better)"),
+    ]
+
+
+def _fill_cells(stats: Statistics, signal_id: str | None) -> list[str]:
+    """The Fill PNL and Slippage cells of a row (N/A for a row without a filled trade)."""
+    fill = stats.fills.get(signal_id or "")
+    if fill is None:
+        return [NA, NA]
+    return [format_signed_percent(fill.realized_pnl), format_signed_percent(fill.slippage)]
 
 
 def open_position_line(stats: Statistics) -> str | None:
@@ -261,6 +282,7 @@ def backtest_report(
             "Take Profit",
             "Stop Loss",
             "PNL (net)",
+            *(["Fill PNL", "Slippage"] if stats.fills else []),
             "Close Reason",
             "Duration (min)",
             "Open Time",
@@ -280,6 +302,7 @@ def backtest_report(
                 format_price(s.price_take_profit),
                 format_price(s.price_stop_loss),
                 format_signed_percent(r.pnl.pnl_percentage),
+                *(_fill_cells(stats, s.id) if stats.fills else []),
                 r.close_reason,
                 str(round_minutes(r.close_timestamp - s.pending_at)),
                 format_timestamp(s.pending_at),
@@ -294,7 +317,10 @@ def backtest_report(
     return "\n".join(_with_open(lines, stats))
 
 
-def _live_cells(e: LiveEvent, show_note: bool, quantities: Mapping[str, str] | None = None) -> list[str]:
+def _live_cells(
+    e: LiveEvent, show_note: bool, quantities: Mapping[str, str] | None = None, stats: Statistics | None = None
+) -> list[str]:
+    fills = _fill_cells(stats, e.signal_id if e.action == "closed" else None) if stats and stats.fills else []
     return _columns(
         [
             format_timestamp(e.timestamp),
@@ -313,6 +339,7 @@ def _live_cells(e: LiveEvent, show_note: bool, quantities: Mapping[str, str] | N
             format_percent(e.percent_tp),
             format_percent(e.percent_sl),
             format_signed_percent(e.pnl),
+            *fills,
             _text(e.close_reason),
             _int(e.duration),
         ],
@@ -344,11 +371,12 @@ def live_report(
             "% to TP",
             "% to SL",
             "PNL (net)",
+            *(["Fill PNL", "Slippage"] if stats.fills else []),
             "Close Reason",
             "Duration (min)",
         ],
     )
-    rows = [_live_cells(e, show_note, quantities) for e in stats.events]
+    rows = [_live_cells(e, show_note, quantities, stats) for e in stats.events]
     lines = [title, "", *markdown_table(header, rows), ""]
     lines.append(f"**Total events:** {len(stats.events)}")
     lines.append(f"**Closed signals:** {stats.total_trades}")

@@ -25,6 +25,7 @@ import math
 from collections.abc import Sequence
 from typing import Final
 
+import msgspec
 from msgspec import Struct
 
 from ..engine.models import (
@@ -37,6 +38,7 @@ __all__ = [
     "LiveEvent",
     "Statistics",
     "TradeAggregate",
+    "TradeFill",
     "finite_or_none",
     "round_minutes",
     "statistics_from_aggregate",
@@ -99,6 +101,27 @@ class LiveEvent(Struct, frozen=True, kw_only=True, gc=False):
     quantity: float | None = None
 
 
+class TradeFill(Struct, frozen=True, kw_only=True, gc=False):
+    """A closed trade as its orders filled (an order executor is attached): the realised side of it.
+
+    `amount` is the filled entry amount (the exit filled the same); the prices are the average fill
+    prices; `fees` the sum of both orders' fees (quote currency). `realized_pnl` = (exit − entry) ×
+    amount (reversed for a short) minus `fees`, over the entry notional, in percent; `model_pnl` is the
+    trade's net PnL % as the model computed it; `slippage` = realized_pnl − model_pnl (percent points;
+    negative: the fills did worse than the model).
+    """
+
+    signal_id: str
+    position: Position
+    amount: float
+    entry_price: float
+    exit_price: float
+    fees: float
+    realized_pnl: float
+    model_pnl: float
+    slippage: float
+
+
 class Statistics(Struct, frozen=True, kw_only=True):
     """Run statistics of one (symbol, strategy) pair. n = `total_trades`, p_i = net PnL % of trade i.
 
@@ -140,6 +163,15 @@ class Statistics(Struct, frozen=True, kw_only=True):
       above counts it.
     - `unrealized_pnl` = their net PnL % (fees and slippage as if closed now, like `pnl`) at the
       last price the run saw; `None` when no position is open
+
+    With an order executor attached (`add_order_executor`), from the fills of the closed trades whose
+    entry and exit both filled (the model figures above are unchanged, and without an executor these
+    stay 0 / None / empty):
+
+    - `filled_trades` = m, the number of such trades
+    - `realized_pnl` = Σ realised PnL % of those trades (`TradeFill.realized_pnl`)
+    - `fill_slippage` = Σ (realised − model PnL %) over them, percent points
+    - `fills` = signal id -> `TradeFill` (backtest: every filled trade; live: the recent ones)
     """
 
     total_trades: int
@@ -164,6 +196,10 @@ class Statistics(Struct, frozen=True, kw_only=True):
     signals: list[ClosedResult]
     open_positions: int = 0
     unrealized_pnl: float | None = None
+    filled_trades: int = 0
+    realized_pnl: float | None = None
+    fill_slippage: float | None = None
+    fills: dict[str, TradeFill] = msgspec.field(default_factory=dict)
 
     # Read-only aliases with the reference's names
     # ([events §3.4](../../docs/design/events-and-api.md#34-bounded-stores)).

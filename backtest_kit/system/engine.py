@@ -16,15 +16,22 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.bus import EventBus
-from ..engine.channels import ERROR
+from ..engine.channels import ERROR, ORDER, SIGNAL
 from ..engine.clock import Clock, SystemClock, clock_now_ms
 from ..engine.config import DEFAULT_CONFIG, Config, merge_config
 from ..engine.errors import ConfigError, SchemaError
 from ..engine.exchange import ExchangeClient
 from ..engine.lease import FencedPersist, LeaseBackend, PairLease, SharedRiskBackend
 from ..engine.logger import EngineLogger, LoggerLike
-from ..engine.models import SignalRow
-from ..engine.persist import ENTITY_PARTIAL, ENTITY_RISK, ENTITY_SCHEDULES, ENTITY_SIGNALS, PersistBackend
+from ..engine.models import OrderEvent, SignalRow
+from ..engine.persist import (
+    ENTITY_ORDERS,
+    ENTITY_PARTIAL,
+    ENTITY_RISK,
+    ENTITY_SCHEDULES,
+    ENTITY_SIGNALS,
+    PersistBackend,
+)
 from ..engine.registry import (
     ExchangeSchema,
     FrameSchema,
@@ -46,6 +53,8 @@ from ..engine.runner import RunHooks
 from ..engine.signal_store import PersistedSignalStore, signal_key
 from ..engine.strategy import RunEnv, StrategyInstance
 from ..engine.validation import restored_row_problems
+from ..execution.protocol import ExecutorContext, OrderExecutor
+from ..execution.router import OrderRouter
 from ..listeners.notifiers import attach_notifier
 from ..listeners.subscriptions import ListenMixin
 from ..portfolio.partial import PartialFacade, PartialService
@@ -61,7 +70,7 @@ from .walker import WalkerFacade
 
 __all__ = ["PERSIST_ENTITIES", "Engine"]
 
-PERSIST_ENTITIES = (ENTITY_SIGNALS, ENTITY_SCHEDULES, ENTITY_RISK, ENTITY_PARTIAL)
+PERSIST_ENTITIES = (ENTITY_SIGNALS, ENTITY_SCHEDULES, ENTITY_RISK, ENTITY_PARTIAL, ENTITY_ORDERS)
 
 
 def _same(a: object, b: object) -> bool:
@@ -120,6 +129,7 @@ class Engine(ListenMixin):
         self._persist_locked: list[Any] = []
         # the lease of each live instance made and not yet handed to its run (`_take_lease`)
         self._leases: dict[tuple[str, str], PairLease] = {}
+        self._order_routers: dict[str, OrderRouter] = {}  # strategy name -> its order executor's router
 
     # ------------------------------------------------------------------ facade aliases
     # The module-level API spells the facades `bk.Backtest`, `bk.Live`, ...; these read-only aliases
@@ -248,6 +258,45 @@ class Engine(ListenMixin):
         schema = make_walker(walker_name, exchange_name, frame_name, strategies, metric, callbacks, note)
         return self.registry.walkers.add(schema.walker_name, schema)
 
+    def add_order_executor(self, *, strategy_name: str, executor: OrderExecutor, trade: bool = False) -> None:
+        """Turn the signals of `strategy_name` into orders through `executor` (one per strategy)
+        ([issue 16](../../README.md#orders-paper-and-real)).
+
+        The executor gets the strategy's signal lifecycle in both modes (a real one: live only) and
+        publishes its orders' fate on the `order` channel (`listen_order`); the statistics then show the
+        realised PnL of the fills next to the model's. `trade=True` is the explicit opt-in an executor
+        that places real orders (`places_real_orders`) needs: without it this raises ConfigError.
+        """
+        self.check_strategy(strategy_name, "add_order_executor")
+        if not isinstance(executor, OrderExecutor):
+            raise SchemaError(
+                f"add_order_executor: executor must implement OrderExecutor (places_real_orders, start, "
+                f"restore, on_signal, poll, aclose), got {type(executor).__name__}"
+            )
+        if not isinstance(trade, bool):
+            raise SchemaError(f"add_order_executor: trade must be True or False, got {trade!r}")
+        if strategy_name in self._order_routers:
+            raise SchemaError(f"add_order_executor: strategy {strategy_name!r} already has an order executor")
+        context = ExecutorContext(
+            strategy_name=strategy_name, publish=self._publish_order,
+            persist=lambda: self.persist_for(ENTITY_ORDERS), exchange=self.exchange, config=self._get_config,
+            now_ms=self.now_ms, report_error=self.report_error, logger=self.logger, trade=trade,
+        )
+        router = OrderRouter(executor, context)  # refuses a real executor without trade=True
+        if not self._order_routers:
+            self.bus.subscribe(ORDER, self._record_order)
+        self._order_routers[strategy_name] = router
+        self.bus.subscribe(SIGNAL, router, filter=router.accepts)
+        self.add_shutdown_hook(router.aclose)
+
+    async def _publish_order(self, event: OrderEvent) -> None:
+        await self.bus.emit(ORDER, event)
+
+    def _record_order(self, event: OrderEvent) -> None:
+        """Every order event reaches its pair's statistics store (realised PnL from fills)."""
+        facade = self.backtest if event.backtest else self.live
+        facade.pair_stats.stats(event.symbol, event.strategy_name).add_order(event)
+
     def list_walkers(self) -> list[WalkerSchema]:
         return self.registry.walkers.list()
 
@@ -347,7 +396,7 @@ class Engine(ListenMixin):
 
     def use_persist(self, backend: PersistBackend, *, entity: str | None = None) -> None:
         """Store live state in `backend`: for every entity, or only for `entity` ("signals",
-        "schedules", "risk", "partial"). Call it before starting live runs: running instances read
+        "schedules", "risk", "partial", "orders"). Call it before starting live runs: running instances read
         their backend on every operation, so a switch mid-run would not see what the old one holds."""
         if not isinstance(backend, PersistBackend):
             raise TypeError(
