@@ -242,7 +242,7 @@ async def test_a_full_queue_drops_counts_and_reports_without_blocking(tmp_path: 
 async def test_the_same_message_id_is_delivered_once() -> None:
     stream, prefix, durable = names()
     engine = bk.Engine()
-    bridge = bk.NatsBridge(NATS_URL, stream=stream, prefix=prefix, duplicate_window=0.2)
+    bridge = bk.NatsBridge(NATS_URL, stream=stream, prefix=prefix)  # the default 120 s window
     bridge.attach(engine)
     await engine.bus.emit(SIGNAL_LIVE, opened())
     assert await bridge.flush(10)  # the stream exists now
