@@ -26,7 +26,8 @@ real candles from a `MemoryCandles` / `CsvCandles` store (any interval, aggregat
   an answer), `"lost_timeout"` (accepted and matched, the answer held past the client's timeout),
   `"accepted_503"` (accepted, then a 503 — Binance's "execution status unknown"), `"insufficient"`
   (a -2010 insufficient-balance rejection). `fail(..., method="POST")` aims a fault at one method.
-  `on_order(phase, order)` (phases `"received"`, `"accepted"`) lets a test act at an exact point.
+  `on_order(phase, order)` (phases `"received"`, `"accepted"`) lets a test act at an exact point;
+  `await wait_idle()` returns once no request is being handled.
 - Every request is counted per path (`server.counts`) and recorded (`server.requests`), so a test
   can assert markets were loaded once, that pagination happened, and that no other endpoint (sapi,
   fapi, dapi, ...) was called (`server.unknown`).
@@ -68,7 +69,8 @@ AFTER_FAULTS = ("lost", "lost_timeout", "accepted_503")
 """Faults applied after the request was handled: the order exists, the client does not learn it."""
 FAULTS = ("429", "418", "500", "503", "slow", "html", "truncated", "empty", "insufficient", *AFTER_FAULTS)
 DEFAULT_BALANCES: dict[str, str | float] = {"BTC": "0.5", "USDT": "1000"}
-OrderHook = Callable[[str, Order | None], Awaitable[None]]
+OrderHook = Callable[[str, Order | None], Awaitable[bool | None]]
+"""`on_order(phase, order)`: returning False at "received" drops the request (lost on the way in)."""
 MAX_LIMIT = 1000
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
 
@@ -129,12 +131,16 @@ class BinanceServer:
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.headers: list[dict[str, str]] = []  # request headers, to check what a client sent
         self.unknown: list[str] = []
+        self.methods: list[tuple[str, str]] = []  # (method, path) of every request, faulted ones included
         self.faults_served: Counter[str] = Counter()
         self._faults: dict[str, deque[tuple[str, str | None]]] = {}
         self.book = Book(candles, self.symbols, dict(balances if balances is not None else DEFAULT_BALANCES),
                          liquidity=liquidity, fee_rate=fee_rate, unique_ids=unique_ids)
         self.order_requests: list[tuple[str, dict[str, str]]] = []  # (method, signed params) of /api/v3/order
         self.on_order: OrderHook | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -195,6 +201,10 @@ class BinanceServer:
     def advance(self, ms: int) -> None:
         self.set_now(self.now_ms() + ms)
 
+    def requests_to(self, path: str) -> list[str]:
+        """The method of every request to `path`, in order (faulted and timed-out ones included)."""
+        return [method for method, p in self.methods if p == path]
+
     def orders_for(self, client_order_id: str) -> list[Order]:
         """Every order the server accepted under `client_order_id` (more than one is a duplicate)."""
         return self.book.orders_for(client_order_id)
@@ -210,11 +220,28 @@ class BinanceServer:
         return [query for path, query in self.requests if path == KLINES]
 
     # ------------------------------------------------------------------ dispatch
+    async def wait_idle(self) -> None:
+        """Until no request is being handled (a dead client's last request included)."""
+        for _ in range(3):  # let requests already in the socket buffers reach a handler
+            await asyncio.sleep(0)
+        await self._idle.wait()
+
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._dispatch_counted(request)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _dispatch_counted(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         self.counts[path] += 1
         self.requests.append((path, dict(request.query)))
         self.headers.append(dict(request.headers))
+        self.methods.append((request.method, path))
         kind = self._take_fault(path, request.method)
         if kind is not None and kind not in AFTER_FAULTS:
             fault = await self._fault(kind)
@@ -306,8 +333,10 @@ class BinanceServer:
         self.book.match(now)
         try:
             if request.method == "POST":
-                if self.on_order is not None:
-                    await self.on_order("received", None)
+                if self.on_order is not None and await self.on_order("received", None) is False:
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return _error(503, -1, "dropped before it reached the matching engine")
                 order = self.book.place(now, params)
                 if self.on_order is not None:
                     await self.on_order("accepted", order)
