@@ -26,7 +26,8 @@ real candles from a `MemoryCandles` / `CsvCandles` store (any interval, aggregat
   an answer), `"lost_timeout"` (accepted and matched, the answer held past the client's timeout),
   `"accepted_503"` (accepted, then a 503 — Binance's "execution status unknown"), `"insufficient"`
   (a -2010 insufficient-balance rejection). `fail(..., method="POST")` aims a fault at one method.
-  `on_order(phase, order)` (phases `"received"`, `"accepted"`) lets a test act at an exact point;
+  `on_order(phase, order)` (phases `"received"`, `"accepted"` of a POST, `"lookup"` of a GET) lets a
+  test act at an exact point;
   `await wait_idle()` returns once no request is being handled.
 - Every request is counted per path (`server.counts`) and recorded (`server.requests`), so a test
   can assert markets were loaded once, that pagination happened, and that no other endpoint (sapi,
@@ -49,7 +50,6 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-
 from binance_orders import Book, Order, Reject
 
 from backtest_kit.adapters.candles import MemoryCandles
@@ -346,6 +346,8 @@ class BinanceServer:
             if request.method == "DELETE":
                 return web.json_response(self.book.cancel(now, symbol, order_id, cid).json("RESULT"))
             found = self.book.find(symbol, order_id, cid)
+            if self.on_order is not None:
+                await self.on_order("lookup", found)
             if found is None:
                 return _error(400, -2013, "Order does not exist.")
             return web.json_response(found.json("GET"))

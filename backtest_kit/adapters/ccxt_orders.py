@@ -208,7 +208,7 @@ class OrderGateway:
             f"Last error: {last}", client_order_id=client_order_id, attempts=self.attempts, last_error=last)
 
     def _delay(self, retry: int) -> float:
-        return self.retry_delay * 2 ** (retry - 1)
+        return float(self.retry_delay * 2 ** (retry - 1))
 
     async def _lookup(self, client: Any, unified: str, intent: OrderIntent) -> OrderState | None:
         """The order by client order id; None only when the exchange says it has no such order."""
