@@ -58,12 +58,11 @@ DUPLICATE_MESSAGE = "Duplicate order sent."
 Sleep = Callable[[float], Awaitable[None]]
 
 
-class _Ambiguous(Exception):
-    """A request failed in a way that says nothing about whether the exchange acted on it."""
-
-
 class OrderGateway:
     """Places, looks up and cancels orders of one `CcxtExchange` by client order id, exactly once."""
+
+    class _Ambiguous(Exception):  # internal: never leaves the gateway
+        """A request failed in a way that says nothing about whether the exchange acted on it."""
 
     def __init__(
         self,
@@ -165,7 +164,7 @@ class OrderGateway:
                     if found is None and wait > 0:  # a late copy of the request could still be accepted
                         await self._sleep(wait)
                         found = await self._lookup(client, unified, intent)
-                except _Ambiguous as exc:
+                except self._Ambiguous as exc:
                     last = str(exc)
                     continue
                 if found is not None:
@@ -201,7 +200,7 @@ class OrderGateway:
                 await self._sleep(self._delay(attempt - 1))
             try:
                 return await call()
-            except _Ambiguous as exc:
+            except self._Ambiguous as exc:
                 last = str(exc)
         raise OrderNeedsAttention(
             f"order {client_order_id}: the exchange did not answer after {self.attempts} attempts. "
@@ -223,7 +222,7 @@ class OrderGateway:
             raise error from None
         return await self._state(client, unified, order, intent)
 
-    def _classify(self, exc: Exception, intent: OrderIntent, what: str) -> OrderRejected | _Ambiguous:
+    def _classify(self, exc: Exception, intent: OrderIntent, what: str) -> OrderRejected | OrderGateway._Ambiguous:
         """A definitive refusal (`OrderRejected`: nothing was done) or an ambiguous failure."""
         import ccxt
 
@@ -231,7 +230,7 @@ class OrderGateway:
         if len(text) > 300:
             text = text[:300] + "…"
         if isinstance(exc, ccxt.InvalidOrder) and DUPLICATE_MESSAGE in str(exc):
-            return _Ambiguous(text)
+            return self._Ambiguous(text)
         if isinstance(exc, ccxt.ExchangeError) and not isinstance(exc, ccxt.OperationFailed):
             insufficient = isinstance(exc, ccxt.InsufficientFunds)
             return OrderRejected(
@@ -239,7 +238,7 @@ class OrderGateway:
                 f"refused to {what} it{' (insufficient balance)' if insufficient else ''}: {text}",
                 client_order_id=intent.client_order_id, field="balance" if insufficient else "exchange",
                 reason=text)
-        return _Ambiguous(text)  # timeouts, dropped connections, 5xx, 429/418, unreadable answers
+        return self._Ambiguous(text)  # timeouts, dropped connections, 5xx, 429/418, unreadable answers
 
     # -------------------------------------------------------------- checks before sending
     async def _prepare(self, client: Any, unified: str,
@@ -328,7 +327,7 @@ class OrderGateway:
                 raw_trades = await client.fetch_my_trades(unified, None, None, {"orderId": order["id"]})
             except Exception as exc:
                 error = self._classify(exc, intent, "list the trades of")
-                raise (error if isinstance(error, _Ambiguous) else _Ambiguous(str(error))) from None
+                raise (error if isinstance(error, self._Ambiguous) else self._Ambiguous(str(error))) from None
         fills = tuple(_fill(t) for t in raw_trades)
         fee_currency = next((f.fee_currency for f in fills if f.fee_currency), None)
         fee = sum(f.fee for f in fills if f.fee_currency == fee_currency)
