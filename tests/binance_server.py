@@ -17,6 +17,18 @@ real candles from a `MemoryCandles` / `CsvCandles` store (any interval, aggregat
   path: HTTP 429 / 418 / 500 / 503, `"slow"` (answer after `slow_seconds`, past a short client
   timeout), `"html"` (a 200 with an HTML page), `"truncated"` (a 200 with cut-off JSON) and
   `"empty"` (a 200 with `[]`).
+- Orders (the rules are in `binance_orders.py`): signed `POST / GET / DELETE /api/v3/order`
+  (`newClientOrderId`, `origClientOrderId`, `orderId`; ACK / RESULT / FULL answers), `GET
+  /api/v3/openOrders`, `GET /api/v3/myTrades`; `/api/v3/account` balances move with fills. Market
+  orders fill at the current 1m candle's open, limit orders on later candles that touch them, at
+  most `liquidity` per candle. `set_now(ms)` / `advance(ms)` move the server's clock and match.
+- Order faults: `"lost"` (the order is accepted and matched, then the connection is closed without
+  an answer), `"lost_timeout"` (accepted and matched, the answer held past the client's timeout),
+  `"accepted_503"` (accepted, then a 503 — Binance's "execution status unknown"), `"insufficient"`
+  (a -2010 insufficient-balance rejection). `fail(..., method="POST")` aims a fault at one method.
+  `on_order(phase, order)` (phases `"received"`, `"accepted"` of a POST, `"lookup"` of a GET) lets a
+  test act at an exact point;
+  `await wait_idle()` returns once no request is being handled.
 - Every request is counted per path (`server.counts`) and recorded (`server.requests`), so a test
   can assert markets were loaded once, that pagination happened, and that no other endpoint (sapi,
   fapi, dapi, ...) was called (`server.unknown`).
@@ -30,6 +42,7 @@ import hashlib
 import hmac
 import json
 import time
+import urllib.parse
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -37,6 +50,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from binance_orders import Book, Order, Reject
 
 from backtest_kit.adapters.candles import MemoryCandles
 from backtest_kit.engine.errors import CandleError
@@ -47,8 +61,16 @@ EXCHANGE_INFO = "/api/v3/exchangeInfo"
 PING = "/api/v3/ping"
 TIME = "/api/v3/time"
 ACCOUNT = "/api/v3/account"
-KNOWN_PATHS = frozenset({KLINES, EXCHANGE_INFO, PING, TIME, ACCOUNT})
-FAULTS = ("429", "418", "500", "503", "slow", "html", "truncated", "empty")
+ORDER = "/api/v3/order"
+OPEN_ORDERS = "/api/v3/openOrders"
+MY_TRADES = "/api/v3/myTrades"
+KNOWN_PATHS = frozenset({KLINES, EXCHANGE_INFO, PING, TIME, ACCOUNT, ORDER, OPEN_ORDERS, MY_TRADES})
+AFTER_FAULTS = ("lost", "lost_timeout", "accepted_503")
+"""Faults applied after the request was handled: the order exists, the client does not learn it."""
+FAULTS = ("429", "418", "500", "503", "slow", "html", "truncated", "empty", "insufficient", *AFTER_FAULTS)
+DEFAULT_BALANCES: dict[str, str | float] = {"BTC": "0.5", "USDT": "1000"}
+OrderHook = Callable[[str, Order | None], Awaitable[bool | None]]
+"""`on_order(phase, order)`: returning False at "received" drops the request (lost on the way in)."""
 MAX_LIMIT = 1000
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "BTC", "ETH", "BNB", "EUR", "TRY")
 
@@ -91,6 +113,10 @@ class BinanceServer:
         symbols: Mapping[str, Symbol] | None = None,
         slow_seconds: float = 1.0,
         api_keys: Mapping[str, str] | None = None,
+        balances: Mapping[str, str | float] | None = None,
+        liquidity: str | float | None = None,
+        fee_rate: str | float = "0.001",
+        unique_ids: str = "open",
     ) -> None:
         self.candles = candles
         self.now_ms: Callable[[], int] = now_ms or (lambda: int(time.time() * 1000))
@@ -105,8 +131,16 @@ class BinanceServer:
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.headers: list[dict[str, str]] = []  # request headers, to check what a client sent
         self.unknown: list[str] = []
+        self.methods: list[tuple[str, str]] = []  # (method, path) of every request, faulted ones included
         self.faults_served: Counter[str] = Counter()
-        self._faults: dict[str, deque[str]] = {}
+        self._faults: dict[str, deque[tuple[str, str | None]]] = {}
+        self.book = Book(candles, self.symbols, dict(balances if balances is not None else DEFAULT_BALANCES),
+                         liquidity=liquidity, fee_rate=fee_rate, unique_ids=unique_ids)
+        self.order_requests: list[tuple[str, dict[str, str]]] = []  # (method, signed params) of /api/v3/order
+        self.on_order: OrderHook | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._closing = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.url = ""
@@ -142,11 +176,38 @@ class BinanceServer:
         return out
 
     # ------------------------------------------------------------------ fault injection
-    def fail(self, kind: str, times: int = 1, *, path: str = KLINES) -> None:
-        """Answer the next `times` requests to `path` with fault `kind` (one of FAULTS)."""
+    def fail(self, kind: str, times: int = 1, *, path: str = KLINES, method: str | None = None) -> None:
+        """Answer the next `times` requests to `path` (of `method`, else any) with fault `kind` (FAULTS)."""
         if kind not in FAULTS:
             raise ValueError(f"unknown fault {kind!r}; expected one of {FAULTS}")
-        self._faults.setdefault(path, deque()).extend([kind] * times)
+        self._faults.setdefault(path, deque()).extend([(kind, method)] * times)
+
+    def _take_fault(self, path: str, method: str) -> str | None:
+        queue = self._faults.get(path)
+        for i, (kind, wanted) in enumerate(queue or ()):
+            if wanted is None or wanted == method:
+                assert queue is not None
+                del queue[i]
+                self.faults_served[kind] += 1
+                return kind
+        return None
+
+    # ------------------------------------------------------------------ clock and orders
+    def set_now(self, ms: int) -> None:
+        """Move the server's clock to `ms` and match resting orders against the candles closed by then."""
+        self.now_ms = lambda: ms
+        self.book.match(ms)
+
+    def advance(self, ms: int) -> None:
+        self.set_now(self.now_ms() + ms)
+
+    def requests_to(self, path: str) -> list[str]:
+        """The method of every request to `path`, in order (faulted and timed-out ones included)."""
+        return [method for method, p in self.methods if p == path]
+
+    def orders_for(self, client_order_id: str) -> list[Order]:
+        """Every order the server accepted under `client_order_id` (more than one is a duplicate)."""
+        return self.book.orders_for(client_order_id)
 
     def pending_faults(self, path: str = KLINES) -> int:
         return len(self._faults.get(path, ()))
@@ -159,15 +220,30 @@ class BinanceServer:
         return [query for path, query in self.requests if path == KLINES]
 
     # ------------------------------------------------------------------ dispatch
+    async def wait_idle(self) -> None:
+        """Until no request is being handled (a dead client's last request included)."""
+        for _ in range(3):  # let requests already in the socket buffers reach a handler
+            await asyncio.sleep(0)
+        await self._idle.wait()
+
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            return await self._dispatch_counted(request)
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def _dispatch_counted(self, request: web.Request) -> web.StreamResponse:
         path = request.path
         self.counts[path] += 1
         self.requests.append((path, dict(request.query)))
         self.headers.append(dict(request.headers))
-        queue = self._faults.get(path)
-        if queue:
-            kind = queue.popleft()
-            self.faults_served[kind] += 1
+        self.methods.append((request.method, path))
+        kind = self._take_fault(path, request.method)
+        if kind is not None and kind not in AFTER_FAULTS:
             fault = await self._fault(kind)
             if fault is not None:
                 return fault
@@ -175,11 +251,24 @@ class BinanceServer:
         if handler is None:
             self.unknown.append(path)
             return _error(404, -1, f"unknown endpoint {request.method} {path}")
-        return await handler(request)
+        response = await handler(request)
+        if kind == "lost":  # handled, then the connection drops: the client never sees the answer
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        if kind == "lost_timeout":  # handled, then held until the client has given up
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.slow_seconds)
+            return response
+        if kind == "accepted_503":
+            return web.json_response({"code": -1001, "msg": "Internal error; unable to process your request. "
+                                      "Please try again."}, status=503)
+        return response
 
     def _handlers(self) -> dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]:
         return {KLINES: self._klines, EXCHANGE_INFO: self._exchange_info, PING: self._ping, TIME: self._time,
-                ACCOUNT: self._account}
+                ACCOUNT: self._account, ORDER: self._order, OPEN_ORDERS: self._open_orders,
+                MY_TRADES: self._my_trades}
 
     async def _fault(self, kind: str) -> web.StreamResponse | None:
         if kind in ("429", "418"):
@@ -198,6 +287,8 @@ class BinanceServer:
                                 content_type="application/json")
         if kind == "empty":
             return web.json_response([])
+        if kind == "insufficient":
+            return _error(400, -2010, "Account has insufficient balance for requested action.")
         # slow: answer normally, but only after the client's timeout has passed
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closing.wait(), self.slow_seconds)
@@ -209,21 +300,77 @@ class BinanceServer:
     async def _time(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({"serverTime": self.now_ms()})
 
-    async def _account(self, request: web.Request) -> web.StreamResponse:
-        """A signed endpoint: the key must be known and `signature` the HMAC of the rest of the query."""
+    async def _signed(self, request: web.Request) -> dict[str, str] | web.Response:
+        """The parameters of a signed request (query, or form body for POST), or the error answer: the
+        key must be known and `signature` the HMAC-SHA256 of the rest, as on Binance."""
         secret = self.api_keys.get(request.headers.get("X-MBX-APIKEY", ""))
         if secret is None:
             return _error(401, -2015, "Invalid API-key, IP, or permissions for action.")
-        payload, _, signature = request.query_string.rpartition("&signature=")
+        raw = await request.text() if request.method == "POST" else request.query_string
+        payload, _, signature = raw.rpartition("&signature=")
         expected = hmac.new(secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
         if not payload or not hmac.compare_digest(signature, expected):
             return _error(400, -1022, "Signature for this request is not valid.")
+        return dict(urllib.parse.parse_qsl(payload, keep_blank_values=True))
+
+    async def _account(self, request: web.Request) -> web.StreamResponse:
+        params = await self._signed(request)
+        if isinstance(params, web.Response):
+            return params
         return web.json_response({
             "makerCommission": 10, "takerCommission": 10, "canTrade": True, "canWithdraw": False,
             "canDeposit": False, "updateTime": self.now_ms(), "accountType": "SPOT", "permissions": ["SPOT"],
-            "balances": [{"asset": "BTC", "free": "0.50000000", "locked": "0.00000000"},
-                         {"asset": "USDT", "free": "1000.00000000", "locked": "0.00000000"}],
+            "balances": self.book.balances_json(),
         })
+
+    async def _order(self, request: web.Request) -> web.StreamResponse:
+        """POST places, GET looks up, DELETE cancels; by `orderId` or the client's own id."""
+        params = await self._signed(request)
+        if isinstance(params, web.Response):
+            return params
+        self.order_requests.append((request.method, params))
+        now = self.now_ms()
+        self.book.match(now)
+        try:
+            if request.method == "POST":
+                if self.on_order is not None and await self.on_order("received", None) is False:
+                    if request.transport is not None:
+                        request.transport.abort()
+                    return _error(503, -1, "dropped before it reached the matching engine")
+                order = self.book.place(now, params)
+                if self.on_order is not None:
+                    await self.on_order("accepted", order)
+                return web.json_response(order.json(params.get("newOrderRespType", "FULL")))
+            symbol = params.get("symbol", "")
+            order_id, cid = params.get("orderId"), params.get("origClientOrderId")
+            if request.method == "DELETE":
+                return web.json_response(self.book.cancel(now, symbol, order_id, cid).json("RESULT"))
+            found = self.book.find(symbol, order_id, cid)
+            if self.on_order is not None:
+                await self.on_order("lookup", found)
+            if found is None:
+                return _error(400, -2013, "Order does not exist.")
+            return web.json_response(found.json("GET"))
+        except Reject as exc:
+            return _error(exc.status, exc.code, exc.msg)
+
+    async def _open_orders(self, request: web.Request) -> web.StreamResponse:
+        params = await self._signed(request)
+        if isinstance(params, web.Response):
+            return params
+        self.book.match(self.now_ms())
+        symbol = params.get("symbol")
+        return web.json_response([o.json("GET") for o in self.book.orders
+                                  if o.is_open and (symbol is None or o.symbol == symbol)])
+
+    async def _my_trades(self, request: web.Request) -> web.StreamResponse:
+        params = await self._signed(request)
+        if isinstance(params, web.Response):
+            return params
+        self.book.match(self.now_ms())
+        symbol, order_id = params.get("symbol", ""), params.get("orderId")
+        return web.json_response([t.json() for t in self.book.trades
+                                  if t.symbol == symbol and (order_id is None or str(t.order_id) == order_id)])
 
     async def _exchange_info(self, request: web.Request) -> web.StreamResponse:
         return web.json_response({

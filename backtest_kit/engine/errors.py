@@ -28,13 +28,17 @@ the input. The tree (a test keeps it in step with the classes the package define
     ├── RunStateError (RuntimeError)
     ├── DeliveryError
     ├── EventsDroppedError
+    ├── OrderRejected (ValueError)
+    ├── OrderNeedsAttention
+    ├── TradingDisabledError (PermissionError)
     └── CliError
 
 Several classes are also importable from the module that raises them (`engine.sizing.SizingError`,
 `adapters.candles.UnknownSymbolError`, `adapters.ccxt_exchange.*Error`,
 `listeners.notifiers.http.DeliveryError`, `adapters.nats_bridge.EventsDroppedError`,
 `cli.loader.CliError`): those are the same objects,
-re-exported so older imports keep working.
+re-exported so older imports keep working. The order gateway's errors (`OrderRejected`,
+`OrderNeedsAttention`, `TradingDisabledError`) live in `adapters.ccxt_order_types`.
 
 Errors pickle (a worker process may hand one back to its parent): `BacktestKitError.__reduce__`
 rebuilds an error from its `args` and attribute dict, so subclasses whose `__init__` takes
