@@ -113,6 +113,8 @@ class BacktestRunner(RunnerBase[FinishedResult]):
         result: TickResult | None = None
         i = 0
         frames_run = 0
+        # a throttle no longer than the frame step never leaves a frame to skip: no per-frame check then
+        may_skip = instance.interval_ms > step
         while i < total:
             frames_run += 1
             if not frames_run & _YIELD_MASK:
@@ -127,7 +129,7 @@ class BacktestRunner(RunnerBase[FinishedResult]):
                 break
             timed = bus.has_listeners(PERFORMANCE)
             when = start + i * step
-            if instance.pending is None and instance.scheduled is None and not timed:
+            if may_skip and instance.pending is None and instance.scheduled is None and not timed:
                 # Frames whose tick would only return an idle result that no listener, callback or
                 # statistic sees are skipped up to the throttle's next slot (`quiet_until` says why
                 # nothing else can happen); the last frame always ticks, its price ends the run.
