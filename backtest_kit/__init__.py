@@ -106,6 +106,7 @@ from .research import FloatRange, IntRange, Sweep, SweepProgress, SweepResult, S
 from .system.engine import Engine
 from .system.shutdown import install_signal_handlers
 from .system.walker import WalkerCancel
+from .web import serve_dashboard  # aiohttp and prometheus-client: on first use (extra "web")
 
 __version__ = "0.1.0"
 
@@ -323,6 +324,7 @@ __all__ = [
     "listen_performance",
     "listen_progress",
     "listen_remote",
+    "serve_dashboard",
     "listen_risk",
     "listen_risk_once",
     "listen_signal",

@@ -23,7 +23,15 @@ from ..engine.errors import ConfigError, SchemaError
 from ..engine.exchange import ExchangeClient
 from ..engine.logger import EngineLogger, LoggerLike
 from ..engine.models import SignalRow
-from ..engine.persist import ENTITY_PARTIAL, ENTITY_RISK, ENTITY_SCHEDULES, ENTITY_SIGNALS, PersistBackend
+from ..engine.persist import (
+    ENTITY_PARTIAL,
+    ENTITY_RISK,
+    ENTITY_SCHEDULES,
+    ENTITY_SIGNALS,
+    PersistBackend,
+    PersistObserver,
+    timed_backend,
+)
 from ..engine.registry import (
     ExchangeSchema,
     FrameSchema,
@@ -110,6 +118,9 @@ class Engine(ListenMixin):
         # ([hardening item 3](../../docs/design/decisions.md#hardening-3-one-engine-per-persist-directory))
         self._persist_holds = 0
         self._persist_locked: list[Any] = []
+        # persistence timing (`observe_persist`, the dashboard's metrics): None costs nothing
+        self._persist_observers: list[PersistObserver] = []
+        self._timed: dict[int, tuple[PersistBackend, PersistBackend]] = {}
 
     # ------------------------------------------------------------------ facade aliases
     # The module-level API spells the facades `bk.Backtest`, `bk.Live`, ...; these read-only aliases
@@ -329,9 +340,35 @@ class Engine(ListenMixin):
         self._persist_by_entity[entity] = backend
 
     def persist_for(self, entity: str) -> PersistBackend:
-        """The backend that stores `entity`."""
+        """The backend that stores `entity` (timed while someone `observe_persist`s)."""
+        backend = self._backend_for(entity)
+        if not self._persist_observers:
+            return backend
+        timed = self._timed.get(id(backend))
+        if timed is None or timed[0] is not backend:
+            timed = self._timed[id(backend)] = (backend, timed_backend(backend, self._observe_persist))
+        return timed[1]
+
+    def _backend_for(self, entity: str) -> PersistBackend:
         backend = self._persist_by_entity.get(entity)
         return backend if backend is not None else self.persist
+
+    def observe_persist(self, observer: PersistObserver) -> Callable[[], None]:
+        """Call `observer(operation, entity, seconds)` after every persistence call of the engine's live
+        state (the dashboard's latency metric); returns an idempotent remove function."""
+        self._persist_observers.append(observer)
+
+        def remove() -> None:
+            if observer in self._persist_observers:
+                self._persist_observers.remove(observer)
+            if not self._persist_observers:
+                self._timed.clear()
+
+        return remove
+
+    def _observe_persist(self, op: str, entity: str, seconds: float) -> None:
+        for observer in tuple(self._persist_observers):
+            observer(op, entity, seconds)
 
     def _signal_store(self, symbol: str, strategy_name: str, exchange_name: str) -> PersistedSignalStore:
         return PersistedSignalStore(
@@ -351,7 +388,7 @@ class Engine(ListenMixin):
         `close`), so a later engine, or a restart in this process, can take over.
         """
         if self._persist_holds == 0:
-            backends = {id(b): b for b in map(self.persist_for, PERSIST_ENTITIES)}.values()
+            backends = {id(b): b for b in map(self._backend_for, PERSIST_ENTITIES)}.values()
             lockable: list[Any] = [b for b in backends if callable(getattr(b, "acquire_lock", None))]
             try:
                 for backend in lockable:
