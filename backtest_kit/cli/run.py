@@ -24,6 +24,7 @@ from ..engine.live import LiveRunner
 from ..engine.models import ProgressEvent, TickResult
 from ..engine.registry import FrameSchema
 from .common import PROG, apply_config, dump_reports, emit_json, print_files, stdout_to_stderr, strategy_spec
+from .dashboard import start_dashboard
 from .loader import CliEngine, CliError, Target, build_target, load_strategy, utc
 from .outcome import Interrupt, RunLog, until_done, write_line
 from .render import LiveStatus, Progress, make_progress, print_summary, summary_rows
@@ -291,6 +292,9 @@ async def _run_live(
             status.on_tick(result, engine.now_ms())
 
     engine.listen_signal_live(on_tick)
+    if args.dashboard is not None:  # before the run starts: its ticks are timed from the first one
+        dashboard = await start_dashboard(args.dashboard, engine=engine)  # closed with the engine
+        write_line(f"dashboard at {dashboard.url}")
     started = time.perf_counter()
     handle = engine.live.background(target.symbol, strategy_name=target.strategy_name,
                                     exchange_name=target.exchange_name)
