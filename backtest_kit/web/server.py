@@ -16,6 +16,7 @@ from aiohttp import web
 from ..engine.channels import DONE_LIVE, ERROR, PARTIAL_LOSS, PARTIAL_PROFIT, RISK, SIGNAL_LIVE
 from ..engine.config import DEFAULT_CONFIG
 from ..engine.models import DoneEvent, PartialEvent, RiskEvent, TickResult
+from ..engine.redact import register_secret
 from .api import DashboardContext, build_app
 from .metrics import DashboardMetrics
 from .security import check_bind, is_loopback
@@ -150,6 +151,7 @@ async def serve_dashboard(
     to `RemoteEvents.subscribe` (`deliver="all"` rebuilds the state from the stream's history).
     """
     check_bind(host, token)
+    register_secret(token)  # masked in every log line, like an exchange key
     loopback = is_loopback(host)
     if remote is not None and engine is not None:
         raise ValueError("serve_dashboard: give an engine or remote events, not both")
