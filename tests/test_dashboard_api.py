@@ -107,7 +107,8 @@ async def test_every_endpoint_serves_its_model_with_the_runs_figures(tmp_path: P
         assert risk and all(r.strategy_name == "sma-cross" and "every second signal" in r.comment for r in risk)
         assert all(r.signal_id and r.position in ("long", "short") and r.price_open for r in risk)
         partials: list[PartialView] = docs["/api/partials"]
-        assert partials and {p.kind for p in partials} <= {"profit", "loss"} and all(p.level % 10 == 0 for p in partials)
+        assert partials and {p.kind for p in partials} <= {"profit", "loss"}
+        assert all(p.level % 10 == 0 for p in partials)
         positions: list[PositionView] = docs["/api/positions"]
         for p in positions:  # left open when the data ran out: priced at the last candle
             assert p.unrealized_pnl is not None and p.current_price > 0
@@ -231,7 +232,7 @@ def test_binds_other_than_loopback_need_a_token() -> None:
     assert all(map(is_loopback, ["127.0.0.1", "127.3.2.1", "localhost", "::1", "[::1]"]))
     assert not any(map(is_loopback, ["0.0.0.0", "", "::", "192.168.1.10", "example.com", "10.0.0.1"]))
     for host in ("0.0.0.0", "::", "192.168.1.10"):
-        with pytest.raises(DashboardAuthError, match="refusing to listen.*without a token"):
+        with pytest.raises(DashboardAuthError, match=r"refusing to listen.*without a token"):
             check_bind(host, None)
         check_bind(host, TOKEN)
     with pytest.raises(DashboardAuthError, match="at least 16 characters"):
@@ -240,7 +241,7 @@ def test_binds_other_than_loopback_need_a_token() -> None:
 
 async def test_a_non_loopback_bind_without_a_token_refuses_to_start() -> None:
     engine = bk.Engine()
-    with pytest.raises(DashboardAuthError, match="refusing to listen on '0.0.0.0' without a token"):
+    with pytest.raises(DashboardAuthError, match=r"refusing to listen on '0\.0\.0\.0' without a token"):
         await bk.serve_dashboard(engine, host="0.0.0.0", port=0)
     assert not vars(engine.bus).get("publish") and engine.bus.listener_count("signal_live") == 0  # nothing attached
     await engine.close()
@@ -391,9 +392,8 @@ async def test_an_engine_without_a_dashboard_runs_the_plain_hot_path(tmp_path: P
 
 async def test_openapi_document_lists_every_route_and_its_schemas(tmp_path: Path) -> None:
     engine, dashboard = await served_run(tmp_path)
-    async with aiohttp.ClientSession() as session:
-        async with session.get(dashboard.url + "api/openapi.json") as response:
-            doc = json.loads(await response.read())
+    async with aiohttp.ClientSession() as session, session.get(dashboard.url + "api/openapi.json") as response:
+        doc = json.loads(await response.read())
     assert doc["openapi"].startswith("3.1")
     assert set(doc["paths"]) == {*GET_ENDPOINTS, "/api/stop", "/metrics"}
     assert {"Overview", "PositionView", "StopRequest", "StopResult", "ErrorBody"} <= set(doc["components"]["schemas"])
@@ -410,9 +410,8 @@ async def test_schemathesis_against_the_openapi_document(tmp_path: Path) -> None
     engine, dashboard = await served_run(tmp_path, token=TOKEN)
     handles = start(engine)
     await asyncio.wait_for(asyncio.gather(*(h.wait() for h in handles)), GUARD)
-    async with aiohttp.ClientSession() as session:
-        async with session.get(dashboard.url + "api/openapi.json") as response:
-            document = await response.json()
+    async with aiohttp.ClientSession() as session, session.get(dashboard.url + "api/openapi.json") as response:
+        document = await response.json()
     schema = schemathesis.openapi.from_dict(document)
     base = dashboard.url.rstrip("/")
     checked: list[str] = []

@@ -157,10 +157,14 @@ class ErrorView(Struct, frozen=True, kw_only=True):
 
 
 class Overview(Struct, frozen=True, kw_only=True):
-    """Everything the page shows, in one document (also what each Server-Sent `overview` event carries)."""
+    """Everything the page shows, in one document (also what each Server-Sent `overview` event carries).
+
+    `generated_at` is wall-clock ms; `now_ms` the engine's clock (a replay's simulated time), or the wall
+    clock for a dashboard fed from NATS."""
 
     mode: Mode
     generated_at: int
+    now_ms: int
     instances: list[InstanceView]
     positions: list[PositionView]
     stats: list[PairStats]

@@ -318,7 +318,7 @@ class DashboardState:
 
     async def overview(self) -> Overview:
         return Overview(
-            mode="engine" if self.engine is not None else "remote", generated_at=_wall_ms(),
+            mode="engine" if self.engine is not None else "remote", generated_at=_wall_ms(), now_ms=self.now_ms(),
             instances=await self.instances(), positions=self.positions(), stats=await self.stats(),
             events=self.events(), equity=self.equity(), risk=self.risk(), partials=self.partials(),
             errors=self.errors(),

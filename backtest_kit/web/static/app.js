@@ -35,17 +35,28 @@
   }
 
   const fmt = (x, digits = 2) => (x == null || !isFinite(x) ? "—" : Number(x).toFixed(digits));
-  const price = (x) => (x == null ? "—" : Number(x).toLocaleString("en-US", { maximumFractionDigits: 8 }));
+  // prices to a sensible precision for their size: 105,293.38 / 1.2345 / 0.00012345
+  const price = (x) => {
+    if (x == null) return "—";
+    const a = Math.abs(x), digits = a >= 1000 ? 2 : a >= 1 ? 4 : 8;
+    return Number(x).toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+  };
   const pct = (x) => (x == null ? "—" : (x > 0 ? "+" : "") + fmt(x) + "%");
   const signClass = (x) => (x == null || x === 0 ? "" : x > 0 ? "pos" : "neg");
   const time = (ms) => (ms == null ? "—" : new Date(ms).toISOString().slice(0, 16).replace("T", " "));
   const pair = (r) => r.strategy_name + " · " + r.symbol;
 
-  function fill(section, rows, render) {
+  // at most `limit` rows on the page (the API has them all); the card says how many it leaves out
+  function fill(section, rows, render, limit = 1000) {
     const body = $(section + " tbody");
-    body.replaceChildren(...rows.map(render));
+    body.replaceChildren(...rows.slice(0, limit).map(render));
     const empty = $(section + " .empty");
-    if (empty) empty.classList.toggle("hidden", rows.length > 0);
+    if (empty) {
+      if (empty.dataset.text === undefined) empty.dataset.text = empty.textContent;
+      empty.classList.toggle("hidden", rows.length > 0 && rows.length <= limit);
+      empty.textContent = rows.length > limit
+        ? "… and " + (rows.length - limit) + " earlier (all in /api/" + section.slice(1) + ")" : empty.dataset.text;
+    }
   }
 
   const td = (value, cls) => el("td", { class: cls }, value);
@@ -91,7 +102,8 @@
   }
 
   function render(o) {
-    $("#meta").textContent = (o.mode === "remote" ? "fed from NATS · " : "") + "updated " + time(o.generated_at) + " UTC";
+    $("#meta").textContent = (o.mode === "remote" ? "fed from NATS · " : "engine clock " + time(o.now_ms) + " · ") +
+      "updated " + time(o.generated_at) + " UTC";
     fill("#instances", o.instances, (i) => el("tr", {},
       td(i.strategy_name), td(i.symbol), td(i.exchange_name), el("td", {}, badge(i.status)),
       td(i.ticks, "num"), td(price(i.last_price), "num"), td(i.last_action || "—", "muted"),
@@ -109,13 +121,13 @@
     $("#equity .empty").classList.toggle("hidden", o.equity.length > 0);
     fill("#events", o.events, (e) => el("tr", {},
       td(time(e.timestamp)), el("td", {}, badge(e.action)), td(pair(e)), td(e.position || "—"),
-      td(price(e.current_price), "num"), td(pct(e.pnl), "num " + signClass(e.pnl)), td(e.close_reason || "")));
+      td(price(e.current_price), "num"), td(pct(e.pnl), "num " + signClass(e.pnl)), td(e.close_reason || "")), 15);
     fill("#risk", o.risk, (r) => el("tr", {},
-      td(time(r.timestamp)), td(pair(r)), td(r.position || "—"), td(price(r.price_open), "num"), td(r.comment, "wrap")));
+      td(time(r.timestamp)), td(pair(r)), td(r.position || "—"), td(price(r.price_open), "num"), td(r.comment, "wrap")), 10);
     fill("#partials", o.partials, (p) => el("tr", {},
       td(time(p.timestamp)), td(pair(p)), el("td", {}, badge(p.kind + " " + p.level + "%", p.kind === "profit" ? "long" : "short")),
-      td(price(p.current_price), "num")));
-    fill("#errors", o.errors, (e) => el("tr", {}, td(time(e.timestamp)), td(e.type), td(e.message, "wrap")));
+      td(price(p.current_price), "num")), 10);
+    fill("#errors", o.errors, (e) => el("tr", {}, td(time(e.timestamp)), td(e.type), td(e.message, "wrap")), 10);
     document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
   }
 
