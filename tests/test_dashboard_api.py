@@ -37,7 +37,7 @@ from backtest_kit.web.models import (
     StopResult,
 )
 from backtest_kit.web.openapi import GET_ENDPOINTS
-from backtest_kit.web.security import DashboardAuthError, check_bind, is_loopback
+from backtest_kit.web.security import check_bind, is_loopback
 from backtest_kit.web.server import DashboardHandle
 from backtest_kit.web.state import DashboardState
 from backtest_kit.web.stream import StreamClient, StreamHub
@@ -232,16 +232,16 @@ def test_binds_other_than_loopback_need_a_token() -> None:
     assert all(map(is_loopback, ["127.0.0.1", "127.3.2.1", "localhost", "::1", "[::1]"]))
     assert not any(map(is_loopback, ["0.0.0.0", "", "::", "192.168.1.10", "example.com", "10.0.0.1"]))
     for host in ("0.0.0.0", "::", "192.168.1.10"):
-        with pytest.raises(DashboardAuthError, match=r"refusing to listen.*without a token"):
+        with pytest.raises(bk.ConfigError, match=r"refusing to listen.*without a token"):
             check_bind(host, None)
         check_bind(host, TOKEN)
-    with pytest.raises(DashboardAuthError, match="at least 16 characters"):
+    with pytest.raises(bk.ConfigError, match="at least 16 characters"):
         check_bind("127.0.0.1", "short")
 
 
 async def test_a_non_loopback_bind_without_a_token_refuses_to_start() -> None:
     engine = bk.Engine()
-    with pytest.raises(DashboardAuthError, match=r"refusing to listen on '0\.0\.0\.0' without a token"):
+    with pytest.raises(bk.ConfigError, match=r"refusing to listen on '0\.0\.0\.0' without a token"):
         await bk.serve_dashboard(engine, host="0.0.0.0", port=0)
     assert not vars(engine.bus).get("publish") and engine.bus.listener_count("signal_live") == 0  # nothing attached
     await engine.close()

@@ -27,7 +27,6 @@ from ..engine.errors import ConfigError
 __all__ = [
     "MIN_TOKEN_LENGTH",
     "SECURITY_HEADERS",
-    "DashboardAuthError",
     "check_bind",
     "is_loopback",
     "security_middleware",
@@ -49,10 +48,6 @@ SECURITY_HEADERS = {
 }
 
 
-class DashboardAuthError(ConfigError):
-    """The dashboard refused to start: a non-loopback bind without a (long enough) token."""
-
-
 def is_loopback(host: str) -> bool:
     """`localhost`, 127.0.0.0/8 or ::1 (a bare name other than localhost may resolve anywhere)."""
     name = host.strip().strip("[]").lower()
@@ -65,15 +60,15 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(host: str, token: str | None) -> None:
-    """Raise `DashboardAuthError` unless `host` is loopback or a token of `MIN_TOKEN_LENGTH`+ is given."""
+    """Raise `ConfigError` (the dashboard refuses to start) unless `host` is loopback or a token of `MIN_TOKEN_LENGTH`+ is given."""
     if token is not None and len(token) < MIN_TOKEN_LENGTH:
-        raise DashboardAuthError(
+        raise ConfigError(
             f"dashboard token: expected at least {MIN_TOKEN_LENGTH} characters, got {len(token)} "
             "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))')")
     if is_loopback(host):
         return
     if token is None:
-        raise DashboardAuthError(
+        raise ConfigError(
             f"dashboard: refusing to listen on {host!r} without a token: anyone who can reach it would see "
             "positions and errors. Bind to 127.0.0.1, or give a token (token=... / the BK_DASHBOARD_TOKEN "
             "environment variable); clients then send 'Authorization: Bearer <token>'")
