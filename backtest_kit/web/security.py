@@ -60,7 +60,8 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(host: str, token: str | None) -> None:
-    """Raise `ConfigError` (the dashboard refuses to start) unless `host` is loopback or a token of `MIN_TOKEN_LENGTH`+ is given."""
+    """Raise `ConfigError` (the dashboard refuses to start) unless `host` is loopback or a token of
+    `MIN_TOKEN_LENGTH` characters or more is given."""
     if token is not None and len(token) < MIN_TOKEN_LENGTH:
         raise ConfigError(
             f"dashboard token: expected at least {MIN_TOKEN_LENGTH} characters, got {len(token)} "
