@@ -432,3 +432,16 @@ async def test_schemathesis_against_the_openapi_document(tmp_path: Path) -> None
     await asyncio.to_thread(run)
     assert sorted(checked) == sorted([f"GET {p}" for p in GET_ENDPOINTS] + ["POST /api/stop", "GET /metrics"])
     await engine.close()
+
+
+def test_the_core_imports_without_the_web_extra() -> None:
+    """`import backtest_kit` loads neither prometheus-client nor aiohttp's server: the `web` extra is
+    needed only once a dashboard is served."""
+    import subprocess
+    import sys
+
+    code = ("import sys, backtest_kit; "
+            "print(sorted(m for m in ('prometheus_client', 'aiohttp.web', 'backtest_kit.web.server') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=GUARD)
+    assert out.stdout.strip() == "[]"

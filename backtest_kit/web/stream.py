@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 
 __all__ = ["StreamClient", "StreamHub", "sse_message"]
+
+_log = logging.getLogger("backtest_kit.web")
 
 
 def sse_message(event: str, data: bytes) -> bytes:
@@ -101,7 +104,11 @@ class StreamHub:
         if not self._dirty or not self.clients:
             return
         self._dirty = False
-        message = await self._build()
+        try:
+            message = await self._build()
+        except Exception:  # a bug in a view must not kill the stream: logged, the next change retries
+            _log.exception("dashboard: building the update failed")
+            return
         self.publish(message)
 
     def publish(self, message: bytes) -> None:
