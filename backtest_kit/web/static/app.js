@@ -74,7 +74,7 @@
 
   function chart(curve) {
     const pts = curve.points;
-    const W = 600, H = 160, L = 44, R = 8, T = 10, B = 20;
+    const W = 600, H = 160, L = 2, R = 2, T = 6, B = 6;
     const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
     const x0 = Math.min(...xs), x1 = Math.max(...xs);
     const y0 = Math.min(0, ...ys), y1 = Math.max(0, ...ys);
@@ -89,16 +89,14 @@
       svg("polygon", { class: "area", points: `${sx(x0)},${sy(0)} ${line} ${sx(x1)},${sy(0)}` }),
       svg("polyline", { class: "line", points: line }),
     );
-    for (const [y, label] of [[y1, fmt(y1) + "%"], [y0, fmt(y0) + "%"]]) {
-      const t = svg("text", { x: 2, y: sy(y) + 4 });
-      t.textContent = label;
-      root.append(t);
-    }
+    // the scale as text beside the drawing (an SVG stretched to the card's width would stretch text too)
     const last = ys[ys.length - 1];
     return el("div", { class: "chart" },
       el("div", { class: "title" }, el("span", {}, curve.strategy_name),
         el("span", { class: signClass(last) }, pct(last) + " · " + (pts.length - 1) + " trades")),
-      root);
+      root,
+      el("div", { class: "scale" }, el("span", {}, "high " + pct(y1)), el("span", {}, "low " + pct(y0)),
+        el("span", {}, time(x0) + " → " + time(x1))));
   }
 
   function render(o) {
