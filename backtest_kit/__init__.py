@@ -120,6 +120,7 @@ from .research import FloatRange, IntRange, Sweep, SweepProgress, SweepResult, S
 from .system.engine import Engine
 from .system.shutdown import install_signal_handlers
 from .system.walker import WalkerCancel
+from .web import serve_dashboard  # aiohttp and prometheus-client: on first use (extra "web")
 
 __version__ = "0.1.0"
 
@@ -373,6 +374,7 @@ __all__ = [
     "listen_walker_progress",
     "listen_walker_stop",
     "replay_clock",
+    "serve_dashboard",
     "set_config",
     "set_logger",
     "use_persist",

@@ -15,6 +15,7 @@ from typing import Any
 from .. import __version__
 from ..engine.intervals import FRAME_INTERVALS, SIGNAL_INTERVALS
 from .common import PROG
+from .dashboard import DEFAULT_LISTEN, TOKEN_ENV, add_dashboard_parser, host_port
 from .report import cmd_report
 from .run import cmd_backtest, cmd_live
 from .sweep import add_sweep_parser
@@ -159,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--paper", action=argparse.BooleanOptionalAction, default=None,
                    help="fill the signals as paper orders against the candles (PaperExecutor) and report the "
                         "realised PnL next to the model's (default: on with --replay, off live)")
+    lv.add_argument("--dashboard", nargs="?", type=host_port, const=host_port(DEFAULT_LISTEN), metavar="HOST:PORT",
+                    help=f"serve the live dashboard while it runs (default {DEFAULT_LISTEN}; port 0: any free "
+                         f"one; a non-loopback HOST needs a token in {TOKEN_ENV})")
     lv.set_defaults(handler=cmd_live)
 
     rp = sub.add_parser("report", help="list the dumped reports or print one",
@@ -174,4 +178,5 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_sweep_parser(sub, when, config_item, positive_int, SIGNAL_INTERVALS, FRAME_INTERVALS)
     add_walk_parser(sub, when, config_item, positive_int, SIGNAL_INTERVALS, FRAME_INTERVALS)
+    add_dashboard_parser(sub)
     return parser

@@ -25,6 +25,7 @@ from ..engine.models import ProgressEvent, TickResult
 from ..engine.registry import FrameSchema
 from ..execution.paper import PaperExecutor
 from .common import PROG, apply_config, dump_reports, emit_json, print_files, stdout_to_stderr, strategy_spec
+from .dashboard import start_dashboard
 from .loader import CliEngine, CliError, Target, build_target, load_strategy, utc
 from .outcome import Interrupt, RunLog, until_done, write_line
 from .render import LiveStatus, Progress, make_progress, print_summary, summary_rows
@@ -296,6 +297,9 @@ async def _run_live(
         # paper orders by default on a replay: the report shows realised (fill) PnL next to the model's;
         # going live for real is this one line with a real executor and trade=True
         engine.add_order_executor(strategy_name=target.strategy_name, executor=PaperExecutor())
+    if args.dashboard is not None:  # before the run starts: its ticks are timed from the first one
+        dashboard = await start_dashboard(args.dashboard, engine=engine)  # closed with the engine
+        write_line(f"dashboard at {dashboard.url}")
     started = time.perf_counter()
     handle = engine.live.background(target.symbol, strategy_name=target.strategy_name,
                                     exchange_name=target.exchange_name)

@@ -22,6 +22,11 @@ one, so it needs no turn). Subscribing
 and unsubscribing are O(1): the per-channel snapshot that `publish` iterates is rebuilt lazily, once,
 by the first publish after a change.
 
+Delivery timing (`time_deliveries`, the dashboard's metrics) costs nothing until someone asks for it:
+it swaps this bus's `publish` for a timed one (an instance attribute), so a bus nobody times runs the
+plain method. A run loop binds `bus.publish` when it starts, so runs started before the first
+`time_deliveries` are not timed on their tick channels (every other publish is).
+
 Timeouts and clocks. The timeout bounds a listener's own call, not its wait for its turn (a healthy
 listener queued behind another pair's event must not be cut off). It is a wall-clock timer (a hang on
 real I/O is a wall-clock hang whatever the engine clock says); with a simulated engine clock (e.g.
@@ -39,6 +44,7 @@ import asyncio
 import contextlib
 import contextvars
 import inspect
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
@@ -171,6 +177,7 @@ class EventBus:
         self._clock = clock
         self._simulated = clock is not None and not isinstance(clock, SystemClock)
         self._wait_on: Callable[[asyncio.Future[None]], Awaitable[None]] | None = getattr(clock, "wait_on", None)
+        self._timers: list[Callable[[str, float], None]] = []
 
     # ---------------------------------------------------------------- subscription
     @overload
@@ -233,6 +240,49 @@ class EventBus:
         """The listeners an event published now goes to; later changes make a new tuple."""
         subs = self._snapshots[channel] = tuple(self._subs[channel])
         return subs
+
+    # ---------------------------------------------------------------- delivery timing
+    def time_deliveries(self, observer: Callable[[str, float], None]) -> Unsubscribe:
+        """Call `observer(channel_name, seconds)` once every listener of a publish has its event.
+
+        The time is wall clock from `publish` to the end of delivery (awaited listeners included). Until
+        the first observer, `publish` is the plain method; returns an idempotent remove function (the
+        last one removed puts the plain method back)."""
+        self._timers.append(observer)
+        vars(self)["publish"] = self._timed_publish
+        removed = [False]
+
+        def remove() -> None:
+            if removed[0]:
+                return
+            removed[0] = True
+            with contextlib.suppress(ValueError):
+                self._timers.remove(observer)
+            if not self._timers:
+                vars(self).pop("publish", None)
+
+        return remove
+
+    def _timed_publish(self, channel: Channel[Any] | str, event: Any) -> Awaitable[None] | None:
+        started = time.perf_counter()
+        pending = EventBus.publish(self, channel, event)
+        if pending is None:
+            self._observe(str(channel), time.perf_counter() - started)
+            return None
+        return self._timed_wait(str(channel), pending, started)
+
+    async def _timed_wait(self, name: str, pending: Awaitable[None], started: float) -> None:
+        try:
+            await pending
+        finally:
+            self._observe(name, time.perf_counter() - started)
+
+    def _observe(self, name: str, seconds: float) -> None:
+        for observer in tuple(self._timers):
+            try:
+                observer(name, seconds)
+            except Exception as exc:  # a metrics bug must never break delivery
+                self.logger.warn(f"delivery timer on channel {name!r} raised", repr(exc))
 
     # ---------------------------------------------------------------- publishing
     @overload

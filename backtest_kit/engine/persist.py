@@ -8,8 +8,10 @@ and a strategy name joined by "-"); a backend must make any key safe for its own
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Awaitable, Callable
-from typing import Final, Protocol, TypeVar, runtime_checkable
+from typing import Any, Final, Protocol, TypeVar, runtime_checkable
 
 from .errors import PersistError
 
@@ -20,9 +22,11 @@ __all__ = [
     "ENTITY_SCHEDULES",
     "ENTITY_SIGNALS",
     "PersistBackend",
+    "PersistObserver",
     "QuarantineBackend",
     "read_snapshot",
     "set_aside",
+    "timed_backend",
 ]
 
 T = TypeVar("T")
@@ -105,3 +109,69 @@ class QuarantineBackend(Protocol):
     async def quarantine(self, entity: str, key: str) -> str | None:
         """Move the stored value aside (e.g. `<file>.corrupt-<timestamp>`); returns where it went."""
         ...
+
+
+PersistObserver = Callable[[str, str, float], None]
+"""`observer(operation, entity, seconds)`: one persistence call took `seconds` (wall clock)."""
+
+
+class _Timed:
+    """A backend that times each call of `inner` for an observer (the dashboard's metrics).
+
+    Only read/write/delete/keys are timed; any other attribute (`path_for`, ...) is the inner
+    backend's. Built by `timed_backend`, which adds `quarantine` only when the inner backend has it,
+    so `isinstance(..., QuarantineBackend)` answers as it would for the inner one.
+    """
+
+    def __init__(self, inner: PersistBackend, observer: PersistObserver) -> None:
+        self.inner = inner
+        self._observer = observer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _done(self, op: str, entity: str, started: float) -> None:
+        with contextlib.suppress(Exception):  # a metrics bug must never fail a save
+            self._observer(op, entity, time.perf_counter() - started)
+
+    async def read(self, entity: str, key: str) -> bytes | None:
+        started = time.perf_counter()
+        try:
+            return await self.inner.read(entity, key)
+        finally:
+            self._done("read", entity, started)
+
+    async def write(self, entity: str, key: str, data: bytes) -> None:
+        started = time.perf_counter()
+        try:
+            await self.inner.write(entity, key, data)
+        finally:
+            self._done("write", entity, started)
+
+    async def delete(self, entity: str, key: str) -> None:
+        started = time.perf_counter()
+        try:
+            await self.inner.delete(entity, key)
+        finally:
+            self._done("delete", entity, started)
+
+    async def keys(self, entity: str) -> list[str]:
+        started = time.perf_counter()
+        try:
+            return await self.inner.keys(entity)
+        finally:
+            self._done("keys", entity, started)
+
+
+class _TimedQuarantine(_Timed):
+    async def quarantine(self, entity: str, key: str) -> str | None:
+        inner = self.inner
+        assert isinstance(inner, QuarantineBackend)
+        return await inner.quarantine(entity, key)
+
+
+def timed_backend(inner: PersistBackend, observer: PersistObserver) -> PersistBackend:
+    """`inner`, with every read/write/delete/keys call timed for `observer`."""
+    if isinstance(inner, QuarantineBackend):
+        return _TimedQuarantine(inner, observer)
+    return _Timed(inner, observer)

@@ -31,6 +31,8 @@ from ..engine.persist import (
     ENTITY_SCHEDULES,
     ENTITY_SIGNALS,
     PersistBackend,
+    PersistObserver,
+    timed_backend,
 )
 from ..engine.registry import (
     ExchangeSchema,
@@ -130,6 +132,9 @@ class Engine(ListenMixin):
         # the lease of each live instance made and not yet handed to its run (`_take_lease`)
         self._leases: dict[tuple[str, str], PairLease] = {}
         self._order_routers: dict[str, OrderRouter] = {}  # strategy name -> its order executor's router
+        # persistence timing (`observe_persist`, the dashboard's metrics): None costs nothing
+        self._persist_observers: list[PersistObserver] = []
+        self._timed: dict[int, tuple[PersistBackend, PersistBackend]] = {}
 
     # ------------------------------------------------------------------ facade aliases
     # The module-level API spells the facades `bk.Backtest`, `bk.Live`, ...; these read-only aliases
@@ -345,7 +350,7 @@ class Engine(ListenMixin):
         if schema.risk_name is not None:
             risk = self._risk.gate(schema.risk_name, symbol, schema.strategy_name, exchange_name,
                                    backtest=backtest, source=source)
-            shared = self.persist_for(ENTITY_RISK)
+            shared = self._backend_for(ENTITY_RISK)  # the backend itself, not a timing wrapper
             if lease is not None and _same(shared, lease.backend) and isinstance(shared, SharedRiskBackend):
                 risk = SharedRiskGate(risk.state, symbol, schema.strategy_name, exchange_name, shared, lease)
             elif lease is not None:
@@ -370,7 +375,7 @@ class Engine(ListenMixin):
     def _new_lease(self, symbol: str, strategy_name: str) -> PairLease | None:
         """The lease a live run of the pair must hold when its signals live in a `LeaseBackend`
         (Redis, PostgreSQL: see `engine/lease.py`); None for stores one process owns (`FilePersist`)."""
-        backend = self.persist_for(ENTITY_SIGNALS)
+        backend = self._backend_for(ENTITY_SIGNALS)  # the backend itself, not a timing wrapper
         if not isinstance(backend, LeaseBackend):
             self._leases.pop((symbol, strategy_name), None)
             return None
@@ -412,9 +417,35 @@ class Engine(ListenMixin):
         self._persist_by_entity[entity] = backend
 
     def persist_for(self, entity: str) -> PersistBackend:
-        """The backend that stores `entity`."""
+        """The backend that stores `entity` (timed while someone `observe_persist`s)."""
+        backend = self._backend_for(entity)
+        if not self._persist_observers:
+            return backend
+        timed = self._timed.get(id(backend))
+        if timed is None or timed[0] is not backend:
+            timed = self._timed[id(backend)] = (backend, timed_backend(backend, self._observe_persist))
+        return timed[1]
+
+    def _backend_for(self, entity: str) -> PersistBackend:
         backend = self._persist_by_entity.get(entity)
         return backend if backend is not None else self.persist
+
+    def observe_persist(self, observer: PersistObserver) -> Callable[[], None]:
+        """Call `observer(operation, entity, seconds)` after every persistence call of the engine's live
+        state (the dashboard's latency metric); returns an idempotent remove function."""
+        self._persist_observers.append(observer)
+
+        def remove() -> None:
+            if observer in self._persist_observers:
+                self._persist_observers.remove(observer)
+            if not self._persist_observers:
+                self._timed.clear()
+
+        return remove
+
+    def _observe_persist(self, op: str, entity: str, seconds: float) -> None:
+        for observer in tuple(self._persist_observers):
+            observer(op, entity, seconds)
 
     def _signal_store(
         self, symbol: str, strategy_name: str, exchange_name: str, lease: PairLease | None = None
@@ -424,8 +455,10 @@ class Engine(ListenMixin):
             fenced = FencedPersist(lease.backend, lease)
 
             def persist_for(entity: str) -> PersistBackend:  # the pair's writes carry its fencing token
-                backend = self.persist_for(entity)
-                return fenced if _same(backend, lease.backend) else backend
+                # compared before any timing wrapper of `observe_persist` (fenced writes are not timed)
+                if _same(self._backend_for(entity), lease.backend):
+                    return fenced
+                return self.persist_for(entity)
 
         return PersistedSignalStore(
             persist_for, symbol, strategy_name, self.report_error, exchange_name=exchange_name,
@@ -444,7 +477,7 @@ class Engine(ListenMixin):
         `close`), so a later engine, or a restart in this process, can take over.
         """
         if self._persist_holds == 0:
-            backends = {id(b): b for b in map(self.persist_for, PERSIST_ENTITIES)}.values()
+            backends = {id(b): b for b in map(self._backend_for, PERSIST_ENTITIES)}.values()
             lockable: list[Any] = [b for b in backends if callable(getattr(b, "acquire_lock", None))]
             try:
                 for backend in lockable:
