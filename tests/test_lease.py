@@ -32,6 +32,7 @@ from servers import POSTGRES_DSN, REDIS_URL, drop_backend, make_postgres, make_r
 import backtest_kit as bk
 from backtest_kit.engine.lease import Fence, LeaseBackend, SharedRiskBackend
 from backtest_kit.engine.signal_store import decode_signal_row, signal_key
+from backtest_kit.testing import make_engine
 
 REMOTE = ["redis", "postgres"]
 SYMBOL = "BTCUSDT"
@@ -391,4 +392,24 @@ async def test_a_stop_ends_a_waiting_standby_without_trading(kind: str, tmp_path
         await a.engine.close(timeout=0)
         await b.engine.close()
         await b.backend.aclose()
+        await drop_backend(backend)
+
+
+@pytest.mark.parametrize("make", [make_redis, make_postgres])
+async def test_a_timed_backend_still_leases_fences_and_shares_risk(make: Any) -> None:
+    """With the dashboard's persistence timing on (`observe_persist`), the engine must still see the
+    lease backend itself: a timing wrapper is not a LeaseBackend, and a pair run without its lease
+    would trade unfenced."""
+    backend = make()
+    try:
+        engine = make_engine()
+        engine.use_persist(backend)
+        timings: list[tuple[str, str, float]] = []
+        engine.observe_persist(lambda op, entity, seconds: timings.append((op, entity, seconds)))
+        assert engine.persist_for("signals") is not backend  # the timing wrapper
+        lease = engine._new_lease("BTCUSDT", "s")
+        assert lease is not None and lease.backend is backend
+        store = engine._signal_store("BTCUSDT", "s", "x", lease)
+        assert store is not None
+    finally:
         await drop_backend(backend)
