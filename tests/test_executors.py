@@ -386,3 +386,27 @@ def test_sequential_local_and_ray_are_registered() -> None:
     assert isinstance(make_executor("local", max_workers=1), LocalExecutor)
     assert isinstance(make_executor("ray"), RayExecutor)  # Ray starts on the first run, not here
     assert asyncio.iscoroutinefunction(LocalExecutor.aclose)
+
+
+_NICENESS_SCRIPT = """
+import os, ray
+from backtest_kit.research.ray_executor import RayExecutor
+executor = RayExecutor(num_cpus=1)
+executor._ensure_ray()
+assert executor.started_ray
+print("niceness", ray.get(ray.remote(lambda: os.nice(0)).remote()))
+ray.shutdown()
+"""
+
+
+def test_a_local_ray_started_by_the_executor_runs_its_workers_at_normal_priority() -> None:
+    """Ray's default worker niceness (15) hands every core to any other process; a local Ray the
+    executor starts for a sweep runs its workers at 0, as the local pool's are (a fresh process: the
+    test session's own Ray was started by a fixture, not by the executor)."""
+    import subprocess
+
+    pytest.importorskip("ray", reason="ray is not installed (pip install 'backtest-kit[ray]')")
+    done = subprocess.run([sys.executable, "-c", _NICENESS_SCRIPT], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "niceness 0" in done.stdout
