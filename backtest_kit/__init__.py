@@ -90,6 +90,7 @@ from .engine.persist import PersistBackend
 from .engine.registry import StrategyCallbacks, WalkerCallbacks, WalkerSchema
 from .engine.runner import CancelHandle
 from .execution import (
+    CcxtExecutor,
     ExecutorContext,
     JournaledExecutor,
     OrderExecutor,
@@ -203,6 +204,7 @@ __all__ = [
     "BacktestKitError",
     "BridgeStats",
     "CancelHandle",
+    "CcxtExecutor",
     "CancelledResult",
     "Candle",
     "CandleDataWarning",

@@ -11,7 +11,10 @@ The rules (one signal; `e`/`x`/`c` are the client order ids of its entry, exit a
   event finds the journalled id and places nothing;
 - `restore` (once per mode and symbol) and every `poll` ask the gateway about the orders without a
   final answer; an id the venue never received is placed again under the same id, except an entry whose
-  signal is no longer open (rejected in the journal instead: its signal will never need it).
+  signal is no longer open (rejected in the journal instead: its signal will never need it);
+- an entry that ends without any fill and not by the executor's own cancel (refused by the exchange,
+  expired unfilled) means there is no position: the engine is asked to drop the live signal
+  (`ExecutorContext.void_signal`), which releases its risk slot (also after a restart, from `restore`).
 
 Backtests journal in memory (they never persist); live runs journal in the engine's "orders" backend.
 The amount of an order is the signal's `quantity` (a sizing), else the executor's `amount`.
@@ -113,6 +116,10 @@ class JournaledExecutor:
         open_ids = {s.id for s in open_signals}
         for record in journal.open_records(symbol):
             await self._reconcile(journal, record, open_ids)
+        for signal in open_signals:  # refused before a crash, but the signal was not dropped yet
+            entries = journal.of_signal(signal.id, "entry")
+            if entries and entries[-1].final and entries[-1].answer is not None:
+                self._void_if_refused(journal, entries[-1].request, entries[-1].answer)
 
     async def poll(self, symbol: str, now_ms: int, *, backtest: bool) -> None:
         journal = await self._journal(backtest)
@@ -141,6 +148,17 @@ class JournaledExecutor:
         await journal.answer(request, event)
         if previous is None or (previous.status, previous.filled) != (event.status, event.filled):
             await self.context.publish(event)
+            self._void_if_refused(journal, request, event)
+
+    def _void_if_refused(self, journal: OrderJournal, request: OrderRequest, event: OrderEvent) -> None:
+        """An entry that ended without any fill, and not by our own cancel, means there is no position:
+        ask the engine to drop the signal (live only: a backtest's paper venue never refuses)."""
+        void = self.context.void_signal
+        if (void is None or request.backtest or request.role != "entry" or event.filled > 0
+                or event.status not in ("rejected", "cancelled") or journal.of_signal(request.signal_id, "cancel")):
+            return
+        void(request.symbol, request.signal_id,
+             f"its entry order {request.client_order_id} was {event.status}: {event.reason or 'no reason given'}")
 
     # ------------------------------------------------------------------ lifecycle
     async def on_signal(self, event: SignalLifecycleEvent) -> None:
