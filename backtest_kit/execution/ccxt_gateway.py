@@ -92,7 +92,7 @@ class CcxtGateway:
                 state = await gateway.place(intent)
         except OrderRejected as exc:
             self._absent.discard(request.client_order_id)
-            return _without_venue(request, "rejected", self._now_ms(), exc.reason or str(exc))
+            return _without_venue(request, "rejected", self._now_ms(), f"refused ({exc.field}): {exc.reason or exc}")
         except OrderNeedsAttention as exc:
             return await self._park(request, exc)
         return await self._event(gateway, request, state)

@@ -6,7 +6,9 @@ The rules (one signal; `e`/`x`/`c` are the client order ids of its entry, exit a
   already has an entry (its limit order, placed when it was scheduled);
 - `closed` and `cancelled` first refresh the entry; an entry still open is cancelled (the cancel is
   journalled too); then, if any of it filled, a market exit for exactly the filled amount is placed,
-  once. A signal without an entry order gets no exit: never an exit without an entry;
+  once. A signal without an entry order gets no exit: never an exit without an entry. An exit that
+  ended part-filled (expired for lack of liquidity) is followed by a new attempt for the rest (a new
+  client order id), at most `MAX_EXIT_ATTEMPTS` exits in all;
 - every order is journalled (intent) before the gateway sees it and again with each answer; a replayed
   event finds the journalled id and places nothing;
 - `restore` (once per mode and symbol) and every `poll` ask the gateway about the orders without a
@@ -41,7 +43,10 @@ from .ids import client_order_id
 from .journal import OrderJournal, OrderRecord
 from .protocol import ExecutorContext, OrderGateway
 
-__all__ = ["JournaledExecutor", "MemoryJournalBackend"]
+__all__ = ["MAX_EXIT_ATTEMPTS", "JournaledExecutor", "MemoryJournalBackend"]
+
+MAX_EXIT_ATTEMPTS = 5
+"""Exit orders per signal at most: the first, and re-sends of a rest an exchange left unfilled."""
 
 
 class MemoryJournalBackend:
@@ -125,6 +130,24 @@ class JournaledExecutor:
         journal = await self._journal(backtest)
         for record in journal.open_records(symbol):
             await self._reconcile(journal, record, None)
+        await self._finish_exits(journal, symbol)
+
+    async def _finish_exits(self, journal: OrderJournal, symbol: str) -> None:
+        """An exit that ended part-filled (a market order that ran out of book, expired) leaves part of the
+        position open: exit the rest with the next attempt, at most `MAX_EXIT_ATTEMPTS` orders in all."""
+        for record in journal.exits_cut_short(symbol):
+            exits = journal.of_signal(record.request.signal_id, "exit")
+            entry = journal.of_signal(record.request.signal_id, "entry")
+            if not entry or len(exits) >= MAX_EXIT_ATTEMPTS:
+                continue
+            rest = round(entry[-1].filled - sum(e.filled for e in exits), 12)
+            if rest <= entry[-1].filled * 1e-9:
+                continue
+            last = exits[-1].request
+            request = msgspec.structs.replace(
+                last, client_order_id=client_order_id(last.signal_id, "exit", len(exits)), amount=rest,
+                timestamp=self.context.now_ms() if not last.backtest else last.timestamp)
+            await self._place(journal, request)
 
     async def _reconcile(self, journal: OrderJournal, record: OrderRecord, open_ids: set[str] | None) -> None:
         """Bring one non-final record up to date with the venue (see the module docstring)."""
