@@ -356,3 +356,82 @@ def test_constructor_checks_its_arguments() -> None:
         bk.CcxtExecutor(42)  # type: ignore[arg-type]
     assert bk.CcxtExecutor("binance").places_real_orders is True
     assert "CcxtExecutor('binance'" in repr(bk.CcxtExecutor("binance", cost=100))
+
+
+# ---------------------------------------------------------------------- the CLI: --trade
+CLI_STRATEGY = """
+import json, os
+import backtest_kit as bk
+from backtest_kit.adapters.ccxt import add_ccxt_exchange
+
+def get_signal(symbol, when):
+    print("signal asked", flush=True)
+    return bk.SignalDto(position="long", price_take_profit=500.0, price_stop_loss=90.0, minute_estimated_time=600)
+
+def register(engine, csv_path=None):
+    keys = {"api_key": os.environ["BK_KEY"], "secret": os.environ["BK_SECRET"]} if "BK_KEY" in os.environ else {}
+    add_ccxt_exchange("binance", "binance", engine=engine, api_urls=json.loads(os.environ["BK_API_URLS"]),
+                      config={"enableRateLimit": False, "timeout": 5000}, **keys)
+    engine.add_sizing(sizing_name="one", get_quantity=lambda symbol, signal, price: 0.5)
+    engine.add_strategy(strategy_name="cli", interval="1m", get_signal=get_signal, sizing_name="one")
+    engine.listen_signal_live(lambda result: print("tick", result.action, flush=True))
+    return "BTCUSDT"
+"""
+
+
+@pytest.mark.parametrize("trade", [False, True])
+async def test_cli_live_sends_orders_only_with_trade(tmp_path: Path, binance_server_factory: Any, trade: bool) -> None:
+    import asyncio
+    import json
+    import os
+    import sys
+    import time
+
+    now = int(time.time() * 1000)
+    start = now - now % M - 120 * M
+    server = await binance_server_factory(memory(flat_candles(start, 240, 100.0)), api_keys={KEY: SECRET},
+                                          balances={"USDT": "10000", "BTC": "0"},
+                                          symbols={SYMBOL: Symbol(SYMBOL, "BTC", "USDT")})
+    (tmp_path / "strat.py").write_text(CLI_STRATEGY)
+    env = {**os.environ, "BK_API_URLS": json.dumps(server.api_urls()), "BK_KEY": KEY, "BK_SECRET": SECRET,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    args = ["-m", "backtest_kit", "live", "strat.py", "-c", "CC_TICK_TTL_MS=50", "--no-plot", "--no-progress",
+            *(["--trade"] if trade else [])]
+    with (tmp_path / "stderr.txt").open("w") as stderr:
+        proc = await asyncio.create_subprocess_exec(sys.executable, *args, cwd=tmp_path, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=stderr)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        # ticks are awaited one after the other: once three ticks after the position opened were seen,
+        # the opened tick's order executor (if any) has long been through its entry
+        while sum(line == "tick active" for line in lines) < 3:
+            line = (await proc.stdout.readline()).decode()
+            assert line, f"the CLI ended early: {(tmp_path / 'stderr.txt').read_text()[-2000:]}"
+            lines.append(line.strip())
+    finally:
+        proc.kill()
+        await proc.wait()
+    assert "tick opened" in lines and lines.count("signal asked") == 1
+    entries = [q for method, q in server.order_requests if method == "POST"]
+    if trade:
+        assert len(entries) == 1 and entries[0]["side"] == "BUY" and entries[0]["quantity"] == "0.5"
+        assert entries[0]["newClientOrderId"].startswith("bke0-")
+    else:
+        assert server.order_requests == [] and server.book.orders == []  # no --trade: nothing is ever sent
+
+
+def test_cli_trade_is_refused_without_keys_or_with_a_replay(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "strat.py").write_text(CLI_STRATEGY)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BINANCE_")}
+    env.update(BK_API_URLS='{"public": "http://127.0.0.1:9/api/v3"}', PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run([sys.executable, "-m", "backtest_kit", "live", "strat.py", "--trade", "--no-progress"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "has no API key and secret" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "backtest_kit", "live", "--trade", "--replay", "x.csv"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "neither --replay nor --paper" in proc.stderr

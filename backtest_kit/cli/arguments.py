@@ -159,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--paper", action=argparse.BooleanOptionalAction, default=None,
                    help="fill the signals as paper orders against the candles (PaperExecutor) and report the "
                         "realised PnL next to the model's (default: on with --replay, off live)")
+    t = lv.add_argument_group("real orders")
+    t.add_argument("--trade", action="store_true",
+                   help="send the signals as real orders (CcxtExecutor, exactly once) on the ccxt exchange; "
+                        "needs its API keys (<ID>_API_KEY / <ID>_SECRET). Without it no order is ever sent")
+    t.add_argument("--sandbox", action="store_true",
+                   help="register --exchange ccxt:<id> in sandbox (testnet) mode; with --trade, refuse an "
+                        "exchange that is not in sandbox mode")
     lv.set_defaults(handler=cmd_live)
 
     rp = sub.add_parser("report", help="list the dumped reports or print one",

@@ -34,6 +34,7 @@ from typing import Any
 
 from ..adapters.ccxt_exchange import CcxtExchange
 from ..engine.errors import ConfigError, SchemaError
+from ..engine.exchange import ExchangeClient
 from ..engine.models import OrderRequest, OrderRole, OrderType, SignalLifecycleEvent
 from .ccxt_gateway import CcxtGateway
 from .journaled import JournaledExecutor
@@ -106,14 +107,20 @@ class CcxtExecutor(JournaledExecutor):
         self.gateway = venue
 
     def _resolve(self, context: ExecutorContext, exchange_name: str) -> CcxtExchange:
-        found: object = self.exchange if isinstance(self.exchange, CcxtExchange) else None
-        if found is None:
-            name = self.exchange if isinstance(self.exchange, str) else exchange_name
-            client = context.exchange(name)
-            found = getattr(client.schema.get_candles, "__self__", None)
+        if isinstance(self.exchange, CcxtExchange):
+            return self.check(self.exchange)
+        return self.check(context.exchange(self.exchange if isinstance(self.exchange, str) else exchange_name))
+
+    def check(self, exchange: CcxtExchange | ExchangeClient) -> CcxtExchange:
+        """The ccxt exchange behind `exchange` (a registered exchange's client, or the adapter itself), once
+        it is fit for real orders: a ccxt exchange, with keys, on the venue `sandbox` asks for. Raises
+        ConfigError otherwise; the CLI calls it before a run so `--trade` fails at once, not at a signal."""
+        found: object = exchange
+        if isinstance(exchange, ExchangeClient):
+            found = getattr(exchange.schema.get_candles, "__self__", None)
             if not isinstance(found, CcxtExchange):
-                raise ConfigError(f"CcxtExecutor: exchange {name!r} is not a ccxt exchange; register it with "
-                                  "bk.add_ccxt_exchange(...) (or pass a CcxtExchange)")
+                raise ConfigError(f"CcxtExecutor: exchange {exchange.name!r} is not a ccxt exchange; register it "
+                                  "with bk.add_ccxt_exchange(...) (or pass a CcxtExchange)")
         assert isinstance(found, CcxtExchange)
         if not found.has_credentials:
             prefix = found.exchange_id.upper()
