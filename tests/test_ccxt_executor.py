@@ -435,3 +435,47 @@ def test_cli_trade_is_refused_without_keys_or_with_a_replay(tmp_path: Path) -> N
     proc = subprocess.run([sys.executable, "-m", "backtest_kit", "live", "--trade", "--replay", "x.csv"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "neither --replay nor --paper" in proc.stderr
+
+
+# ---------------------------------------------------------------------- examples/trade_testnet.py
+def test_the_testnet_example_exits_with_a_clear_message_without_keys(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BINANCE_")}
+    env["PYTHONPATH"] = str(root)
+    proc = subprocess.run([sys.executable, str(root / "examples" / "trade_testnet.py")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "set BINANCE_API_KEY and BINANCE_SECRET" in proc.stderr and "nothing was sent" in proc.stderr
+    assert not (tmp_path / "testnet-state").exists()
+
+
+async def test_the_testnet_example_trades_against_the_local_server(tmp_path: Path, binance_server_factory: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers import load_example
+
+    example = load_example("trade_testnet_example", "trade_testnet.py")
+    monkeypatch.setenv("BINANCE_API_KEY", KEY)
+    monkeypatch.setenv("BINANCE_SECRET", SECRET)
+    assert example.missing_keys() == []
+    server, clock = await start(binance_server_factory, rising())
+    engine = bk.Engine(clock=clock, persist_dir=tmp_path / "data", dump_dir=tmp_path / "dump")
+    engine.set_config(CC_MIN_TAKEPROFIT_DISTANCE_PERCENT=0, unsafe=True)
+    exchange = example.register(engine, amount=0.1, sandbox=False, api_urls=server.api_urls(), ccxt_config=FAST)
+    assert exchange.sandbox is False
+    closed: list[bk.ClosedResult] = []
+    handle = engine.live.background(SYMBOL, strategy_name=example.STRATEGY, exchange_name=example.EXCHANGE)
+
+    def on_tick(result: bk.TickResult) -> None:
+        if isinstance(result, bk.ClosedResult):
+            closed.append(result)
+            handle()
+
+    engine.listen_signal_live(on_tick)
+    await handle.wait()
+    await engine.close()
+    assert len(closed) == 1
+    assert [(o.side, float(o.executed)) for o in server.book.orders] == [("BUY", 0.1), ("SELL", 0.0999)]
