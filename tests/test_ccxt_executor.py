@@ -273,8 +273,9 @@ async def test_paper_and_ccxt_fill_market_orders_from_the_same_candles(
         chosen: Any = executor() if name == "ccxt" else bk.PaperExecutor(amount=1.0)
         live = Live(tmp_path / name, server, clock, once(long(110, 90, 120)), executor=chosen)
         live.engine.set_config(CC_PERCENT_FEE=0.1)
-        orders = live.orders  # paper fills a market exit from the next closed candle: wait for it
-        await live.run(until=lambda _: any(e.role == "exit" and e.status == "filled" for e in orders))
+        # paper fills a market exit from the next closed candle: wait for it
+        await live.run(until=lambda _, orders=live.orders: any(e.role == "exit" and e.status == "filled"
+                                                                for e in orders))
         assert live.errors == []
         runs[name] = ({e.role: e for e in live.orders if e.status == "filled"}, live.of(bk.ClosedResult)[0])
         if name == "paper":
@@ -428,7 +429,8 @@ def test_cli_trade_is_refused_without_keys_or_with_a_replay(tmp_path: Path) -> N
 
     (tmp_path / "strat.py").write_text(CLI_STRATEGY)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BINANCE_")}
-    env.update(BK_API_URLS='{"public": "http://127.0.0.1:9/api/v3"}', PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env.update(BK_API_URLS='{"public": "http://127.0.0.1:9/api/v3"}',
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
     proc = subprocess.run([sys.executable, "-m", "backtest_kit", "live", "strat.py", "--trade", "--no-progress"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "has no API key and secret" in proc.stderr
