@@ -226,6 +226,24 @@ async def test_an_entry_refused_for_balance_is_reported_and_frees_the_risk_slot(
     await live.close()
 
 
+async def test_a_refused_exit_is_reported_and_not_retried(tmp_path: Path, binance_server_factory: Any) -> None:
+    server, clock = await start(binance_server_factory, rising())
+    live = Live(tmp_path, server, clock, once(long(110, 90, 120)), executor=executor(check_balance=False))
+
+    def refuse_the_exit(event: bk.OrderEvent) -> None:
+        if event.role == "entry" and event.status == "filled":  # the next order sent is the exit
+            server.fail("insufficient", path=ORDER, method="POST")
+
+    live.engine.listen_order(refuse_the_exit)
+    await live.run(until=lambda results: sum(isinstance(r, bk.ClosedResult) for r in results) == 1
+                   and len(results) >= 10 + next(i for i, r in enumerate(results) if isinstance(r, bk.ClosedResult)))
+    exits = [e for e in live.orders if e.role == "exit"]
+    assert [e.status for e in exits] == ["rejected"]  # once: a refusal is not re-sent tick after tick
+    assert [type(e).__name__ for e in live.errors] == ["OrderRejected"]  # the open position is reported
+    assert [o.side for o in server.book.orders] == ["BUY"] and btc(server) == pytest.approx(0.999)
+    await live.close()
+
+
 # ---------------------------------------------------------------------- partial fills
 async def test_a_partially_filled_limit_entry_exits_exactly_what_filled(
     tmp_path: Path, binance_server_factory: Any

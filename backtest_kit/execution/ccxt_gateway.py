@@ -17,7 +17,8 @@ What this layer adds to the ccxt gateway, and why:
   that. A fee in a third asset (BNB) cannot be converted without its price: it is reported as 0 with
   `fee_currency` naming the asset (documented in the README).
 - **Refusals and unknowns.** `OrderRejected` (balance, filters, precision: the order provably does not
-  exist) is a `rejected` event with the reason; the executor then asks the engine to drop the signal.
+  exist) is a `rejected` event with the reason; for an entry the executor then asks the engine to drop
+  the signal; a refused exit leaves the position open on the exchange and is reported on `listen_error`.
   `OrderNeedsAttention` (still unknown after the bounded attempts) is reported on `listen_error` and
   the order is *parked*: a `submitted` event whose `reason` starts with "needs attention", after which
   this process asks the exchange nothing more about it (a restart tries once more). Never a loop.
@@ -92,6 +93,8 @@ class CcxtGateway:
                 state = await gateway.place(intent)
         except OrderRejected as exc:
             self._absent.discard(request.client_order_id)
+            if request.role == "exit":  # the position stays open on the exchange: someone must know
+                await self._report_error(exc)
             return _without_venue(request, "rejected", self._now_ms(), f"refused ({exc.field}): {exc.reason or exc}")
         except OrderNeedsAttention as exc:
             return await self._park(request, exc)
