@@ -90,6 +90,7 @@ from .engine.persist import PersistBackend
 from .engine.registry import StrategyCallbacks, WalkerCallbacks, WalkerSchema
 from .engine.runner import CancelHandle
 from .execution import (
+    CcxtExecutor,
     ExecutorContext,
     JournaledExecutor,
     OrderExecutor,
@@ -209,6 +210,7 @@ __all__ = [
     "CandleDataWarning",
     "CandleError",
     "CandleGaps",
+    "CcxtExecutor",
     "Clock",
     "ClosedResult",
     "Config",

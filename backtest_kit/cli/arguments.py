@@ -163,6 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
     lv.add_argument("--dashboard", nargs="?", type=host_port, const=host_port(DEFAULT_LISTEN), metavar="HOST:PORT",
                     help=f"serve the live dashboard while it runs (default {DEFAULT_LISTEN}; port 0: any free "
                          f"one; a non-loopback HOST needs a token in {TOKEN_ENV})")
+    t = lv.add_argument_group("real orders")
+    t.add_argument("--trade", action="store_true",
+                   help="send the signals as real orders (CcxtExecutor, exactly once) on the ccxt exchange; "
+                        "needs its API keys (<ID>_API_KEY / <ID>_SECRET). Without it no order is ever sent")
+    t.add_argument("--sandbox", action="store_true",
+                   help="register --exchange ccxt:<id> in sandbox (testnet) mode; with --trade, refuse an "
+                        "exchange that is not in sandbox mode")
     lv.set_defaults(handler=cmd_live)
 
     rp = sub.add_parser("report", help="list the dumped reports or print one",

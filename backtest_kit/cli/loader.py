@@ -251,7 +251,7 @@ def _pick(kind: str, option: str, wanted: str | None, names: Sequence[str]) -> s
     raise CliError(f"several {kind}s are registered ({', '.join(names)}); choose one with {option}")
 
 
-def _add_ccxt(engine: Engine, spec: str) -> str:
+def _add_ccxt(engine: Engine, spec: str, *, sandbox: bool = False) -> str:
     exchange_id = spec.split(":", 1)[1]
     if not exchange_id:
         raise CliError("--exchange ccxt:<id> needs an exchange id, e.g. ccxt:binance")
@@ -261,7 +261,7 @@ def _add_ccxt(engine: Engine, spec: str) -> str:
         raise CliError(f"the ccxt exchange adapter is not available: {exc}") from None
     if exchange_id in engine.registry.exchanges:
         raise CliError(f"an exchange named {exchange_id!r} is already registered by the strategy")
-    add_ccxt_exchange(exchange_id, exchange_id, engine=engine)
+    add_ccxt_exchange(exchange_id, exchange_id, engine=engine, sandbox=sandbox)
     return exchange_id
 
 
@@ -285,6 +285,7 @@ async def build_target(
     end: datetime | None = None,
     frame_interval: str | None = None,
     replay_csv: str | None = None,
+    sandbox: bool = False,
 ) -> Target:
     """Register the strategy on `engine` and resolve symbol, names and (for backtests) the frame."""
     for path in [*data, *([replay_csv] if replay_csv else [])]:
@@ -316,7 +317,7 @@ async def build_target(
 
     exchange_names = [s.exchange_name for s in engine.list_exchanges()]
     if exchange is not None and exchange.startswith("ccxt:"):
-        exchange_name = _add_ccxt(engine, exchange)
+        exchange_name = _add_ccxt(engine, exchange, sandbox=sandbox)
     else:
         exchange_name = _pick("exchange", "--exchange", exchange, exchange_names)
     if replay_csv is not None and not isinstance(engine.registry.exchanges.get(exchange_name).get_candles,

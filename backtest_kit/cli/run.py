@@ -23,6 +23,7 @@ from ..engine.clock import VirtualClock
 from ..engine.live import LiveRunner
 from ..engine.models import ProgressEvent, TickResult
 from ..engine.registry import FrameSchema
+from ..execution.ccxt import CcxtExecutor
 from ..execution.paper import PaperExecutor
 from .common import PROG, apply_config, dump_reports, emit_json, print_files, stdout_to_stderr, strategy_spec
 from .dashboard import start_dashboard
@@ -226,6 +227,10 @@ async def cmd_live(args: argparse.Namespace) -> int:
     replay = args.replay is not None
     if not replay and (args.start is not None or args.end is not None or args.speed is not None):
         raise CliError("--from, --to and --speed apply to a replay only (add --replay CSV)")
+    if args.trade and (replay or args.paper):
+        raise CliError("--trade sends real orders on a live exchange: it goes with neither --replay nor --paper")
+    if args.sandbox and not (args.exchange or "").startswith("ccxt:") and not args.trade:
+        raise CliError("--sandbox applies to --exchange ccxt:<id> (or to --trade)")
     temp_dir: str | None = None
     clock: VirtualClock | None = None
     if replay:
@@ -242,7 +247,7 @@ async def cmd_live(args: argparse.Namespace) -> int:
             target = await build_target(
                 engine, ref, data=[], symbol=args.symbol, strategy_name=args.strategy_name,
                 exchange=args.exchange, interval=args.interval, warmup_minutes=args.warmup, frame=False,
-                replay_csv=args.replay,
+                replay_csv=args.replay, sandbox=args.sandbox,
             )
             window: tuple[int, int] | None = None
             if replay:
@@ -293,9 +298,13 @@ async def _run_live(
             status.on_tick(result, engine.now_ms())
 
     engine.listen_signal_live(on_tick)
-    if replay if args.paper is None else args.paper:
+    if args.trade:  # real orders: checked before the run (a ccxt exchange, keys, the venue asked for)
+        executor = CcxtExecutor(target.exchange_name, sandbox=True if args.sandbox else None)
+        executor.check(engine.exchange(target.exchange_name))
+        engine.add_order_executor(strategy_name=target.strategy_name, executor=executor, trade=True)
+    elif replay if args.paper is None else args.paper:
         # paper orders by default on a replay: the report shows realised (fill) PnL next to the model's;
-        # going live for real is this one line with a real executor and trade=True
+        # going live for real is --trade (CcxtExecutor, trade=True) instead
         engine.add_order_executor(strategy_name=target.strategy_name, executor=PaperExecutor())
     if args.dashboard is not None:  # before the run starts: its ticks are timed from the first one
         dashboard = await start_dashboard(args.dashboard, engine=engine)  # closed with the engine

@@ -58,6 +58,7 @@ from .models import (
 from .notes import normalize_note
 from .registry import StrategySchema
 from .validation import validate_signal
+from .voids import SignalVoids
 
 __all__ = ["RunEnv", "StrategyInstance"]
 
@@ -140,6 +141,7 @@ class RunEnv:
     config: Callable[[], Config]
     logger: EngineLogger
     report_error: Callable[[BaseException], Awaitable[None]]
+    voids: SignalVoids | None = None  # entries the exchange refused: dropped at the next live tick
 
 
 class StrategyInstance:
@@ -338,6 +340,9 @@ class StrategyInstance:
             hold = await self._restore(now_ms)
         self._hold = False
         store_ready = await self._store_ready() if self.store is not None else True
+        voided = self._voided()
+        if voided is not None:
+            return await self._void(voided[0], voided[1], now_ms)
         if self.pending is not None:
             return await self._monitor_pending(self.pending, now_ms)
         if self.scheduled is not None:
@@ -353,6 +358,48 @@ class StrategyInstance:
             if opened is not None:
                 return opened
         return await self._idle(price, now_ms)
+
+    def _voided(self) -> tuple[SignalRow, str] | None:
+        """The pair's signal and why, when its entry order was refused (`engine/voids.py`), else None."""
+        voids = self.env.voids
+        if voids is None or not len(voids):
+            return None
+        row = self.pending if self.pending is not None else self.scheduled
+        if row is None:
+            return None
+        reason = voids.take(self.strategy_name, self.symbol, row.id)
+        if reason is None:
+            return None
+        return row, reason
+
+    async def _void(self, row: SignalRow, reason: str, now_ms: int) -> CancelledResult:
+        """Drop `row`: its entry order never filled, so there is no position; the risk slot is released."""
+        self.env.logger.warn(f"signal {row.id} ({self.symbol}/{self.strategy_name}) dropped: {reason}")
+        if self.pending is None:  # a waiting limit signal: the usual cancel (it holds no slot)
+            return await self._cancel(row, row.price_open, now_ms)
+        try:
+            if self.partial is not None:
+                await self.partial.clear(row)
+            if self.risk is not None:
+                if self.store is not None and getattr(self.risk, "deferred_release", False):
+                    self._release_after_delete = row
+                else:
+                    await self.risk.release(row)
+        except Exception as exc:
+            await self.env.report_error(exc)
+        self.pending = None
+        if self.store is not None:
+            try:
+                await self.store.save_pending(None)
+            except Exception as exc:
+                await self.env.report_error(exc)
+        cb = self.callbacks
+        if cb.on_write is not None:
+            await self._callback(cb.on_write, now_ms, self.symbol, None, self.backtest)
+        result = CancelledResult(**self._base(row.price_open), signal=row, close_timestamp=now_ms)
+        if cb.on_tick is not None:
+            await self._callback(cb.on_tick, now_ms, self.symbol, result, self.backtest)
+        return result
 
     def quiet_until(self, now_ms: int) -> int | None:
         """Backtest only: when every tick from `now_ms` up to (not including) the returned time would

@@ -21,6 +21,7 @@ from msgspec import Struct
 from ..engine.errors import PersistError
 from ..engine.models import OrderEvent, OrderRequest, OrderRole
 from ..engine.persist import ENTITY_ORDERS, PersistBackend, read_snapshot
+from .ids import parse_client_order_id
 
 __all__ = ["FINAL_STATUSES", "OrderJournal", "OrderRecord"]
 
@@ -41,6 +42,11 @@ class OrderRecord(Struct, frozen=True, kw_only=True):
     @property
     def filled(self) -> float:
         return 0.0 if self.answer is None else self.answer.filled
+
+
+def _attempt(client_order_id: str) -> int:
+    parsed = parse_client_order_id(client_order_id)
+    return -1 if parsed is None else parsed[1]
 
 
 _encode = msgspec.json.Encoder().encode
@@ -64,12 +70,24 @@ class OrderJournal:
     def of_signal(self, signal_id: str, role: OrderRole) -> list[OrderRecord]:
         """The signal's records of `role`, oldest attempt first."""
         found = [r for r in self._records.values() if r.request.signal_id == signal_id and r.request.role == role]
-        found.sort(key=lambda r: r.request.client_order_id)
+        found.sort(key=lambda r: (_attempt(r.request.client_order_id), r.request.client_order_id))
         return found
 
     def open_records(self, symbol: str) -> list[OrderRecord]:
         """Records of `symbol` that may still change: unanswered, or answered with a non-final status."""
         return [r for r in self._records.values() if r.request.symbol == symbol and not r.final]
+
+    def exits_cut_short(self, symbol: str) -> list[OrderRecord]:
+        """The newest exit of each signal of `symbol` when it ended cancelled (not rejected): the exit may
+        have left part of the position open."""
+        newest: dict[str, OrderRecord] = {}
+        for record in self._records.values():
+            request = record.request
+            if request.symbol == symbol and request.role == "exit":
+                known = newest.get(request.signal_id)
+                if known is None or _attempt(request.client_order_id) > _attempt(known.request.client_order_id):
+                    newest[request.signal_id] = record
+        return [r for r in newest.values() if r.answer is not None and r.answer.status == "cancelled"]
 
     async def load(self, strategy_name: str) -> None:
         """Read every stored record of `strategy_name` into the cache (once; later calls do nothing).

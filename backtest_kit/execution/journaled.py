@@ -6,12 +6,17 @@ The rules (one signal; `e`/`x`/`c` are the client order ids of its entry, exit a
   already has an entry (its limit order, placed when it was scheduled);
 - `closed` and `cancelled` first refresh the entry; an entry still open is cancelled (the cancel is
   journalled too); then, if any of it filled, a market exit for exactly the filled amount is placed,
-  once. A signal without an entry order gets no exit: never an exit without an entry;
+  once. A signal without an entry order gets no exit: never an exit without an entry. An exit that
+  ended part-filled (expired for lack of liquidity) is followed by a new attempt for the rest (a new
+  client order id), at most `MAX_EXIT_ATTEMPTS` exits in all;
 - every order is journalled (intent) before the gateway sees it and again with each answer; a replayed
   event finds the journalled id and places nothing;
 - `restore` (once per mode and symbol) and every `poll` ask the gateway about the orders without a
   final answer; an id the venue never received is placed again under the same id, except an entry whose
-  signal is no longer open (rejected in the journal instead: its signal will never need it).
+  signal is no longer open (rejected in the journal instead: its signal will never need it);
+- an entry that ends without any fill and not by the executor's own cancel (refused by the exchange,
+  expired unfilled) means there is no position: the engine is asked to drop the live signal
+  (`ExecutorContext.void_signal`), which releases its risk slot (also after a restart, from `restore`).
 
 Backtests journal in memory (they never persist); live runs journal in the engine's "orders" backend.
 The amount of an order is the signal's `quantity` (a sizing), else the executor's `amount`.
@@ -38,7 +43,10 @@ from .ids import client_order_id
 from .journal import OrderJournal, OrderRecord
 from .protocol import ExecutorContext, OrderGateway
 
-__all__ = ["JournaledExecutor", "MemoryJournalBackend"]
+__all__ = ["MAX_EXIT_ATTEMPTS", "JournaledExecutor", "MemoryJournalBackend"]
+
+MAX_EXIT_ATTEMPTS = 5
+"""Exit orders per signal at most: the first, and re-sends of a rest an exchange left unfilled."""
 
 
 class MemoryJournalBackend:
@@ -113,11 +121,33 @@ class JournaledExecutor:
         open_ids = {s.id for s in open_signals}
         for record in journal.open_records(symbol):
             await self._reconcile(journal, record, open_ids)
+        for signal in open_signals:  # refused before a crash, but the signal was not dropped yet
+            entries = journal.of_signal(signal.id, "entry")
+            if entries and entries[-1].final and entries[-1].answer is not None:
+                self._void_if_refused(journal, entries[-1].request, entries[-1].answer)
 
     async def poll(self, symbol: str, now_ms: int, *, backtest: bool) -> None:
         journal = await self._journal(backtest)
         for record in journal.open_records(symbol):
             await self._reconcile(journal, record, None)
+        await self._finish_exits(journal, symbol)
+
+    async def _finish_exits(self, journal: OrderJournal, symbol: str) -> None:
+        """An exit that ended part-filled (a market order that ran out of book, expired) leaves part of the
+        position open: exit the rest with the next attempt, at most `MAX_EXIT_ATTEMPTS` orders in all."""
+        for record in journal.exits_cut_short(symbol):
+            exits = journal.of_signal(record.request.signal_id, "exit")
+            entry = journal.of_signal(record.request.signal_id, "entry")
+            if not entry or len(exits) >= MAX_EXIT_ATTEMPTS:
+                continue
+            rest = round(entry[-1].filled - sum(e.filled for e in exits), 12)
+            if rest <= entry[-1].filled * 1e-9:
+                continue
+            last = exits[-1].request
+            request = msgspec.structs.replace(
+                last, client_order_id=client_order_id(last.signal_id, "exit", len(exits)), amount=rest,
+                timestamp=self.context.now_ms() if not last.backtest else last.timestamp)
+            await self._place(journal, request)
 
     async def _reconcile(self, journal: OrderJournal, record: OrderRecord, open_ids: set[str] | None) -> None:
         """Bring one non-final record up to date with the venue (see the module docstring)."""
@@ -141,6 +171,17 @@ class JournaledExecutor:
         await journal.answer(request, event)
         if previous is None or (previous.status, previous.filled) != (event.status, event.filled):
             await self.context.publish(event)
+            self._void_if_refused(journal, request, event)
+
+    def _void_if_refused(self, journal: OrderJournal, request: OrderRequest, event: OrderEvent) -> None:
+        """An entry that ended without any fill, and not by our own cancel, means there is no position:
+        ask the engine to drop the signal (live only: a backtest's paper venue never refuses)."""
+        void = self.context.void_signal
+        if (void is None or request.backtest or request.role != "entry" or event.filled > 0
+                or event.status not in ("rejected", "cancelled") or journal.of_signal(request.signal_id, "cancel")):
+            return
+        void(request.symbol, request.signal_id,
+             f"its entry order {request.client_order_id} was {event.status}: {event.reason or 'no reason given'}")
 
     # ------------------------------------------------------------------ lifecycle
     async def on_signal(self, event: SignalLifecycleEvent) -> None:

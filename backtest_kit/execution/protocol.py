@@ -44,6 +44,8 @@ class ExecutorContext:
     `trade` is the explicit opt-in of `add_order_executor(..., trade=True)`: an executor that places
     real orders must refuse to start without it (the engine checks it too, at registration).
     `persist` is the backend of the order journal (entity "orders"); backtests journal in memory.
+    `void_signal(symbol, signal_id, reason)` asks the engine to drop a live signal whose entry order the
+    exchange refused (no position; its risk slot is released at the pair's next tick).
     """
 
     strategy_name: str
@@ -55,6 +57,7 @@ class ExecutorContext:
     report_error: Callable[[BaseException], Awaitable[None]]
     logger: EngineLogger
     trade: bool
+    void_signal: Callable[[str, str, str], None] | None = None
 
 
 @runtime_checkable

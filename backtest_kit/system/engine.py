@@ -55,6 +55,7 @@ from ..engine.runner import RunHooks
 from ..engine.signal_store import PersistedSignalStore, signal_key
 from ..engine.strategy import RunEnv, StrategyInstance
 from ..engine.validation import restored_row_problems
+from ..engine.voids import SignalVoids
 from ..execution.protocol import ExecutorContext, OrderExecutor
 from ..execution.router import OrderRouter
 from ..listeners.notifiers import attach_notifier
@@ -122,7 +123,9 @@ class Engine(ListenMixin):
         self.risk = RiskFacade(self._risk)
         self.partial = PartialFacade(self._partials)
         self.position_size = PositionSizeFacade(self)
-        self._env = RunEnv(config=self._get_config, logger=self.logger, report_error=self.report_error)
+        self._voids = SignalVoids()
+        self._env = RunEnv(config=self._get_config, logger=self.logger, report_error=self.report_error,
+                           voids=self._voids)
         self._persist: PersistBackend | None = None
         self._persist_by_entity: dict[str, PersistBackend] = {}
         # live runs holding the persist directory lock
@@ -286,6 +289,8 @@ class Engine(ListenMixin):
             strategy_name=strategy_name, publish=self._publish_order,
             persist=lambda: self.persist_for(ENTITY_ORDERS), exchange=self.exchange, config=self._get_config,
             now_ms=self.now_ms, report_error=self.report_error, logger=self.logger, trade=trade,
+            void_signal=lambda symbol, signal_id, reason: self._voids.request(strategy_name, symbol, signal_id,
+                                                                              reason),
         )
         router = OrderRouter(executor, context)  # refuses a real executor without trade=True
         if not self._order_routers:
