@@ -39,7 +39,15 @@ from .loader import CliError, _import_file, _import_module, utc
 from .outcome import Interrupt, until_done, write_line
 from .render import print_summary
 
-__all__ = ["DEFAULT_FACTORY", "DEFAULT_GRID", "cmd_sweep", "load_factory", "param_item", "register_data"]
+__all__ = [
+    "DEFAULT_FACTORY",
+    "DEFAULT_GRID",
+    "add_data_arguments",
+    "cmd_sweep",
+    "load_factory",
+    "param_item",
+    "register_data",
+]
 
 DEFAULT_FACTORY = "backtest_kit.demo:make_strategy"
 DEFAULT_GRID: dict[str, ParamSpec] = {"fast": [5, 10, 20], "slow": [30, 60]}
@@ -238,6 +246,19 @@ def _print_result(result: SweepResult, out: TextIO) -> None:
     print_summary(f"Sweep {result.name} ({result.search}, {len(result.rows)} runs)", rows, out)
 
 
+def add_data_arguments(group: Any, when: Any, positive_int: Any, frame_intervals: Any, *, symbol_help: str) -> None:
+    """The data and frame options `sweep` and `walk` share (`register_data` reads them)."""
+    group.add_argument("--data", action="append", default=[], metavar="CSV",
+                       help="1m candle CSV, repeatable (default: the bundled BTCUSDT week)")
+    group.add_argument("--symbol", action="append", default=[], metavar="SYMBOL", help=symbol_help)
+    group.add_argument("--from", dest="start", type=when, metavar="ISO", help="frame start (UTC)")
+    group.add_argument("--to", dest="end", type=when, metavar="ISO", help="frame end (UTC)")
+    group.add_argument("--warmup", type=positive_int, default=60, metavar="MINUTES",
+                       help="minutes of data skipped before the frame when --from is not given (default 60)")
+    group.add_argument("--frame-interval", default="1m", choices=list(frame_intervals), metavar="INTERVAL",
+                       help="tick spacing of the frame (default 1m)")
+
+
 def add_sweep_parser(sub: Any, when: Any, config_item: Any, positive_int: Any, intervals: Any,
                      frame_intervals: Any) -> None:
     """The `sweep` subcommand's options (called by `arguments.build_parser`, which owns the shared types)."""
@@ -264,16 +285,8 @@ def add_sweep_parser(sub: Any, when: Any, config_item: Any, positive_int: Any, i
     g.add_argument("--config", "-c", type=config_item, action="append", default=[], metavar="KEY=VALUE",
                    help="engine setting for every job, repeatable")
     d = sw.add_argument_group("data, frame and walk-forward")
-    d.add_argument("--data", action="append", default=[], metavar="CSV",
-                   help="1m candle CSV, repeatable (default: the bundled BTCUSDT week)")
-    d.add_argument("--symbol", action="append", default=[], metavar="SYMBOL",
-                   help="repeatable (default: the data's first symbol)")
-    d.add_argument("--from", dest="start", type=when, metavar="ISO", help="frame start (UTC)")
-    d.add_argument("--to", dest="end", type=when, metavar="ISO", help="frame end (UTC)")
-    d.add_argument("--warmup", type=positive_int, default=60, metavar="MINUTES",
-                   help="minutes of data skipped before the frame when --from is not given (default 60)")
-    d.add_argument("--frame-interval", default="1m", choices=list(frame_intervals), metavar="INTERVAL",
-                   help="tick spacing of the frame (default 1m)")
+    add_data_arguments(d, when, positive_int, frame_intervals,
+                       symbol_help="repeatable (default: the data's first symbol)")
     d.add_argument("--train-days", type=float, metavar="DAYS", help="walk-forward: train window length")
     d.add_argument("--test-days", type=float, metavar="DAYS", help="walk-forward: test window length")
     d.add_argument("--folds", type=int, metavar="K", help="walk-forward: K splits of K+1 equal segments")

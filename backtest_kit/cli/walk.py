@@ -32,7 +32,7 @@ from .job_progress import JobTally, make_job_progress
 from .loader import CliError, _import_file, _import_module
 from .outcome import Interrupt, until_done, write_line
 from .render import print_summary
-from .sweep import SWEEP_EXCHANGE, SWEEP_FRAME, register_data
+from .sweep import SWEEP_EXCHANGE, SWEEP_FRAME, add_data_arguments, register_data
 
 __all__ = ["DEFAULT_MODULE", "add_walk_parser", "cmd_walk", "load_strategies"]
 
@@ -185,17 +185,8 @@ def add_walk_parser(sub: Any, when: Any, config_item: Any, positive_int: Any, in
     g.add_argument("--interval", default="5m", choices=intervals, help="get_signal throttle (default 5m)")
     g.add_argument("--config", "-c", type=config_item, action="append", default=[], metavar="KEY=VALUE",
                    help="engine setting, repeatable")
-    d = wk.add_argument_group("data and frame")
-    d.add_argument("--data", action="append", default=[], metavar="CSV",
-                   help="1m candle CSV, repeatable (default: the bundled BTCUSDT week)")
-    d.add_argument("--symbol", action="append", default=[], metavar="SYMBOL",
-                   help="the symbol (default: the data's first)")
-    d.add_argument("--from", dest="start", type=when, metavar="ISO", help="frame start (UTC)")
-    d.add_argument("--to", dest="end", type=when, metavar="ISO", help="frame end (UTC)")
-    d.add_argument("--warmup", type=positive_int, default=60, metavar="MINUTES",
-                   help="minutes of data skipped before the frame when --from is not given (default 60)")
-    d.add_argument("--frame-interval", default="1m", choices=list(frame_intervals), metavar="INTERVAL",
-                   help="tick spacing of the frame (default 1m)")
+    add_data_arguments(wk.add_argument_group("data and frame"), when, positive_int, frame_intervals,
+                       symbol_help="the symbol (default: the data's first)")
     o = wk.add_argument_group("execution and output")
     o.add_argument("--executor", default="local", choices=list(EXECUTOR_NAMES),
                    help="where the backtests run: local (process pool, default), ray, sequential (this process)")

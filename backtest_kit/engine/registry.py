@@ -42,6 +42,31 @@ __all__ = [
 AnyCallable = Callable[..., Any]
 
 
+_C = TypeVar("_C")
+
+
+def _coerce_callbacks(cls: type[_C], value: _C | Mapping[str, Any] | None, what: str) -> _C:
+    """A callbacks dataclass from itself, a dict of its field names, or None; an unknown key or a
+    non-callable value is a `SchemaError` naming it (shared by strategy and walker callbacks)."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        result = value
+    elif isinstance(value, Mapping):
+        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+        unknown = [k for k in value if k not in known]
+        if unknown:
+            raise SchemaError(f"callbacks: unknown {what} {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        result = cls(**dict(value))
+    else:
+        raise SchemaError(f"callbacks: expected {cls.__name__} or a dict, got {value!r}")
+    for f in fields(result):  # type: ignore[arg-type]
+        fn = getattr(result, f.name)
+        if fn is not None and not callable(fn):
+            raise SchemaError(f"callbacks.{f.name}: expected a callable, got {fn!r}")
+    return result
+
+
 @dataclass(frozen=True, slots=True)
 class StrategyCallbacks:
     """Strategy lifecycle callbacks; each is optional and may be sync or async (awaited)."""
@@ -60,25 +85,7 @@ class StrategyCallbacks:
     @classmethod
     def coerce(cls, value: StrategyCallbacks | Mapping[str, Any] | None) -> StrategyCallbacks:
         """Accept the dataclass, a dict of the same keys, or None; reject unknown keys."""
-        if value is None:
-            return cls()
-        if isinstance(value, StrategyCallbacks):
-            result = value
-        elif isinstance(value, Mapping):
-            known = {f.name for f in fields(cls)}
-            unknown = [k for k in value if k not in known]
-            if unknown:
-                raise SchemaError(
-                    f"callbacks: unknown callback {unknown[0]!r}; known: {', '.join(sorted(known))}"
-                )
-            result = cls(**dict(value))
-        else:
-            raise SchemaError(f"callbacks: expected StrategyCallbacks or a dict, got {value!r}")
-        for f in fields(cls):
-            fn = getattr(result, f.name)
-            if fn is not None and not callable(fn):
-                raise SchemaError(f"callbacks.{f.name}: expected a callable, got {fn!r}")
-        return result
+        return _coerce_callbacks(cls, value, "callback")
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,25 +191,7 @@ class WalkerCallbacks:
     @classmethod
     def coerce(cls, value: WalkerCallbacks | Mapping[str, Any] | None) -> WalkerCallbacks:
         """Accept the dataclass, a dict of the same keys, or None; reject unknown keys and non-callables."""
-        if value is None:
-            return cls()
-        if isinstance(value, WalkerCallbacks):
-            result = value
-        elif isinstance(value, Mapping):
-            known = {f.name for f in fields(cls)}
-            unknown = [k for k in value if k not in known]
-            if unknown:
-                raise SchemaError(
-                    f"callbacks: unknown walker callback {unknown[0]!r}; known: {', '.join(sorted(known))}"
-                )
-            result = cls(**dict(value))
-        else:
-            raise SchemaError(f"callbacks: expected WalkerCallbacks or a dict, got {value!r}")
-        for f in fields(cls):
-            fn = getattr(result, f.name)
-            if fn is not None and not callable(fn):
-                raise SchemaError(f"callbacks.{f.name}: expected a callable, got {fn!r}")
-        return result
+        return _coerce_callbacks(cls, value, "walker callback")
 
 
 @dataclass(frozen=True, slots=True)
