@@ -377,22 +377,7 @@ class StrategyInstance:
         self.env.logger.warn(f"signal {row.id} ({self.symbol}/{self.strategy_name}) dropped: {reason}")
         if self.pending is None:  # a waiting limit signal: the usual cancel (it holds no slot)
             return await self._cancel(row, row.price_open, now_ms)
-        try:
-            if self.partial is not None:
-                await self.partial.clear(row)
-            if self.risk is not None:
-                if self.store is not None and getattr(self.risk, "deferred_release", False):
-                    self._release_after_delete = row
-                else:
-                    await self.risk.release(row)
-        except Exception as exc:
-            await self.env.report_error(exc)
-        self.pending = None
-        if self.store is not None:
-            try:
-                await self.store.save_pending(None)
-            except Exception as exc:
-                await self.env.report_error(exc)
+        await self._end_position(row)
         cb = self.callbacks
         if cb.on_write is not None:
             await self._callback(cb.on_write, now_ms, self.symbol, None, self.backtest)
@@ -691,18 +676,16 @@ class StrategyInstance:
             await self._callback(cb.on_tick, when_ms, self.symbol, result, self.backtest)
         return result
 
-    async def _close(self, row: SignalRow, reason: CloseReason, close_price: float, when_ms: int) -> ClosedResult:
-        config = self.env.config()
-        pnl = pnl_of(row, close_price, config.CC_PERCENT_SLIPPAGE, config.CC_PERCENT_FEE)
-        cb = self.callbacks
-        if cb.on_close is not None:
-            await self._callback(cb.on_close, when_ms, self.symbol, row, close_price, self.backtest)
+    async def _end_position(self, row: SignalRow) -> None:
+        """The position `row` is over (closed, or voided before it filled): clear its partial levels,
+        release its risk slot (after the signal's delete when the gate defers it, `sync_store`) and
+        delete the stored signal; each failure is reported, never fatal, and the rest still runs."""
         try:
             if self.partial is not None:
                 await self.partial.clear(row)
             if self.risk is not None:
                 if self.store is not None and getattr(self.risk, "deferred_release", False):
-                    self._release_after_delete = row  # after the signal's delete (sync_store)
+                    self._release_after_delete = row
                 else:
                     await self.risk.release(row)
         except Exception as exc:
@@ -713,6 +696,14 @@ class StrategyInstance:
                 await self.store.save_pending(None)
             except Exception as exc:
                 await self.env.report_error(exc)
+
+    async def _close(self, row: SignalRow, reason: CloseReason, close_price: float, when_ms: int) -> ClosedResult:
+        config = self.env.config()
+        pnl = pnl_of(row, close_price, config.CC_PERCENT_SLIPPAGE, config.CC_PERCENT_FEE)
+        cb = self.callbacks
+        if cb.on_close is not None:
+            await self._callback(cb.on_close, when_ms, self.symbol, row, close_price, self.backtest)
+        await self._end_position(row)
         if cb.on_write is not None:
             await self._callback(cb.on_write, when_ms, self.symbol, None, self.backtest)
         result = ClosedResult(
