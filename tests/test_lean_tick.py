@@ -182,7 +182,8 @@ async def test_a_stop_wakes_a_pair_sleeping_on_the_system_clock_at_once(tmp_path
     clock = bk.SystemClock()
     engine = bk.Engine(clock=clock, persist_dir=tmp_path / "data", dump_dir=tmp_path / "dump")
     engine.set_config({"CC_TICK_TTL_MS": 3_600_000}, unsafe=True)
-    now = clock.now_ms() - clock.now_ms() % 60_000
+    wall = clock.now_ms()  # read once: two reads may straddle a minute boundary
+    now = wall - wall % 60_000
     candles = [(now + (i - 120) * 60_000, 100.0, 100.1, 99.9, 100.0, 1.0) for i in range(180)]
     engine.add_exchange(exchange_name="mem", get_candles=bk.ReplayExchange(bk.MemoryCandles({SYMBOL: candles}), clock))
     ticked = asyncio.Event()
@@ -321,7 +322,8 @@ def test_live_pairs_tick_and_time_out_on_uvloop(tmp_path: Path) -> None:
     async def scenario() -> None:
         engine = bk.Engine(clock=clock, persist_dir=tmp_path / "data", dump_dir=tmp_path / "dump")
         engine.set_config({"CC_TICK_TTL_MS": 1, "CC_MAX_SIGNAL_GENERATION_SECONDS": 0.05}, unsafe=True)
-        now = clock.now_ms() - clock.now_ms() % 60_000
+        wall = clock.now_ms()  # read once: two reads may straddle a minute boundary
+        now = wall - wall % 60_000
         candles = [(now + (i - 120) * 60_000, 100.0, 100.1, 99.9, 100.0, 1.0) for i in range(180)]
         source = bk.MemoryCandles({SYMBOL: candles})
         engine.add_exchange(exchange_name="mem", get_candles=bk.ReplayExchange(source, clock))
