@@ -1,6 +1,7 @@
 """64 backtests on real candles, run by the sequential, local (process pool) and ray executors.
 
-Run: ``python benchmarks/bench_sweep.py [--data DIR] [--workers N] [--only sequential,local,ray] [--quick]``.
+Run: ``python benchmarks/bench_sweep.py [--data DIR] [--workers N] [--only sequential,local,ray] [--rounds N]
+[--quick]``.
 
 The sweep: 4 market frames x 16 SMA (fast, slow) parameter sets of a demo-like crossover strategy
 built by the module-level factory `make_strategy(fast, slow)` (`BacktestJob.strategy_factory`):
@@ -180,39 +181,61 @@ async def run_one(name: str, jobs: list[BacktestJob], workers: int) -> Run:
     return wall, results, rss, cpu
 
 
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--workers", type=int, default=cpu_count())
     parser.add_argument("--only", default="sequential,local,ray")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of every executor, the order rotated each round; medians are compared")
     parser.add_argument("--quick", action="store_true", help="3-day frames: a smoke run, not a measurement")
     args = parser.parse_args()
     names = args.only.split(",")
     jobs = build_jobs(args.data, args.quick)
     frames = sorted({f"{j.frame.frame_name} ({(j.frame.end_date - j.frame.start_date).days} d)" for j in jobs})
-    print(f"{len(jobs)} backtests, {args.workers} workers, {os.cpu_count()} CPUs, load average "
-          f"{os.getloadavg()[0]:.1f}; frames: {', '.join(frames)}")
-    runs: dict[str, Run] = {}
+    print(f"{len(jobs)} backtests, {args.workers} workers, {os.cpu_count()} CPUs, {args.rounds} rounds, load "
+          f"average {os.getloadavg()[0]:.1f}; frames: {', '.join(frames)}")
+    runs: dict[str, list[Run]] = {name: [] for name in names}
+    for round_ in range(args.rounds):
+        order = names[round_ % len(names):] + names[:round_ % len(names)]  # nobody always runs first
+        for name in order:
+            runs[name].append(await run_one(name, jobs, args.workers))
+            wall, results, rss, cpu = runs[name][-1]
+            failed = [r for r in results.values() if not r.ok]
+            print(f"  round {round_ + 1} {name:>10}: wall {wall:7.2f} s   CPU {cpu:7.2f} s"
+                  + (f"   FAILED {len(failed)}: {failed[0].error}" if failed else ""), flush=True)
+    walls = {name: _median([run[0] for run in done]) for name, done in runs.items()}
+    cpus = {name: _median([run[3] for run in done]) for name, done in runs.items()}
+    print(f"medians of {args.rounds} rounds:")
     for name in names:
-        runs[name] = await run_one(name, jobs, args.workers)
-        wall, results, rss, cpu = runs[name]
-        failed = [r for r in results.values() if not r.ok]
-        line = f"{name:>10}: wall {wall:7.2f} s   CPU {cpu:7.2f} s"
-        if "sequential" in runs and name != "sequential":
-            speedup = runs["sequential"][0] / wall
-            line += (f"   speed-up {speedup:4.2f}x   efficiency {speedup / args.workers:4.0%} per worker"
-                     f"   CPU {cpu / runs['sequential'][3]:4.2f}x sequential's")
+        line = f"{name:>10}: wall {walls[name]:7.2f} s   CPU {cpus[name]:7.2f} s"
+        if "sequential" in walls and name != "sequential":
+            speedup = walls["sequential"] / walls[name]
+            per_round = [seq[0] / run[0] for seq, run in zip(runs["sequential"], runs[name], strict=True)]
+            line += (f"   speed-up {speedup:4.2f}x (rounds: {', '.join(f'{x:.2f}' for x in per_round)})"
+                     f"   efficiency {speedup / args.workers:4.0%} per worker"
+                     f"   CPU {cpus[name] / cpus['sequential']:4.2f}x sequential's")
+        rss = max((run[2] for run in runs[name]), key=lambda values: max(values, default=0.0))
         line += f"   peak RSS per {'process' if name == 'sequential' else 'worker'}: " + \
             ", ".join(f"{mb:.0f} MB" for mb in rss)
-        print(line + (f"   FAILED {len(failed)}: {failed[0].error}" if failed else ""), flush=True)
-    reference = next(iter(runs.values()))[1]
-    for name, (_, results, _, _) in runs.items():
+        print(line, flush=True)
+    reference = runs[names[0]][0][1]
+    for name, done in runs.items():
         same = all(
-            r.stats is not None and reference[job_id].stats is not None
-            and comparable_statistics(r.stats) == comparable_statistics(reference[job_id].stats)  # type: ignore[arg-type]
-            for job_id, r in results.items()
-        ) and results.keys() == reference.keys()
-        print(f"{name:>10}: identical statistics to {next(iter(runs))}: {same}")
+            results.keys() == reference.keys() and all(
+                r.stats is not None and reference[job_id].stats is not None
+                and comparable_statistics(r.stats) == comparable_statistics(reference[job_id].stats)  # type: ignore[arg-type]
+                for job_id, r in results.items()
+            )
+            for _, results, _, _ in done
+        )
+        print(f"{name:>10}: identical statistics to {names[0]} in every round: {same}")
     trades = sum(r.stats.total_trades for r in reference.values() if r.stats)
     print(f"trades over all jobs: {trades}; load average now {os.getloadavg()[0]:.1f}")
 

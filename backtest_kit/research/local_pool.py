@@ -16,7 +16,9 @@ Rules that follow from running jobs in other processes:
 - Workers see the environment (`os.environ`) of the fork server, which starts with the first pool of
   the process: set environment variables a job needs before that, or pass them as job parameters.
 - Candle data is loaded once per worker, not once per job: a `CsvCandles` pickles as its file paths
-  and each worker keeps the sources it rebuilt (see `CsvCandles.__reduce__`).
+  and each worker keeps the sources it rebuilt (see `CsvCandles.__reduce__`); a `MemoryCandles` is
+  written once per run to a private temporary file that its jobs refer to (`candle_transfer`), and
+  each worker reads it on its first job only. The file is removed when the run ends.
 - A job that raises yields a `JobResult` with `error`; a job that kills its worker (os._exit, a
   segfault, the OOM killer) breaks the pool: the pool is rebuilt, the jobs that were running with it
   are re-run one at a time to find the one at fault, which yields an error naming it, and the rest go on.
@@ -31,13 +33,17 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import shutil
 import signal
+import tempfile
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import aclosing
 from typing import Any, Final
 
+from ..adapters.candle_transfer import spill_candles_to
 from ..engine.errors import SchemaError
 from ..engine.redact import redact
 from ..system.job_worker import run_job
@@ -158,7 +164,17 @@ class LocalExecutor:
 
     async def run(self, jobs: Sequence[BacktestJob]) -> AsyncIterator[JobResult]:
         """Yield each job's result as it completes (see the module notes for errors and cancelling)."""
-        waiting = deque((job, dump_job(job, self.name)) for job in jobs)  # every job pickles, or nothing runs
+        spill_directory = tempfile.mkdtemp(prefix="backtest-kit-candles-")  # private (0700), ours to remove
+        try:
+            with spill_candles_to(spill_directory):  # in-memory candles: one file, not a copy per job
+                waiting = deque((job, dump_job(job, self.name)) for job in jobs)  # every job pickles, or none runs
+            async with aclosing(self._run_pickled(waiting)) as results:  # closing us closes it: workers stop
+                async for result in results:
+                    yield result
+        finally:
+            shutil.rmtree(spill_directory, ignore_errors=True)
+
+    async def _run_pickled(self, waiting: deque[tuple[BacktestJob, bytes]]) -> AsyncGenerator[JobResult, None]:
         suspects: deque[tuple[BacktestJob, bytes]] = deque()
         running: dict[asyncio.Future[JobResult], tuple[BacktestJob, bytes, bool]] = {}
         finished = False

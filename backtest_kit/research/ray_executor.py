@@ -7,7 +7,8 @@
 - Candle data travels through Ray's object store, once per distinct exchange: each exchange schema
   of a submission is `ray.put` once and tasks receive the reference, and a worker keeps what it has
   fetched, so it deserialises a data set once however many jobs it runs. A `CsvCandles` is shipped
-  as its candles (`in_memory()`), not its paths, so nodes need no copy of the files.
+  as its candles (`in_memory()`), not its paths, so nodes need no copy of the files; candles pickle
+  as typed columns (`adapters/candle_transfer.py`: 90 days of two symbols put in ~0.1 s, not ~0.8 s).
 - Ray pickles tasks with cloudpickle, which also handles lambdas and closures; the local executor's
   module-level rule is still the portable choice (the same jobs then run everywhere).
 - A job that raises yields a `JobResult` with `error`; a worker that dies does too (tasks are not
@@ -132,8 +133,12 @@ class RayExecutor:
             await asyncio.to_thread(ray.shutdown)
 
     async def run(self, jobs: Sequence[BacktestJob]) -> AsyncIterator[JobResult]:
-        """Submit every job, then yield results as tasks complete."""
-        ray = self._ensure_ray()
+        """Submit every job, then yield results as tasks complete.
+
+        Ray is started (or joined) in a worker thread: `ray.init` of a local Ray takes seconds, and
+        the caller's event loop (listeners, progress, a dashboard) keeps running meanwhile.
+        """
+        ray = await asyncio.to_thread(self._ensure_ray)
         exchange_refs: dict[int, tuple[ExchangeSchema, Any]] = {}  # id(schema) -> (schema kept alive, ref)
         pending: dict[asyncio.Future[JobResult], tuple[BacktestJob, Any]] = {}
         try:
