@@ -95,7 +95,7 @@ def make_strategy(fast: int, slow: int) -> Callable[[str, datetime], Coroutine[A
     return get_signal
 
 
-def build_jobs(data: Path, quick: bool) -> list[BacktestJob]:
+def build_jobs(data: Path, quick: bool, repeat: int = 1) -> list[BacktestJob]:
     engine = make_engine()
     spot = CsvCandles({"BTCUSDT": data / SPOT_BTC, "ETHUSDT": data / SPOT_ETH})
     perp = CsvCandles({"BTCUSDT-PERP": data / PERP_BTC})
@@ -125,10 +125,10 @@ def build_jobs(data: Path, quick: bool) -> list[BacktestJob]:
     ]
     config = engine.get_config()
     return [
-        BacktestJob(job_id=f"{frame_.frame_name}/{fast}-{slow}", symbol=symbol, strategy=strategy,
-                    exchange=exchanges[kind], frame=frame_, params={"fast": fast, "slow": slow},
+        BacktestJob(job_id=f"{frame_.frame_name}/{fast}-{slow}" + (f"/{copy}" if copy else ""), symbol=symbol,
+                    strategy=strategy, exchange=exchanges[kind], frame=frame_, params={"fast": fast, "slow": slow},
                     strategy_factory=make_strategy, config=config)
-        for symbol, kind, frame_ in markets for fast in FASTS for slow in SLOWS
+        for copy in range(repeat) for symbol, kind, frame_ in markets for fast in FASTS for slow in SLOWS
     ]
 
 
@@ -181,6 +181,15 @@ async def run_one(name: str, jobs: list[BacktestJob], workers: int) -> Run:
     return wall, results, rss, cpu
 
 
+def _same(results: dict[str, JobResult], reference: dict[str, JobResult]) -> bool:
+    """Every job gave statistics, identical (`comparable_statistics`) to the reference run's."""
+    return results.keys() == reference.keys() and all(
+        r.stats is not None and reference[job_id].stats is not None
+        and comparable_statistics(r.stats) == comparable_statistics(reference[job_id].stats)  # type: ignore[arg-type]
+        for job_id, r in results.items()
+    )
+
+
 def _median(values: list[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2
@@ -194,24 +203,34 @@ async def main() -> None:
     parser.add_argument("--only", default="sequential,local,ray")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of every executor, the order rotated each round; medians are compared")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the 64 jobs this many times in one sweep (how the ratios grow with sweep size)")
     parser.add_argument("--quick", action="store_true", help="3-day frames: a smoke run, not a measurement")
     args = parser.parse_args()
     names = args.only.split(",")
-    jobs = build_jobs(args.data, args.quick)
+    jobs = build_jobs(args.data, args.quick, args.repeat)
     frames = sorted({f"{j.frame.frame_name} ({(j.frame.end_date - j.frame.start_date).days} d)" for j in jobs})
     print(f"{len(jobs)} backtests, {args.workers} workers, {os.cpu_count()} CPUs, {args.rounds} rounds, load "
           f"average {os.getloadavg()[0]:.1f}; frames: {', '.join(frames)}")
-    runs: dict[str, list[Run]] = {name: [] for name in names}
+    # Per executor and round: wall, CPU, peak RSS per worker, identical to the first run. Only the first
+    # run's results are kept (as the reference), so the process does not grow with the rounds.
+    runs: dict[str, list[tuple[float, float, list[float], bool]]] = {name: [] for name in names}
+    reference: dict[str, JobResult] | None = None
+    trades = 0
     for round_ in range(args.rounds):
         order = names[round_ % len(names):] + names[:round_ % len(names)]  # nobody always runs first
         for name in order:
-            runs[name].append(await run_one(name, jobs, args.workers))
-            wall, results, rss, cpu = runs[name][-1]
+            wall, results, rss, cpu = await run_one(name, jobs, args.workers)
+            if reference is None:
+                reference = results
+                trades = sum(r.stats.total_trades for r in results.values() if r.stats)
+            runs[name].append((wall, cpu, rss, _same(results, reference)))
             failed = [r for r in results.values() if not r.ok]
+            del results
             print(f"  round {round_ + 1} {name:>10}: wall {wall:7.2f} s   CPU {cpu:7.2f} s"
                   + (f"   FAILED {len(failed)}: {failed[0].error}" if failed else ""), flush=True)
     walls = {name: _median([run[0] for run in done]) for name, done in runs.items()}
-    cpus = {name: _median([run[3] for run in done]) for name, done in runs.items()}
+    cpus = {name: _median([run[1] for run in done]) for name, done in runs.items()}
     print(f"medians of {args.rounds} rounds:")
     for name in names:
         line = f"{name:>10}: wall {walls[name]:7.2f} s   CPU {cpus[name]:7.2f} s"
@@ -225,18 +244,8 @@ async def main() -> None:
         line += f"   peak RSS per {'process' if name == 'sequential' else 'worker'}: " + \
             ", ".join(f"{mb:.0f} MB" for mb in rss)
         print(line, flush=True)
-    reference = runs[names[0]][0][1]
     for name, done in runs.items():
-        same = all(
-            results.keys() == reference.keys() and all(
-                r.stats is not None and reference[job_id].stats is not None
-                and comparable_statistics(r.stats) == comparable_statistics(reference[job_id].stats)  # type: ignore[arg-type]
-                for job_id, r in results.items()
-            )
-            for _, results, _, _ in done
-        )
-        print(f"{name:>10}: identical statistics to {names[0]} in every round: {same}")
-    trades = sum(r.stats.total_trades for r in reference.values() if r.stats)
+        print(f"{name:>10}: identical statistics to the first run in every round: {all(run[3] for run in done)}")
     print(f"trades over all jobs: {trades}; load average now {os.getloadavg()[0]:.1f}")
 
 
