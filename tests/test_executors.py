@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from backtest_kit import demo
@@ -145,6 +146,14 @@ def _assert_same(got: dict[str, JobResult], expected: dict[str, JobResult]) -> N
         assert result.stats is not None and want is not None, (result.error, expected[job_id].error)
         assert comparable_statistics(result.stats) == comparable_statistics(want), job_id
         assert result.params == expected[job_id].params
+        # the position open at the end travels too (a Walker rebuilds the Backtest store from it)
+        assert _open_position(result) == _open_position(expected[job_id]), job_id
+
+
+def _open_position(result: JobResult) -> tuple[Any, float]:
+    """(`open_signal` with its random id blanked, `last_price`)."""
+    signal = result.open_signal
+    return (None if signal is None else msgspec.structs.replace(signal, id="<id>")), result.last_price
 
 
 # -- fixtures ------------------------------------------------------------------------------------------

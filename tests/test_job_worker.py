@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import pickle
 from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime
 from typing import Any
 
+import msgspec
 import pytest
 
 from backtest_kit import demo
+from backtest_kit.engine.context import get_candles
+from backtest_kit.engine.models import SignalDto
 from backtest_kit.system.job_worker import run_job, run_job_async
 from backtest_kit.system.jobs import BacktestJob
 from backtest_kit.testing import comparable_statistics, make_engine
@@ -78,3 +82,29 @@ async def test_a_factory_builds_the_signal_from_the_params() -> None:
     assert result.stats is not None
     assert comparable_statistics(result.stats) == comparable_statistics(expected)
     assert result.params == {"fast": 10}
+
+
+async def hold_signal(symbol: str, when: datetime) -> SignalDto:
+    """A long with 50 % bands and no practical time limit: the first position is still open at the end."""
+    price = (await get_candles(symbol, "1m", 1))[-1].close
+    return SignalDto(position="long", price_take_profit=price * 1.5, price_stop_loss=price * 0.5,
+                     minute_estimated_time=900_000)
+
+
+async def test_a_job_carries_the_position_it_ended_with() -> None:
+    """`open_signal` / `last_price` are the run's store's, so a Walker can rebuild that store in the
+    submitting engine. The result still pickles (it travels back from workers)."""
+    engine = make_engine()
+    symbol, frame = demo.register(engine)
+    engine.add_strategy(strategy_name="hold", interval="5m", get_signal=hold_signal)
+    async for _ in engine.backtest.run(symbol, strategy_name="hold", exchange_name=demo.EXCHANGE_NAME,
+                                       frame_name=frame):
+        pass
+    store = engine.backtest.pair_stats.stats(symbol, "hold")
+    assert store.open_signal is not None
+    result = await run_job_async(_job(engine, symbol, strategy=engine.registry.strategies.get("hold", "test")))
+    assert result.stats is not None and result.stats.open_positions == 1
+    assert result.open_signal is not None
+    assert msgspec.structs.replace(result.open_signal, id="") == msgspec.structs.replace(store.open_signal, id="")
+    assert result.last_price == store.open_price > 0
+    assert pickle.loads(pickle.dumps(result)) == result

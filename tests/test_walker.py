@@ -22,6 +22,7 @@ from backtest_kit.demo import get_signal as sma_signal
 from backtest_kit.engine.registry import WALKER_METRICS
 from backtest_kit.reports.stats import Statistics
 from backtest_kit.reports.walker_stats import WalkerStrategyResult, is_better, rank_results
+from backtest_kit.research import make_executor
 from backtest_kit.system.jobs import BacktestJob, JobResult
 from backtest_kit.testing import comparable_statistics, make_engine
 
@@ -58,8 +59,20 @@ def never_signal(symbol: str, when: datetime) -> None:
     return None
 
 
+async def held_signal(symbol: str, when: datetime) -> bk.SignalDto | None:
+    """The SMA crossover, but from hour 18 on with 30 % bands and no time limit: trades close in the
+    morning and the day ends with a position still open (an open position at the end of the frame)."""
+    signal = await sma_signal(symbol, when)
+    if signal is None or when < START + timedelta(hours=18):
+        return signal
+    price = (signal.price_take_profit + signal.price_stop_loss) / 2
+    up, down = (1.3, 0.7) if signal.position == "long" else (0.7, 1.3)
+    return bk.SignalDto(position=signal.position, price_take_profit=price * up, price_stop_loss=price * down,
+                        minute_estimated_time=100_000)
+
+
 SIGNALS: dict[str, Any] = {"sma": sma_signal, "inverse": inverse_signal, "wide": wide_signal,
-                           "sma-twin": sma_signal, "idle": never_signal}
+                           "sma-twin": sma_signal, "idle": never_signal, "held": held_signal}
 
 
 def register(engine: bk.Engine, *names: str, sizing: dict[str, str] | None = None) -> None:
@@ -644,3 +657,73 @@ async def test_an_unknown_executor_name_is_refused_before_anything_runs() -> Non
     engine = walker_engine("sma")
     with pytest.raises(bk.SchemaError, match="unknown executor 'cluster'"):
         engine.walker.run(SYMBOL, walker_name="w", executor="cluster")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# After an executor walker, Backtest.get_data / get_report hold what an in-process walker leaves
+# ---------------------------------------------------------------------------------------------------------
+
+WALKED = ("sma", "inverse", "held")  # "held" ends the day with a position open
+
+
+async def backtest_data(engine: bk.Engine, names: Sequence[str]) -> dict[str, Any]:
+    return {name: comparable_statistics(await engine.backtest.get_data(SYMBOL, name)) for name in names}
+
+
+async def test_an_executor_walker_leaves_backtest_get_data_as_an_in_process_walker() -> None:
+    """A real process pool: each walked strategy's `Backtest.get_data` equals the in-process walker's
+    (fresh engine) and the walker event's statistics, open position included; its report lists the
+    trades."""
+    reference_engine = walker_engine(*WALKED)
+    await walk(reference_engine)
+    reference = await backtest_data(reference_engine, WALKED)
+
+    engine = walker_engine(*WALKED)
+    events = await walk(engine, executor="local")
+    assert [e.strategy_name for e in events] == list(WALKED)
+    assert await backtest_data(engine, WALKED) == reference
+    for event in events:
+        stored = await engine.backtest.get_data(SYMBOL, event.strategy_name)
+        assert stored.total_trades == event.stats.total_trades > 0
+        assert comparable_statistics(stored) == comparable_statistics(event.stats)
+        report = await engine.backtest.get_report(SYMBOL, event.strategy_name)
+        assert f"**Closed signals:** {event.stats.total_trades}" in report
+        assert all(signal.signal.id in report for signal in event.stats.signals)
+    held = await engine.backtest.get_data(SYMBOL, "held")
+    assert held.open_positions == 1 and held.unrealized_pnl is not None
+
+
+async def test_a_second_executor_walker_replaces_the_backtest_data_instead_of_adding_to_it() -> None:
+    """Two executor walkers on one engine leave what two in-process walkers leave: each strategy's
+    backtest statistics once (not doubled), and the heatmap fed once per run (it is never cleared)."""
+    reference_engine = walker_engine(*WALKED)
+    for _ in range(2):
+        await walk(reference_engine)
+
+    engine = walker_engine(*WALKED)
+    executor = make_executor("local", max_workers=2)  # one pool for both runs
+    try:
+        first = await walk(engine, executor=executor)
+        second = await walk(engine, executor=executor)
+    finally:
+        await executor.aclose()
+    assert await backtest_data(engine, WALKED) == await backtest_data(reference_engine, WALKED)
+    for one, two in zip(first, second, strict=True):
+        stored = await engine.backtest.get_data(SYMBOL, two.strategy_name)
+        assert stored.total_trades == two.stats.total_trades == one.stats.total_trades > 0
+        heat = await engine.heat.get_data(two.strategy_name)
+        assert heat == await reference_engine.heat.get_data(two.strategy_name)
+        assert sum(row.total_trades for row in heat.symbols) == 2 * two.stats.total_trades
+
+
+async def test_a_result_without_its_open_signal_keeps_the_trades_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+    """An executor that builds its own `JobResult` (no `open_signal`) still fills the backtest store with
+    the trades; the position open at the end cannot be rebuilt, which is logged, not silently lost."""
+    engine = walker_engine("held")
+    with caplog.at_level("WARNING", logger="backtest_kit"):
+        (event,) = await walk(engine, executor=InProcessExecutor())
+    stored = await engine.backtest.get_data(SYMBOL, "held")
+    assert event.stats.open_positions == 1 and stored.open_positions == 0
+    without_open = msgspec.structs.replace(event.stats, open_positions=0, unrealized_pnl=None)
+    assert comparable_statistics(stored) == comparable_statistics(without_open)
+    assert any("no open_signal for strategy 'held'" in r.getMessage() for r in caplog.records)

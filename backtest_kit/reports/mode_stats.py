@@ -13,7 +13,7 @@ The aggregate and the `Statistics` snapshot are in `stats.py`. Pure module: no a
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import msgspec
 
@@ -126,6 +126,18 @@ class BacktestStats:
                 self.fills.add_closed(result)
             if self.on_closed is not None:
                 self.on_closed(result)
+
+    def replay(self, trades: Iterable[ClosedResult], open_signal: SignalRow | None, price: float) -> None:
+        """Record a backtest of the pair that ran elsewhere (a Walker job in a worker process): its
+        closed trades oldest first, then the position it ended with (`set_open`).
+
+        The trades go through `add`, so the aggregate is rebuilt with the very operations the run's own
+        store performed (`data()` equals that run's statistics exactly, not approximately) and each
+        trade reaches `on_closed` (the heatmap) once, as it would from a run in this process.
+        """
+        for closed in trades:
+            self.add(closed)
+        self.set_open(open_signal, price)
 
     def clear(self) -> None:
         """Forget everything (a new backtest of the pair starts)."""

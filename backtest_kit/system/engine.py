@@ -115,7 +115,7 @@ class Engine(ListenMixin):
         self.heat = HeatFacade(self)
         self.backtest = BacktestFacade(self, hooks, self.schedule, self.heat.add)
         self.live = LiveFacade(self, hooks, self.schedule, self.heat.add)
-        self.walker = WalkerFacade(self, self.backtest, self.heat.add)
+        self.walker = WalkerFacade(self, self.backtest)
         self.performance = PerformanceFacade(self)
         # its report store subscribes before any user listener
         self._risk = RiskService(self, backtest_ended=self.backtest.ended)

@@ -12,6 +12,7 @@ import socket
 import time
 import traceback
 
+from ..engine.models import SignalRow
 from ..engine.redact import redact
 from ..reports.stats import Statistics
 from .engine import Engine
@@ -40,6 +41,8 @@ async def run_job_async(job: BacktestJob) -> JobResult:
     warnings: list[str] = []
     stats: Statistics | None = None
     error: str | None = None
+    open_signal: SignalRow | None = None
+    last_price = 0.0
     strategy = job.strategy
     engine = Engine(config=job.config)
 
@@ -77,6 +80,9 @@ async def run_job_async(job: BacktestJob) -> JobResult:
         ):
             pass
         stats = await engine.backtest.get_data(job.symbol, strategy.strategy_name)
+        # the position still open is in `stats` only as figures; the submitter's store needs the row
+        store = engine.backtest.pair_stats.stats(job.symbol, strategy.strategy_name)
+        open_signal, last_price = store.open_signal, store.open_price
     except Exception as exc:
         error = _error_text(exc)
     finally:
@@ -85,6 +91,7 @@ async def run_job_async(job: BacktestJob) -> JobResult:
         job_id=job.job_id, symbol=job.symbol, strategy_name=strategy.strategy_name,
         frame_name=job.frame.frame_name, params=dict(job.params), stats=stats, error=error,
         elapsed_seconds=time.perf_counter() - started, worker=_worker_name(), warnings=tuple(warnings),
+        open_signal=open_signal, last_price=last_price,
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any, Final, Protocol
 
 from ..engine.config import Config
 from ..engine.errors import SchemaError
+from ..engine.models import SignalRow
 from ..engine.registry import ExchangeSchema, FrameSchema, RiskSchema, SizingSchema, StrategySchema
 from ..reports.stats import Statistics
 
@@ -69,6 +70,12 @@ class JobResult:
 
     Exactly one of `stats` and `error` is set. `error` is text, not the exception object, because an
     exception raised in a worker need not pickle back (and may carry secrets; the text is redacted).
+
+    `open_signal` / `last_price` are the position the frame ended with (None: flat) and the last price
+    the run saw. `stats` already counts that position (`open_positions`, `unrealized_pnl`) but does not
+    hold it, and the submitting engine needs it to rebuild the job's `Backtest` store (a Walker job:
+    `Backtest.get_data` recomputes the unrealized PnL from the position when it is read). `run_job`
+    fills them; an executor that builds its own results without them loses only that position.
     """
 
     job_id: str
@@ -81,6 +88,8 @@ class JobResult:
     elapsed_seconds: float = 0.0
     worker: str = ""
     warnings: tuple[str, ...] = ()
+    open_signal: SignalRow | None = None
+    last_price: float = 0.0
 
     @property
     def ok(self) -> bool:

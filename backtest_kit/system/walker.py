@@ -8,6 +8,15 @@ backtest. With `executor=` (an object following `system/jobs.py`'s `Executor` pr
 become one `BacktestJob` per strategy, run wherever the executor runs them (a process pool, Ray);
 their results are fed, in the walker's strategy order, through the same ranking and event path.
 
+Either way a walker leaves the backtest side as a run of its backtests would: afterwards
+`Backtest.get_data` / `get_report` / `dump` of each walked strategy give that strategy's walker
+statistics. A job's result rebuilds the pair's `Backtest` store here (`_keep_job_result`: its closed
+trades, which also feed `bk.Heat` through that store, and the position it ended with), replacing what
+a previous run left, just as a `Backtest.run` in this process starts the pair afresh. No signal,
+progress or performance events are published for a job's trades: they happened in another process,
+and replaying them as if live would run user listeners (notifiers, order executors) a second time for
+nothing that happens now; the walker's own progress and walker events are published as usual.
+
 Per strategy, in order: `on_strategy_start`; the backtest; on failure the error is published on the
 `error` channel, `on_strategy_error` is called and the strategy is skipped (not counted, no progress
 or walker event); else the walker-progress event, `on_strategy_complete`, then the walker event
@@ -40,7 +49,6 @@ from ..engine.bus import enter_run, leave_run
 from ..engine.channels import DONE_WALKER, EXIT, WALKER, WALKER_COMPLETE, WALKER_PROGRESS, WALKER_STOP
 from ..engine.errors import BacktestKitError, RunStateError, SchemaError
 from ..engine.models import (
-    ClosedResult,
     DoneEvent,
     InstanceStatus,
     WalkerContract,
@@ -127,13 +135,9 @@ class WalkerCancel:
 class WalkerFacade:
     """`bk.Walker`: run / background / stop / get_data / get_report / dump / list."""
 
-    def __init__(
-        self, engine: Services, backtest: BacktestFacade, on_closed: Callable[[ClosedResult], None] | None = None
-    ) -> None:
+    def __init__(self, engine: Services, backtest: BacktestFacade) -> None:
         self.engine = engine
-        self.backtest = backtest
-        # a job run elsewhere fed no store of this engine: its closed trades go to the heatmap here
-        self._on_closed = on_closed
+        self.backtest = backtest  # its per-pair stores also receive the results of executor jobs
         self.store = WalkerStore()
         self._records: dict[tuple[str, str], _WalkerRecord] = {}
 
@@ -312,6 +316,27 @@ class WalkerFacade:
             config=msgspec.structs.asdict(self.engine.config),
         )
 
+    def _keep_job_result(self, symbol: str, strategy_name: str, result: JobResult, executor_name: str) -> None:
+        """Make the pair's `Backtest` store what the job's own store was, so `Backtest.get_data` after
+        an executor walker equals the walker event's statistics, as after an in-process walker.
+
+        The store is replaced first (a second walker run never adds to the first), as `Backtest.run`
+        does for a run in this process; its closed trades feed `bk.Heat` through the store's sink, the
+        only path by which a job's trades reach the heatmap.
+        """
+        stats = result.stats
+        if stats is None:  # a failed job: the caller reports it, and the store stays as `_prepare` left it
+            return
+        pair_stats = self.backtest.pair_stats
+        pair_stats.reset(symbol, strategy_name)
+        pair_stats.stats(symbol, strategy_name).replay(
+            reversed(stats.signals), result.open_signal, result.last_price)  # newest first in `stats`
+        if stats.open_positions and result.open_signal is None:
+            self.engine.logger.warn(
+                f"executor {executor_name!r} returned no open_signal for strategy {strategy_name!r} on {symbol}: "
+                "Backtest.get_data shows its trades but not the position open at the end (build results with "
+                "system/job_worker.run_job to carry it)")
+
     async def _from_executor(
         self, record: _WalkerRecord, walker: WalkerSchema, executor: Executor
     ) -> AsyncIterator[tuple[str, Outcome]]:
@@ -337,9 +362,7 @@ class WalkerFacade:
                                         f"(job {entry.job_id!r})")
             if result.error is not None or result.stats is None:
                 return BacktestKitError(f"strategy {strategy_name!r} failed in executor {name!r}: {result.error}")
-            if self._on_closed is not None:
-                for closed in reversed(result.stats.signals):  # newest first in the statistics
-                    self._on_closed(closed)
+            self._keep_job_result(record.symbol, strategy_name, result, name)
             return result.stats
 
         stream = executor.run([entry for _, entry in entries if isinstance(entry, BacktestJob)])
