@@ -16,25 +16,28 @@ of milliseconds, too short for worker start-up (and Ray's few seconds of start-u
 sweep over months of 1m data is what the parallel executors are for. The strategy ticks every
 minute and reads `slow + 1` closed candles per tick.
 
-Each executor runs the same 64 jobs in this process one after the other; wall time includes
-everything after the jobs are built: for "local" the worker start-up and each worker's own load of
-the candle files, for "ray" `ray.init` of a fresh local Ray (it is started by the executor and shut
-down after). Printed per executor: wall seconds, speed-up over sequential, parallel efficiency per
-worker (speed-up / workers), CPU seconds spent (this process plus the workers; Ray's own
-services not counted) and their ratio to sequential's, which separates the pool's overhead from a
-busy machine's (on a shared box, other processes' load lowers the wall speed-up but not the CPU
-ratio), and peak RSS (VmHWM from /proc) of each worker process; then whether
-all three gave identical statistics (`comparable_statistics`, per job).
+Each executor runs the same jobs in this process one after the other, `--rounds` times with the
+order rotated each round (these machines are noisy: medians are compared, and each round's ratio is
+printed). Wall time includes everything after the jobs are built: for "local" the worker start-up
+and each worker's own load of the candle files, for "ray" `import ray` and `ray.init` of a fresh
+local Ray (started by the executor, shut down after), the object-store put of the candles and the
+workers' first import of backtest_kit. "ray-warm" is the same executor on a Ray started before the
+clock starts (a notebook session that keeps Ray up, or a cluster): what a sweep costs once Ray runs.
+Printed per executor: wall seconds, speed-up over sequential, parallel efficiency per worker
+(speed-up / workers), CPU seconds (this process plus the workers; Ray's own services, ~0.5 s per
+sweep, not counted) and their ratio to sequential's, peak RSS (VmHWM from /proc) per worker; then
+whether every run gave statistics identical to the first (`comparable_statistics`, per job).
+`--repeat K` runs the 64 jobs K times in one sweep, to see how the ratios grow with sweep size.
 
 Targets on a 2-core machine: local >= 1.8x, ray >= 1.6x including its start-up.
 
-Measured on the shared 2-core development VM (other jobs running, load average 2-8, so the wall
-ratios swing with the neighbours' load; the CPU ratio does not): sequential 30-60 s wall / 28-30 s
-CPU; local 26-31 s, CPU 1.01-1.07x sequential's; ray 28 s, CPU 1.07-1.11x; peak RSS ~200 MB per local
-worker (the two 90-day spot files plus the perpetual), ~285 MB per Ray worker (Ray's own runtime
-adds ~80 MB); all three identical. Arithmetic for an idle 2-core box: local ~ 1.9x; ray pays ~5 s
-of `ray.init` plus ~10 % CPU, so it reaches 1.6x only once the sweep has ~90 s of sequential work
-(this one has ~30 s: ~1.4x). On a cluster the start-up is paid once per session, not per sweep.
+Measured on the 2-core development VM, idle apart from this script (2026-11-29, 5 rounds): sequential
+32.7 s; local 17.8 s, 1.84x (rounds 1.80-1.85), CPU 1.07x sequential's; ray 21.2 s, 1.54x (rounds
+1.50-1.65), CPU 1.07x. Ray's start-up is the whole difference: `import ray` + `ray.init` take 2.3-3.5 s
+of wall here (seven Python processes import Ray on two cores), and the workers' first job another
+~0.5 s. With `--repeat 2` (128 jobs, 65 s sequential) local gives 1.88x and ray 1.68x (rounds
+1.63-1.74): ray passes 1.6x from about 45 s of sequential work on this box. Peak RSS ~200 MB per
+local worker (the two 90-day spot files plus the perpetual), ~270 MB per Ray worker. All identical.
 """
 
 from __future__ import annotations
@@ -167,8 +170,13 @@ async def run_one(name: str, jobs: list[BacktestJob], workers: int) -> Run:
         options = {"max_workers": workers}
     elif name == "ray":
         options = {"num_cpus": workers, "init_options": {"log_to_driver": False}}
+    ray: Any = None
+    if name == "ray-warm":  # a Ray already running (a notebook session, a cluster): start-up not counted
+        import ray
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
+                 _system_config={"worker_niceness": 0})
     started, cpu_before = time.perf_counter(), _self_cpu()
-    executor = make_executor(name, **options)
+    executor = make_executor("ray" if ray is not None else name, **options)
     results = {r.job_id: r async for r in executor.run(jobs)}
     wall = time.perf_counter() - started
     pids = {int(r.worker.rsplit(":", 1)[1]) for r in results.values() if r.worker} - {os.getpid()}
@@ -178,6 +186,8 @@ async def run_one(name: str, jobs: list[BacktestJob], workers: int) -> Run:
     else:
         rss = [mb for mb in map(_peak_rss_mb, sorted(pids)) if mb is not None]
     await executor.aclose()
+    if ray is not None:
+        ray.shutdown()
     return wall, results, rss, cpu
 
 
@@ -200,7 +210,8 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--workers", type=int, default=cpu_count())
-    parser.add_argument("--only", default="sequential,local,ray")
+    parser.add_argument("--only", default="sequential,local,ray",
+                        help="executors to compare; ray-warm = ray on a Ray started before the clock starts")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of every executor, the order rotated each round; medians are compared")
     parser.add_argument("--repeat", type=int, default=1,

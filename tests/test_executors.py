@@ -397,6 +397,67 @@ def test_sequential_local_and_ray_are_registered() -> None:
     assert asyncio.iscoroutinefunction(LocalExecutor.aclose)
 
 
+_JOIN_SCRIPT = """
+import asyncio, os, sys
+from datetime import UTC, datetime, timedelta
+from backtest_kit import demo
+from backtest_kit.adapters import CsvCandles, bundled_sample_path
+from backtest_kit.research.ray_executor import RayExecutor
+from backtest_kit.system.jobs import BacktestJob
+from backtest_kit.testing import make_engine
+
+async def main():
+    engine = make_engine()
+    source = CsvCandles(bundled_sample_path())
+    exchange = engine.add_exchange(exchange_name="csv", get_candles=source)
+    strategy = engine.add_strategy(strategy_name=demo.STRATEGY_NAME, interval="5m", get_signal=demo.get_signal)
+    start = datetime.fromtimestamp(source.first_timestamp("BTCUSDT") / 1000, UTC) + timedelta(hours=2)
+    frame = engine.add_frame(frame_name="two-days", interval="1m", start_date=start, end_date=start + timedelta(days=2))
+    job = BacktestJob(job_id="joined", symbol="BTCUSDT", strategy=strategy, exchange=exchange, frame=frame,
+                      config=engine.get_config())
+    executor = RayExecutor()
+    results = [r async for r in executor.run([job])]
+    import ray
+    print("joined", ray.get_runtime_context().gcs_address, "started", executor.started_ray)
+    print("trades", results[0].stats.total_trades if results[0].ok else results[0].error)
+    await executor.aclose()
+    try:
+        RayExecutor(num_cpus=1)._ensure_ray()
+    except Exception as exc:
+        print("refused", type(exc).__name__, exc)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_second_driver_joins_a_running_ray_through_ray_address(ray_session: Any) -> None:
+    """`RAY_ADDRESS` (as `ray start --head` users set it for the CLI) joins that Ray instead of
+    starting one: a fresh process runs a job on the session's Ray, with the same statistics as here;
+    `num_cpus=` beside it is refused with a message naming both."""
+    import subprocess
+
+    address = ray_session.get_runtime_context().gcs_address
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", _JOIN_SCRIPT], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "RAY_ADDRESS": address, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    assert lines["joined"] == f"{address} started True"  # its driver connected; the cluster is the session's
+    engine = make_engine()
+    source = CsvCandles(bundled_sample_path())
+    exchange = engine.add_exchange(exchange_name="csv", get_candles=source)
+    strategy = engine.add_strategy(strategy_name=demo.STRATEGY_NAME, interval="5m", get_signal=demo.get_signal)
+    start = datetime.fromtimestamp(source.first_timestamp("BTCUSDT") / 1000, UTC) + timedelta(hours=2)
+    frame = engine.add_frame(frame_name="two-days", interval="1m", start_date=start, end_date=start + timedelta(days=2))
+    here = await _collect(SequentialExecutor(), [BacktestJob(
+        job_id="joined", symbol="BTCUSDT", strategy=strategy, exchange=exchange, frame=frame,
+        config=engine.get_config())])
+    assert here["joined"].stats is not None and lines["trades"] == str(here["joined"].stats.total_trades)
+    assert "SchemaError" in lines["refused"] and "num_cpus=1" in lines["refused"] and address in lines["refused"]
+    assert ray_session.is_initialized()  # the joining driver's shutdown left the session's Ray running
+
+
 _NICENESS_SCRIPT = """
 import os, ray
 from backtest_kit.research.ray_executor import RayExecutor

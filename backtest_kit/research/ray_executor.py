@@ -1,7 +1,9 @@
 """The "ray" executor: jobs as Ray tasks, on this machine or on a Ray cluster (`pip install backtest-kit[ray]`).
 
-- `address=None` starts a private local Ray (or joins the cluster `RAY_ADDRESS` names); `"auto"`
-  joins the cluster started on this node with `ray start`; `"ray://head:10001"` connects as a Ray
+- `address=None` starts a private local Ray, or joins the cluster the `RAY_ADDRESS` environment
+  variable names (so `RAY_ADDRESS=auto backtest-kit sweep --executor ray` joins a Ray kept running
+  with `ray start --head`: sweeps then skip Ray's seconds of start-up); `"auto"` joins the cluster
+  started on this node with `ray start`; `"ray://head:10001"` connects as a Ray
   client. If Ray is already initialised in this process the executor uses it as it is and never
   shuts it down; it shuts down only a Ray it started itself (in `aclose()`).
 - Candle data travels through Ray's object store, once per distinct exchange: each exchange schema
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import importlib
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Final, cast
 
@@ -109,9 +112,16 @@ class RayExecutor:
         ray = _import_ray()
         if not ray.is_initialized():
             options: dict[str, Any] = {"include_dashboard": False, **self.init_options}
+            joins = self.address is not None or bool(os.environ.get("RAY_ADDRESS"))
             if self.num_cpus is not None:
+                if joins:  # ray.init would refuse with a message that does not name the variable
+                    raise SchemaError(
+                        f"ray executor: num_cpus={self.num_cpus} sizes a local Ray, but RAY_ADDRESS="
+                        f"{os.environ.get('RAY_ADDRESS')!r} joins a running one (its CPUs are its own); "
+                        "drop one of them"
+                    )
                 options["num_cpus"] = self.num_cpus
-            if self.address is None:
+            if not joins:
                 # A local Ray started for this sweep: its workers run at normal priority. Ray's default
                 # (nice 15) makes them yield every core to any other process, which on a laptop or CI
                 # box halved the sweep's speed (measured: 0.80x of sequential at nice 15, 1.29x at 0).
@@ -135,10 +145,10 @@ class RayExecutor:
     async def run(self, jobs: Sequence[BacktestJob]) -> AsyncIterator[JobResult]:
         """Submit every job, then yield results as tasks complete.
 
-        Ray is started (or joined) in a worker thread: `ray.init` of a local Ray takes seconds, and
-        the caller's event loop (listeners, progress, a dashboard) keeps running meanwhile.
+        Ray is started (or joined) on the calling thread, not in a worker thread: `ray.init` installs
+        its SIGTERM handler (which shuts the local Ray down with the process) only on the main thread.
         """
-        ray = await asyncio.to_thread(self._ensure_ray)
+        ray = self._ensure_ray()
         exchange_refs: dict[int, tuple[ExchangeSchema, Any]] = {}  # id(schema) -> (schema kept alive, ref)
         pending: dict[asyncio.Future[JobResult], tuple[BacktestJob, Any]] = {}
         try:
