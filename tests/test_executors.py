@@ -397,27 +397,27 @@ def test_sequential_local_and_ray_are_registered() -> None:
     assert asyncio.iscoroutinefunction(LocalExecutor.aclose)
 
 
-_JOIN_SCRIPT = """
-import asyncio, os, sys
-from datetime import UTC, datetime, timedelta
-from backtest_kit import demo
-from backtest_kit.adapters import CsvCandles, bundled_sample_path
-from backtest_kit.research.ray_executor import RayExecutor
-from backtest_kit.system.jobs import BacktestJob
-from backtest_kit.testing import make_engine
-
-async def main():
+def two_day_demo_job() -> BacktestJob:
+    """The demo strategy over two days of the bundled candles (imported by `_JOIN_SCRIPT` too)."""
     engine = make_engine()
     source = CsvCandles(bundled_sample_path())
     exchange = engine.add_exchange(exchange_name="csv", get_candles=source)
     strategy = engine.add_strategy(strategy_name=demo.STRATEGY_NAME, interval="5m", get_signal=demo.get_signal)
     start = datetime.fromtimestamp(source.first_timestamp("BTCUSDT") / 1000, UTC) + timedelta(hours=2)
     frame = engine.add_frame(frame_name="two-days", interval="1m", start_date=start, end_date=start + timedelta(days=2))
-    job = BacktestJob(job_id="joined", symbol="BTCUSDT", strategy=strategy, exchange=exchange, frame=frame,
-                      config=engine.get_config())
+    return BacktestJob(job_id="joined", symbol="BTCUSDT", strategy=strategy, exchange=exchange, frame=frame,
+                       config=engine.get_config())
+
+
+_JOIN_SCRIPT = """
+import asyncio
+import ray
+from backtest_kit.research.ray_executor import RayExecutor
+from test_executors import two_day_demo_job
+
+async def main():
     executor = RayExecutor()
-    results = [r async for r in executor.run([job])]
-    import ray
+    results = [r async for r in executor.run([two_day_demo_job()])]
     print("joined", ray.get_runtime_context().gcs_address, "started", executor.started_ray)
     print("trades", results[0].stats.total_trades if results[0].ok else results[0].error)
     await executor.aclose()
@@ -444,15 +444,7 @@ async def test_a_second_driver_joins_a_running_ray_through_ray_address(ray_sessi
     assert done.returncode == 0, done.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
     assert lines["joined"] == f"{address} started True"  # its driver connected; the cluster is the session's
-    engine = make_engine()
-    source = CsvCandles(bundled_sample_path())
-    exchange = engine.add_exchange(exchange_name="csv", get_candles=source)
-    strategy = engine.add_strategy(strategy_name=demo.STRATEGY_NAME, interval="5m", get_signal=demo.get_signal)
-    start = datetime.fromtimestamp(source.first_timestamp("BTCUSDT") / 1000, UTC) + timedelta(hours=2)
-    frame = engine.add_frame(frame_name="two-days", interval="1m", start_date=start, end_date=start + timedelta(days=2))
-    here = await _collect(SequentialExecutor(), [BacktestJob(
-        job_id="joined", symbol="BTCUSDT", strategy=strategy, exchange=exchange, frame=frame,
-        config=engine.get_config())])
+    here = await _collect(SequentialExecutor(), [two_day_demo_job()])
     assert here["joined"].stats is not None and lines["trades"] == str(here["joined"].stats.total_trades)
     assert "SchemaError" in lines["refused"] and "num_cpus=1" in lines["refused"] and address in lines["refused"]
     assert ray_session.is_initialized()  # the joining driver's shutdown left the session's Ray running
