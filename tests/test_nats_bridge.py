@@ -352,3 +352,37 @@ async def test_pipelined_publishing_delivers_every_event_in_order_when_healthy()
     finally:
         await engine.close()
         await drop_stream(stream)
+
+
+async def test_closing_a_durable_subscriber_leaves_no_pull_that_would_strand_the_next_event() -> None:
+    """A pull cancelled mid-flight stays pending on the server until it expires; an event published
+    then is handed to it and waits `ack_wait` (30 s here) before the resumed subscriber sees it. The
+    subscriber stops after its pull instead: nothing is waiting on the server once `aclose` returns,
+    and the next event reaches the resumed subscriber at once."""
+    stream, prefix, durable = names()
+    engine = bk.Engine()
+    bridge = bk.NatsBridge(NATS_URL, stream=stream, prefix=prefix)
+    bridge.attach(engine)
+    remote = bk.RemoteEvents(NATS_URL, stream=stream, prefix=prefix)  # one connection, kept open throughout
+    nc = await nats.connect(NATS_URL)
+    try:
+        await engine.bus.emit(SIGNAL_LIVE, opened(sid="first"))
+        assert await bridge.flush(10)
+        seen: list[bk.RemoteEvent[Any]] = []
+        sub = await remote.subscribe(seen.append, deliver="all", durable=durable, ack_wait=30.0)
+        await until(lambda: len(seen) == 1)
+        await sub.aclose()
+        info = await nc.jetstream().consumer_info(stream, durable)
+        assert info.num_waiting == 0 and info.num_ack_pending == 0
+        await engine.bus.emit(SIGNAL_LIVE, opened(sid="next"))
+        assert await bridge.flush(10)
+        resumed: list[bk.RemoteEvent[Any]] = []
+        again = await remote.subscribe(resumed.append, deliver="all", durable=durable, ack_wait=30.0)
+        await until(lambda: len(resumed) == 1, timeout=10.0)  # well inside ack_wait
+        await again.aclose()
+        assert [r.event.signal.id for r in seen + resumed] == ["first", "next"]
+    finally:
+        await nc.close()
+        await remote.aclose()
+        await engine.close()
+        await drop_stream(stream)

@@ -17,6 +17,12 @@ is negatively acknowledged, so JetStream redelivers it (after later ones; up to 
 the ids of the last `dedup_size` handled messages are kept and a repeat (a redelivery after a lost
 ack, a publisher retry outside the duplicate window) is acknowledged without calling back again. A
 payload that does not decode is logged and terminated (never redelivered).
+
+Closing a subscription stops it after the pull in flight (at most a second) rather than cancelling
+that pull: a cancelled pull could still be pending on the server when the next event is published
+(the server may see the publish before the unsubscribe), and that event would then wait `ack_wait`
+before a resumed durable subscriber got it. Messages of a batch that arrives while stopping are
+handed back at once (`nak`); those being handled are finished and acknowledged first.
 """
 
 from __future__ import annotations
@@ -53,6 +59,11 @@ __all__ = ["RemoteEvent", "RemoteEvents", "RemoteStats", "RemoteSubscription", "
 
 E = TypeVar("E")
 _log = logging.getLogger("backtest_kit.nats")
+
+_FETCH_SECONDS = 1.0
+"""How long one pull waits for messages: also how long `aclose` may wait for the pull in flight."""
+_STOP_GRACE_SECONDS = 2.0
+"""Beyond the pull, how long `aclose` lets the batch being handled finish before cancelling it."""
 Deliver = Literal["all", "new", "last"]
 
 
@@ -105,13 +116,28 @@ class RemoteSubscription:
     _task: asyncio.Task[None] | None = None
     _psub: Any = None
     _owner: RemoteEvents | None = None  # closed with the subscription (`listen_remote`)
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def aclose(self) -> None:
+        """Stop after the pull in flight (at most `_FETCH_SECONDS`), then unsubscribe.
+
+        Cancelling the pull instead would leave the server a pending pull request for its last
+        second: a message published then is handed to that dead request and waits `ack_wait` (30 s
+        by default) before a resumed durable subscriber gets it. A stop that outlasts the pull (a
+        slow callback) still cancels, as before.
+        """
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            self._stop.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(task), _FETCH_SECONDS + _STOP_GRACE_SECONDS)
+            except TimeoutError:
+                await _cancel(task)
+            except asyncio.CancelledError:  # our caller is cancelled: stop the pull now, then go on unwinding
+                await _cancel(task)
+                raise
+            except Exception:  # the pull task ended with an error of its own: nothing to stop
+                pass
         psub, self._psub = self._psub, None
         if psub is not None:
             with contextlib.suppress(Exception):
@@ -125,6 +151,12 @@ class RemoteSubscription:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
 
 
 class RemoteEvents:
@@ -216,7 +248,8 @@ class RemoteEvents:
         handler = _Handler(self.prefix, names, callback, callback_timeout, _Seen(dedup_size),
                            subscription.stats, self._logger)
         subscription._task = asyncio.get_running_loop().create_task(
-            _pull(psub, batch, handler, self._logger, self.server), name="backtest-kit remote events")
+            _pull(psub, batch, handler, self._logger, self.server, subscription._stop),
+            name="backtest-kit remote events")
         self._subs.append(subscription)
         return subscription
 
@@ -315,12 +348,15 @@ class _Handler:
         await msg.ack()
 
 
-async def _pull(psub: Any, batch: int, handle: _Handler, logger: EngineLogger, server: str) -> None:
-    """Fetch and handle messages until cancelled; a broker away is waited out (the client reconnects)."""
+async def _pull(psub: Any, batch: int, handle: _Handler, logger: EngineLogger, server: str,
+                stop: asyncio.Event) -> None:
+    """Fetch and handle messages until `stop` is set (or cancelled); a broker away is waited out (the
+    client reconnects). A batch that arrives after `stop` is handed back (`nak`) at once, for the next
+    subscriber, instead of being held until `ack_wait` runs out."""
     failing = False
-    while True:
+    while not stop.is_set():
         try:
-            msgs = await psub.fetch(batch, timeout=1.0)
+            msgs = await psub.fetch(batch, timeout=_FETCH_SECONDS)
         except asyncio.CancelledError:
             raise
         except TimeoutError:  # nothing new (nats' TimeoutError is an asyncio.TimeoutError)
@@ -333,6 +369,11 @@ async def _pull(psub: Any, batch: int, handle: _Handler, logger: EngineLogger, s
             await asyncio.sleep(0.5)
             continue
         failing = False
+        if stop.is_set():
+            for msg in msgs:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+            return
         for msg in msgs:
             try:
                 await handle(msg)
