@@ -411,3 +411,31 @@ class _NoPersist:
 
     async def keys(self, entity: str) -> list[str]:
         return []
+
+
+async def test_deliveries_do_not_inherit_the_context_of_the_first_submitting_run() -> None:
+    """The consumer task is created by the first `submit`; inside a tick that would hand it the tick's
+    execution context (its symbol and time) for good, so a notifier calling a strategy helper
+    would read candles as of that first event forever. Deliveries run outside any run instead."""
+    from backtest_kit.engine.bus import _RUN_MODE, enter_run, leave_run
+    from backtest_kit.engine.context import ExecutionContext, _current, enter, leave
+
+    engine = make_engine()
+    seen: list[tuple[Any, Any]] = []
+
+    class Probe:
+        async def notify(self, event: Any) -> None:
+            seen.append((_current.get(), _RUN_MODE.get()))
+
+    notifier = QueuedAdapter(Probe())
+    mode, tick = enter_run(False), enter(ExecutionContext("BTCUSDT", T0 + 3 * M, False, exchange=None))  # type: ignore[arg-type]
+    try:  # as inside a live tick
+        assert _current.get() is not None and _RUN_MODE.get() is False
+        notifier.submit(opened_result())
+    finally:
+        leave(tick)
+        leave_run(mode)
+    notifier.submit(opened_result())
+    await notifier.aclose()
+    assert seen == [(None, None), (None, None)]
+    await engine.close()

@@ -13,6 +13,7 @@ the deadline, then cancels what is left (counted as dropped) and closes the conn
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import contextlib
 import inspect
 import logging
@@ -131,7 +132,11 @@ class QueuedNotifier:
         if self._task is None or self._task.done() or self._loop is not loop:
             self._loop = loop
             self._queue = asyncio.Queue(self.queue_size)
-            self._task = loop.create_task(self._consume(self._queue), name=f"backtest-kit notifier {self.name}")
+            # A context of its own: created inside whichever run submitted first, the consumer would
+            # otherwise carry that run's execution context (symbol and time for `get_candles`), run
+            # mode and virtual-clock ownership into every later delivery.
+            self._task = loop.create_task(self._consume(self._queue), name=f"backtest-kit notifier {self.name}",
+                                          context=contextvars.Context())
         assert self._queue is not None
         try:
             self._queue.put_nowait(event)
