@@ -13,8 +13,8 @@ the deadline, then cancels what is left (counted as dropped) and closes the conn
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import contextlib
+import contextvars
 import inspect
 import logging
 import random
