@@ -11,15 +11,15 @@ raises.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
-from .bus import enter_run, leave_run
+from .bus import enter_run
 from .channels import EXIT, Channel
 from .errors import RunStateError, SchemaError
+from .foreground import aclose_quietly, follow_in_foreground
 from .models import DoneEvent, InstanceInfo, InstanceStatus, TickResult
 from .ports import Services
 
@@ -218,34 +218,8 @@ class RunnerBase(Generic[R]):
 
     # ------------------------------------------------------------------ running
     def _iterate(self, record: RunRecord, body: AsyncIterator[R]) -> AsyncGenerator[R, None]:
-        """Wrap a run body so the record's status follows the foreground iteration."""
-
-        async def foreground() -> AsyncGenerator[R, None]:
-            try:
-                while True:
-                    # the run's per-delivery listener timeout, for the run's own steps only: the
-                    # consumer's code between items (maybe another run) keeps its own
-                    mode = enter_run(self.backtest)
-                    try:
-                        item = await anext(body)
-                    except StopAsyncIteration:
-                        break
-                    finally:
-                        leave_run(mode)
-                    yield item
-            except BaseException as exc:
-                record.error = repr(exc) if not isinstance(exc, GeneratorExit | asyncio.CancelledError) else None
-                raise
-            finally:
-                record.status = "done"
-                mode = enter_run(self.backtest)
-                try:
-                    await _aclose(body)
-                finally:
-                    leave_run(mode)
-                self._ended(record)
-
-        return foreground()
+        """Wrap a run body so the record's status follows the foreground iteration (`foreground.py`)."""
+        return follow_in_foreground(record, body, self.backtest, lambda: self._ended(record))
 
     def _running_handle(self, symbol: str, strategy_name: str) -> CancelHandle | None:
         """The cancel handle of the pair's background run when it is running already (`background`
@@ -270,7 +244,7 @@ class RunnerBase(Generic[R]):
                 self.engine.logger.warn(f"{self.mode} background run failed", repr(exc))
                 await self.engine.bus.emit(EXIT, exc)
             finally:
-                await _aclose(body)
+                await aclose_quietly(body)
                 record.status = "done"
                 self._ended(record)
                 await self._publish_done(record)
@@ -300,10 +274,3 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return asyncio.get_running_loop()
     except RuntimeError:
         return None
-
-
-async def _aclose(body: Any) -> None:
-    close: Callable[[], Any] | None = getattr(body, "aclose", None)
-    if close is not None:
-        with contextlib.suppress(RuntimeError):
-            await close()

@@ -35,7 +35,6 @@ the run, as for `Backtest` and `Live`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -45,9 +44,10 @@ from typing import Any
 
 import msgspec
 
-from ..engine.bus import enter_run, leave_run
+from ..engine.bus import enter_run
 from ..engine.channels import DONE_WALKER, EXIT, WALKER, WALKER_COMPLETE, WALKER_PROGRESS, WALKER_STOP
 from ..engine.errors import BacktestKitError, RunStateError, SchemaError
+from ..engine.foreground import aclose_quietly, follow_in_foreground
 from ..engine.models import (
     DoneEvent,
     InstanceStatus,
@@ -223,7 +223,7 @@ class WalkerFacade:
                 engine.logger.warn("walker background run failed", repr(exc))
                 await engine.bus.emit(EXIT, exc)
             finally:
-                await _aclose(body)
+                await aclose_quietly(body)
                 record.status = "done"
                 await self._publish_done(record)
 
@@ -387,7 +387,7 @@ class WalkerFacade:
                 await self._callback(walker.callbacks.on_strategy_start, strategy_name, record.symbol)
                 yield strategy_name, outcome(strategy_name, entry, None)
         finally:
-            await _aclose(stream)
+            await aclose_quietly(stream)
 
     async def _walk(
         self, record: _WalkerRecord, walker: WalkerSchema, executor: Executor | None, owned: bool = False
@@ -434,7 +434,7 @@ class WalkerFacade:
                 yield event
         finally:
             unsubscribe()
-            await _aclose(outcomes)
+            await aclose_quietly(outcomes)
             if owned and executor is not None:
                 await executor.aclose()
         results: WalkerSummary = WalkerResults(
@@ -446,28 +446,10 @@ class WalkerFacade:
         await bus.emit(WALKER_COMPLETE, results)
 
     def _iterate(self, record: _WalkerRecord, body: AsyncGenerator[WalkerEvent, None]) -> AsyncIterator[WalkerEvent]:
-        """The foreground iteration: the record's status follows it; the walker's own steps run under
-        the backtest per-delivery listener timeout (the consumer's code between items does not)."""
-
-        async def foreground() -> AsyncGenerator[WalkerEvent, None]:
-            try:
-                while True:
-                    mode = enter_run(True)
-                    try:
-                        item = await anext(body)
-                    except StopAsyncIteration:
-                        break
-                    finally:
-                        leave_run(mode)
-                    yield item
-            except BaseException as exc:
-                record.error = repr(exc) if not isinstance(exc, GeneratorExit | asyncio.CancelledError) else None
-                raise
-            finally:
-                record.status = "done"
-                await _aclose(body)
-
-        return foreground()
+        """The foreground iteration: the record's status follows it; the walker's own steps (and its
+        clean-up) run under the backtest per-delivery listener timeout (the consumer's code between
+        items does not)."""
+        return follow_in_foreground(record, body, True)
 
     async def _publish_done(self, record: _WalkerRecord) -> None:
         if record.done_published:
@@ -500,10 +482,3 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 def _on_loop_thread(loop: asyncio.AbstractEventLoop) -> bool:
     return _running_loop() is loop
-
-
-async def _aclose(body: Any) -> None:
-    close: Callable[[], Any] | None = getattr(body, "aclose", None)
-    if close is not None:
-        with contextlib.suppress(RuntimeError):
-            await close()
