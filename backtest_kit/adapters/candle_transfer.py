@@ -47,8 +47,8 @@ Columns = tuple[list[int], list[float], list[float], list[float], list[float], l
 
 def cached_source(cls: type[_T], token: str) -> _T | None:
     """The instance of `cls` this process already rebuilt for `token`, if any."""
-    found = _SOURCES.get((cls, token))
-    return found if found is not None and type(found) is cls else None
+    found: _T | None = _SOURCES.get((cls, token))  # keyed by the exact class, so of that class
+    return found
 
 
 def remember_source(cls: type[_T], token: str, source: _T) -> _T:
