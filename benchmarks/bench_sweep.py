@@ -160,24 +160,29 @@ def _peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-Run = tuple[float, dict[str, JobResult], list[float], float]
-"""wall seconds, results by job id, peak RSS MB per worker, CPU seconds (this process + workers)"""
+Run = tuple[float, dict[str, JobResult], list[float], float, float]
+"""wall seconds, results by job id, peak RSS MB per worker, CPU seconds (this process + workers), seconds
+to the first result (start-up plus one job)"""
 
 
 async def run_one(name: str, jobs: list[BacktestJob], workers: int) -> Run:
     options: dict[str, Any] = {}
     if name == "local":
         options = {"max_workers": workers}
-    elif name == "ray":
-        options = {"num_cpus": workers, "init_options": {"log_to_driver": False}}
+    elif name in ("ray", "ray-stock"):  # ray-stock: Ray's stock start-up (lean_start=False), for comparison
+        options = {"num_cpus": workers, "init_options": {"log_to_driver": False}, "lean_start": name == "ray"}
     ray: Any = None
     if name == "ray-warm":  # a Ray already running (a notebook session, a cluster): start-up not counted
         import ray
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
                  _system_config={"worker_niceness": 0})
     started, cpu_before = time.perf_counter(), _self_cpu()
-    executor = make_executor("ray" if ray is not None else name, **options)
-    results = {r.job_id: r async for r in executor.run(jobs)}
+    executor = make_executor("ray" if ray is not None or name == "ray-stock" else name, **options)
+    results: dict[str, JobResult] = {}
+    first = 0.0
+    async for result in executor.run(jobs):
+        first = first or time.perf_counter() - started
+        results[result.job_id] = result
     wall = time.perf_counter() - started
     pids = {int(r.worker.rsplit(":", 1)[1]) for r in results.values() if r.worker} - {os.getpid()}
     cpu = _self_cpu() - cpu_before + sum(map(_cpu_seconds, pids))  # Ray's own services are not counted
@@ -188,7 +193,7 @@ async def run_one(name: str, jobs: list[BacktestJob], workers: int) -> Run:
     await executor.aclose()
     if ray is not None:
         ray.shutdown()
-    return wall, results, rss, cpu
+    return wall, results, rss, cpu, first
 
 
 def _same(results: dict[str, JobResult], reference: dict[str, JobResult]) -> bool:
@@ -211,7 +216,8 @@ async def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--workers", type=int, default=cpu_count())
     parser.add_argument("--only", default="sequential,local,ray",
-                        help="executors to compare; ray-warm = ray on a Ray started before the clock starts")
+                        help="executors to compare; ray-warm = ray on a Ray started before the clock starts, "
+                             "ray-stock = ray starting its local Ray with Ray's stock start-up")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of every executor, the order rotated each round; medians are compared")
     parser.add_argument("--repeat", type=int, default=1,
@@ -231,7 +237,7 @@ async def main() -> None:
     for round_ in range(args.rounds):
         order = names[round_ % len(names):] + names[:round_ % len(names)]  # nobody always runs first
         for name in order:
-            wall, results, rss, cpu = await run_one(name, jobs, args.workers)
+            wall, results, rss, cpu, first = await run_one(name, jobs, args.workers)
             if reference is None:
                 reference = results
                 trades = sum(r.stats.total_trades for r in results.values() if r.stats)
@@ -239,6 +245,7 @@ async def main() -> None:
             failed = [r for r in results.values() if not r.ok]
             del results
             print(f"  round {round_ + 1} {name:>10}: wall {wall:7.2f} s   CPU {cpu:7.2f} s"
+                  f"   first result {first:5.2f} s"
                   + (f"   FAILED {len(failed)}: {failed[0].error}" if failed else ""), flush=True)
     walls = {name: _median([run[0] for run in done]) for name, done in runs.items()}
     cpus = {name: _median([run[1] for run in done]) for name, done in runs.items()}

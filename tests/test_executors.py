@@ -450,25 +450,57 @@ async def test_a_second_driver_joins_a_running_ray_through_ray_address(ray_sessi
     assert ray_session.is_initialized()  # the joining driver's shutdown left the session's Ray running
 
 
-_NICENESS_SCRIPT = """
-import os, ray
+_OWN_RAY_SCRIPT = """
+import asyncio, os, ray
+from ray._private import ray_constants, worker
 from backtest_kit.research.ray_executor import RayExecutor
-executor = RayExecutor(num_cpus=1)
-executor._ensure_ray()
-assert executor.started_ray
-print("niceness", ray.get(ray.remote(lambda: os.nice(0)).remote()))
-ray.shutdown()
+from test_executors import two_day_demo_job
+
+def processes():
+    return sorted(worker._global_node.all_processes)
+
+async def main():
+    executor = RayExecutor(num_cpus=1)
+    results = [r async for r in executor.run([two_day_demo_job()])]
+    print("lean", executor.started_ray, ",".join(executor.lean_parts))
+    print("trades", results[0].stats.total_trades if results[0].ok else results[0].error)
+    print("niceness", ray.get(ray.remote(lambda: os.nice(0)).remote()))
+    print("services", " ".join(processes()))
+    await executor.aclose()
+    stock = RayExecutor(num_cpus=1, lean_start=False)
+    stock._ensure_ray()
+    print("stock", stock.started_ray, ",".join(stock.lean_parts) or "-", " ".join(processes()))
+    await stock.aclose()
+
+asyncio.run(main())
 """
 
 
-def test_a_local_ray_started_by_the_executor_runs_its_workers_at_normal_priority() -> None:
-    """Ray's default worker niceness (15) hands every core to any other process; a local Ray the
-    executor starts for a sweep runs its workers at 0, as the local pool's are (a fresh process: the
-    test session's own Ray was started by a fixture, not by the executor)."""
+def test_a_local_ray_started_by_the_executor_is_lean_runs_at_normal_priority_and_gives_the_same_results() -> None:
+    """A local Ray the executor starts for a sweep starts lean (`research/ray_start.py`: no autoscaler
+    monitor, no API server, a quick wait for the raylet), gives the same statistics as a sequential run,
+    and runs its workers at niceness 0, as the local pool's are: Ray's default (15) hands every core to
+    any other process. `lean_start=False` starts Ray's stock services. A fresh process: the test
+    session's own Ray was started by a fixture, not by the executor."""
     import subprocess
 
     pytest.importorskip("ray", reason="ray is not installed (pip install 'backtest-kit[ray]')")
-    done = subprocess.run([sys.executable, "-c", _NICENESS_SCRIPT], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "niceness 0" in done.stdout
+    from ray._private import ray_constants
+
+    done = subprocess.run(
+        [sys.executable, "-c", _OWN_RAY_SCRIPT], capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    assert lines["lean"] == "True no-monitor,no-api-server,fast-registration"
+    here = asyncio.run(_collect(SequentialExecutor(), [two_day_demo_job()]))
+    assert here["joined"].stats is not None and lines["trades"] == str(here["joined"].stats.total_trades)
+    assert lines["niceness"] == "0"
+    lean_services = lines["services"].split()
+    assert ray_constants.PROCESS_TYPE_RAYLET in lean_services and ray_constants.PROCESS_TYPE_GCS_SERVER in lean_services
+    assert ray_constants.PROCESS_TYPE_MONITOR not in lean_services
+    assert ray_constants.PROCESS_TYPE_DASHBOARD not in lean_services
+    started, parts, *stock_services = lines["stock"].split()
+    assert (started, parts) == ("True", "-")
+    assert {ray_constants.PROCESS_TYPE_MONITOR, ray_constants.PROCESS_TYPE_DASHBOARD} <= set(stock_services)

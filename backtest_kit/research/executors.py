@@ -35,7 +35,8 @@ class SequentialExecutor:
 for _name, _factory in (
     ("sequential", SequentialExecutor),
     ("local", LocalExecutor),  # options: max_workers, max_tasks_per_child, start_method
-    ("ray", RayExecutor),  # options: address, num_cpus, max_retries, init_options (Ray is imported on first run)
+    # options: address, num_cpus, max_retries, init_options, lean_start (Ray is imported on the first run)
+    ("ray", RayExecutor),
 ):
     register_executor(_name, _factory)
 

@@ -1,0 +1,144 @@
+"""A lean start for the private local Ray a sweep starts: about 2 s sooner on a 2-core box.
+
+`ray.init()` without an address starts a whole head node for the one sweep, and the sweep waits for it.
+On the 2-core development VM that took 4.3-6.0 s, most of it serial, and three parts of that buy a
+private one-node Ray nothing:
+
+1. **The autoscaler monitor.** A Python process that imports Ray and the autoscaler while the other
+   services start, competing for the same two cores. A one-node Ray started for one sweep has nothing
+   to scale (Ray itself can start without it: `ray start --no-monitor`).
+2. **The API server when the dashboard is off.** With `include_dashboard=False` (the executor's
+   default) Ray's API server loads only its usage-statistics module, yet `ray.init` polls for it to
+   come up (another Python process importing Ray and aiohttp, ~1 s here) before it starts the raylet.
+   Skipped only when `include_dashboard` is exactly False: a dashboard asked for still starts.
+3. **The wait for the raylet.** `ray.init` asks the GCS for the new node through a call that sleeps a
+   whole second between tries (`GlobalStateAccessor::GetNode`); the raylet registers ~1.4 s after it
+   starts, so the driver sat idle ~0.6 s on average with both cores free. Here the node is awaited with
+   a 20 ms poll first, then Ray's own call finds it at its first try.
+
+Each part replaces one Ray-internal function for the duration of the `ray.init` call and restores it
+afterwards (the context manager below). A Ray whose internals differ (a function renamed, or with
+another signature) keeps its stock start-up for that part: never an error, only the seconds. Measured
+with `benchmarks/bench_ray_start.py` (stock and lean alternating, fresh processes): see its docstring.
+A Ray joined through an address, `RAY_ADDRESS` or an initialised Ray is never touched; so is one
+started with `RayExecutor(lean_start=False)`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+__all__ = ["LEAN_PARTS", "lean_ray_start", "wait_until_registered"]
+
+LEAN_PARTS: Final = ("no-monitor", "no-api-server", "fast-registration")
+"""The parts of the lean start, as `lean_ray_start` reports those it applied."""
+
+_REGISTRATION_POLL_SECONDS: Final = 0.02
+_REGISTRATION_WAIT_SECONDS: Final = 30.0
+"""As long as Ray's own wait for a starting raylet (`raylet_start_wait_time_s`); then Ray's call decides."""
+
+
+def _module(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def _parameters(function: object) -> list[str] | None:
+    try:
+        return list(inspect.signature(function).parameters)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def wait_until_registered(
+    gcs_client_type: Any, gcs_address: str, node_id: str, *, timeout: float = _REGISTRATION_WAIT_SECONDS,
+) -> bool:
+    """Whether the node `node_id` (hex) registered with the GCS at `gcs_address` within `timeout`.
+
+    Polls every 20 ms. Any error (a GCS not answering yet, an API that differs) ends the wait with
+    False: the caller then falls back to Ray's own, slower, wait.
+    """
+    deadline = time.monotonic() + timeout
+    try:
+        client = gcs_client_type(address=gcs_address)
+        while True:
+            left = deadline - time.monotonic()
+            if any(key.hex() == node_id for key in client.get_all_node_info(timeout=max(0.1, min(5.0, left)))):
+                return True
+            if left <= 0:
+                return False
+            time.sleep(_REGISTRATION_POLL_SECONDS)
+    except Exception:
+        return False
+
+
+def _skip_monitor(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def start_monitor(self: Any) -> None:
+        """No autoscaler monitor: a private one-node Ray has nothing to scale."""
+
+    return start_monitor
+
+
+def _skip_api_server_without_dashboard(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def start_api_server(self: Any, *, include_dashboard: bool | None, raise_on_failure: bool) -> Any:
+        if include_dashboard is False:
+            return None
+        return original(self, include_dashboard=include_dashboard, raise_on_failure=raise_on_failure)
+
+    return start_api_server
+
+
+def _registration_first(original: Callable[..., Any], gcs_client_type: Any) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def get_node(gcs_address: str, node_id: str) -> Any:
+        wait_until_registered(gcs_client_type, gcs_address, node_id)
+        return original(gcs_address, node_id)
+
+    return get_node
+
+
+@contextmanager
+def lean_ray_start() -> Iterator[tuple[str, ...]]:
+    """Within: a `ray.init` that starts a local Ray skips the parts above; yields those it applies.
+
+    Process-wide while it lasts (Ray's functions are module attributes): meant around the one
+    `ray.init` call on the main thread, as `RayExecutor` uses it. Everything is restored on exit,
+    whether `ray.init` succeeded or raised.
+    """
+    node_module = _module("ray._private.node")
+    services = _module("ray._private.services")
+    raylet = _module("ray._raylet")
+    node_type = getattr(node_module, "Node", None)
+    patches: list[tuple[str, object, str, Callable[..., Any]]] = []  # (part, owner, attribute, replacement)
+
+    start_monitor = getattr(node_type, "start_monitor", None)
+    if callable(start_monitor) and _parameters(start_monitor) == ["self"]:
+        patches.append(("no-monitor", node_type, "start_monitor", _skip_monitor(start_monitor)))
+    start_api_server = getattr(node_type, "start_api_server", None)
+    if callable(start_api_server) and _parameters(start_api_server) == ["self", "include_dashboard",
+                                                                          "raise_on_failure"]:
+        patches.append(("no-api-server", node_type, "start_api_server",
+                        _skip_api_server_without_dashboard(start_api_server)))
+    get_node = getattr(services, "get_node", None)
+    gcs_client_type = getattr(raylet, "GcsClient", None)
+    if callable(get_node) and gcs_client_type is not None and _parameters(get_node) == ["gcs_address", "node_id"]:
+        patches.append(("fast-registration", services, "get_node", _registration_first(get_node, gcs_client_type)))
+
+    originals = [(owner, name, owner.__dict__[name]) for _part, owner, name, _new in patches]
+    try:
+        for _part, owner, name, replacement in patches:
+            setattr(owner, name, replacement)
+        yield tuple(part for part, *_rest in patches)
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
