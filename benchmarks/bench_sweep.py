@@ -20,24 +20,27 @@ Each executor runs the same jobs in this process one after the other, `--rounds`
 order rotated each round (these machines are noisy: medians are compared, and each round's ratio is
 printed). Wall time includes everything after the jobs are built: for "local" the worker start-up
 and each worker's own load of the candle files, for "ray" `import ray` and `ray.init` of a fresh
-local Ray (started by the executor, shut down after), the object-store put of the candles and the
-workers' first import of backtest_kit. "ray-warm" is the same executor on a Ray started before the
-clock starts (a notebook session that keeps Ray up, or a cluster): what a sweep costs once Ray runs.
-Printed per executor: wall seconds, speed-up over sequential, parallel efficiency per worker
-(speed-up / workers), CPU seconds (this process plus the workers; Ray's own services, ~0.5 s per
-sweep, not counted) and their ratio to sequential's, peak RSS (VmHWM from /proc) per worker; then
-whether every run gave statistics identical to the first (`comparable_statistics`, per job).
-`--repeat K` runs the 64 jobs K times in one sweep, to see how the ratios grow with sweep size.
+local Ray (started by the executor, lean: `research/ray_start.py`; shut down after), the object-store
+put of the candles and the workers' first import of backtest_kit. "ray-stock" is the same with Ray's
+stock start-up (`lean_start=False`); "ray-warm" the same executor on a Ray started before the clock
+starts (a notebook session that keeps Ray up, or a cluster): what a sweep costs once Ray runs.
+Printed per executor: wall seconds, seconds to the first result (start-up plus one backtest),
+speed-up over sequential, parallel efficiency per worker (speed-up / workers), CPU seconds (this
+process plus the workers; Ray's own services, ~0.5 s per sweep, not counted) and their ratio to
+sequential's, peak RSS (VmHWM from /proc) per worker; then whether every run gave statistics
+identical to the first (`comparable_statistics`, per job). `--repeat K` runs the 64 jobs K times in
+one sweep, to see how the ratios grow with sweep size.
 
 Targets on a 2-core machine: local >= 1.8x, ray >= 1.6x including its start-up.
 
-Measured on the 2-core development VM, idle apart from this script (2026-11-29, 5 rounds): sequential
-32.7 s; local 17.8 s, 1.84x (rounds 1.80-1.85), CPU 1.07x sequential's; ray 21.2 s, 1.54x (rounds
-1.50-1.65), CPU 1.07x. Ray's start-up is the whole difference: `import ray` + `ray.init` take 2.3-3.5 s
-of wall here (seven Python processes import Ray on two cores), and the workers' first job another
-~0.5 s. With `--repeat 2` (128 jobs, 65 s sequential) local gives 1.88x and ray 1.68x (rounds
-1.63-1.74): ray passes 1.6x from about 45 s of sequential work on this box. Peak RSS ~200 MB per
-local worker (the two 90-day spot files plus the perpetual), ~270 MB per Ray worker. All identical.
+Measured on the 2-core development VM (2026-11-29, 5 rounds of `--only
+sequential,local,ray,ray-stock,ray-warm`; the host was busy: sequential took 60-70 s from round to
+round): sequential 66.1 s; local 35.5 s, 1.86x (rounds 1.71-2.00), CPU 1.04x; ray (lean start) 41.6 s,
+1.59x (rounds 1.41-1.77), CPU 1.18x, first result after 4.6 s; ray-stock 43.7 s, 1.51x, first result
+5.8 s; ray-warm 38.5 s, 1.72x. On the quieter VM of the previous session (before the lean start):
+sequential 32.7 s, local 1.84x, ray 1.54x, ray-warm 1.86x; `--repeat 2` local 1.88x, ray 1.68x. Peak
+RSS ~200 MB per local worker (the two 90-day spot files plus the perpetual), ~275 MB per Ray worker.
+All identical.
 """
 
 from __future__ import annotations
@@ -231,7 +234,7 @@ async def main() -> None:
           f"average {os.getloadavg()[0]:.1f}; frames: {', '.join(frames)}")
     # Per executor and round: wall, CPU, peak RSS per worker, identical to the first run. Only the first
     # run's results are kept (as the reference), so the process does not grow with the rounds.
-    runs: dict[str, list[tuple[float, float, list[float], bool]]] = {name: [] for name in names}
+    runs: dict[str, list[tuple[float, float, list[float], bool, float]]] = {name: [] for name in names}
     reference: dict[str, JobResult] | None = None
     trades = 0
     for round_ in range(args.rounds):
@@ -241,7 +244,7 @@ async def main() -> None:
             if reference is None:
                 reference = results
                 trades = sum(r.stats.total_trades for r in results.values() if r.stats)
-            runs[name].append((wall, cpu, rss, _same(results, reference)))
+            runs[name].append((wall, cpu, rss, _same(results, reference), first))
             failed = [r for r in results.values() if not r.ok]
             del results
             print(f"  round {round_ + 1} {name:>10}: wall {wall:7.2f} s   CPU {cpu:7.2f} s"
@@ -251,7 +254,8 @@ async def main() -> None:
     cpus = {name: _median([run[1] for run in done]) for name, done in runs.items()}
     print(f"medians of {args.rounds} rounds:")
     for name in names:
-        line = f"{name:>10}: wall {walls[name]:7.2f} s   CPU {cpus[name]:7.2f} s"
+        first = _median([run[4] for run in runs[name]])
+        line = f"{name:>10}: wall {walls[name]:7.2f} s   CPU {cpus[name]:7.2f} s   first result {first:5.2f} s"
         if "sequential" in walls and name != "sequential":
             speedup = walls["sequential"] / walls[name]
             per_round = [seq[0] / run[0] for seq, run in zip(runs["sequential"], runs[name], strict=True)]
