@@ -200,11 +200,18 @@ def test_install_signal_handlers_outside_the_main_thread_is_an_error() -> None:
 
 def test_the_library_never_runs_or_blocks_the_loop_itself() -> None:
     """Only the CLI (an application) and a worker process's entry point (`run_job`, which owns its
-    whole process) may start a loop; nothing in the engine sleeps the thread."""
+    whole process) may start a loop; nothing in the engine sleeps the thread. One exception:
+    `research/ray_start.py` polls for the raylet from inside Ray's own `ray.init`, which blocks its
+    thread by Ray's design (it sleeps a second between tries); the poll shortens that block."""
     offenders = []
     for path in PACKAGE.rglob("*.py"):
         relative = path.relative_to(PACKAGE)
         if "cli" in relative.parts or relative.as_posix() == "system/job_worker.py":
+            continue
+        if relative.as_posix() == "research/ray_start.py":
+            text = path.read_text(encoding="utf-8")
+            assert len(re.findall(r"(?<![\w.])time\.sleep\(", text)) == 1  # the poll, and nothing else
+            assert "asyncio" not in text and "run_until_complete" not in text
             continue
         text = path.read_text(encoding="utf-8")
         for pattern in (r"asyncio\.run\(", r"run_until_complete", r"(?<![\w.])time\.sleep\(", r"new_event_loop"):
