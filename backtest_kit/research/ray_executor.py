@@ -1,6 +1,6 @@
 """The "ray" executor: jobs as Ray tasks, on this machine or on a Ray cluster (`pip install backtest-kit[ray]`).
 
-- `address=None` starts a private local Ray (a lean one, about 2 s sooner here: no autoscaler monitor,
+- `address=None` starts a private local Ray (a lean one, ~1.5 s sooner here: no autoscaler monitor,
   no API server with the dashboard off, a quick wait for the raylet; `research/ray_start.py`,
   `lean_start=False` for Ray's stock start-up), or joins the cluster the `RAY_ADDRESS` environment
   variable names (so `RAY_ADDRESS=auto backtest-kit sweep --executor ray` joins a Ray kept running
