@@ -182,7 +182,7 @@ async def run_one(name: str, jobs: list[BacktestJob], workers: int) -> Run:
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False,
                  _system_config={"worker_niceness": 0})
     started, cpu_before = time.perf_counter(), _self_cpu()
-    executor = make_executor("ray" if ray is not None or name == "ray-stock" else name, **options)
+    executor = make_executor("ray" if name.startswith("ray") else name, **options)
     results: dict[str, JobResult] = {}
     first = 0.0
     async for result in executor.run(jobs):

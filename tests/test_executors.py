@@ -409,6 +409,19 @@ def two_day_demo_job() -> BacktestJob:
                        config=engine.get_config())
 
 
+def _driver_output(script: str, **env: str) -> dict[str, str]:
+    """Run `script` as a fresh Ray driver (this test module importable) and return its printed lines,
+    keyed by their first word."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+        env={**os.environ, **env, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+
+
 _JOIN_SCRIPT = """
 import asyncio
 import ray
@@ -434,15 +447,8 @@ async def test_a_second_driver_joins_a_running_ray_through_ray_address(ray_sessi
     """`RAY_ADDRESS` (as `ray start --head` users set it for the CLI) joins that Ray instead of
     starting one: a fresh process runs a job on the session's Ray, with the same statistics as here;
     `num_cpus=` beside it is refused with a message naming both."""
-    import subprocess
-
     address = ray_session.get_runtime_context().gcs_address
-    done = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-c", _JOIN_SCRIPT], capture_output=True, text=True, timeout=300,
-        env={**os.environ, "RAY_ADDRESS": address, "PYTHONPATH": os.pathsep.join(sys.path)},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    lines = await asyncio.to_thread(_driver_output, _JOIN_SCRIPT, RAY_ADDRESS=address)
     assert lines["joined"] == f"{address} started True"  # its driver connected; the cluster is the session's
     here = await _collect(SequentialExecutor(), [two_day_demo_job()])
     assert here["joined"].stats is not None and lines["trades"] == str(here["joined"].stats.total_trades)
@@ -482,17 +488,10 @@ def test_a_local_ray_started_by_the_executor_is_lean_runs_at_normal_priority_and
     and runs its workers at niceness 0, as the local pool's are: Ray's default (15) hands every core to
     any other process. `lean_start=False` starts Ray's stock services. A fresh process: the test
     session's own Ray was started by a fixture, not by the executor."""
-    import subprocess
-
     pytest.importorskip("ray", reason="ray is not installed (pip install 'backtest-kit[ray]')")
     from ray._private import ray_constants
 
-    done = subprocess.run(
-        [sys.executable, "-c", _OWN_RAY_SCRIPT], capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])},
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines() if " " in line)
+    lines = _driver_output(_OWN_RAY_SCRIPT)
     assert lines["lean"] == "True no-monitor,no-api-server,fast-registration"
     here = asyncio.run(_collect(SequentialExecutor(), [two_day_demo_job()]))
     assert here["joined"].stats is not None and lines["trades"] == str(here["joined"].stats.total_trades)

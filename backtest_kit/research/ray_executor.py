@@ -27,6 +27,7 @@ import dataclasses
 import importlib
 import os
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import nullcontext
 from typing import Any, Final, cast
 
 from ..adapters.candles import CsvCandles
@@ -135,12 +136,9 @@ class RayExecutor:
                 system_config = dict(options.get("_system_config") or {})
                 system_config.setdefault("worker_niceness", 0)
                 options["_system_config"] = system_config
-            if joins or not self.lean_start:
+            with lean_ray_start() if self.lean_start and not joins else nullcontext(()) as parts:
                 ray.init(address=self.address, **options)
-            else:
-                with lean_ray_start() as parts:
-                    ray.init(address=self.address, **options)
-                self.lean_parts = parts
+            self.lean_parts = parts
             self.started_ray = True
         if self._remote is None:
             self._remote = ray.remote(num_cpus=1, max_retries=self.max_retries)(_run_on_worker)

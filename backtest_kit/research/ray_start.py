@@ -115,30 +115,26 @@ def lean_ray_start() -> Iterator[tuple[str, ...]]:
     `ray.init` call on the main thread, as `RayExecutor` uses it. Everything is restored on exit,
     whether `ray.init` succeeded or raised.
     """
-    node_module = _module("ray._private.node")
+    node_type = getattr(_module("ray._private.node"), "Node", None)
     services = _module("ray._private.services")
-    raylet = _module("ray._raylet")
-    node_type = getattr(node_module, "Node", None)
-    patches: list[tuple[str, object, str, Callable[..., Any]]] = []  # (part, owner, attribute, replacement)
-
-    start_monitor = getattr(node_type, "start_monitor", None)
-    if callable(start_monitor) and _parameters(start_monitor) == ["self"]:
-        patches.append(("no-monitor", node_type, "start_monitor", _skip_monitor(start_monitor)))
-    start_api_server = getattr(node_type, "start_api_server", None)
-    if callable(start_api_server) and _parameters(start_api_server) == ["self", "include_dashboard",
-                                                                          "raise_on_failure"]:
-        patches.append(("no-api-server", node_type, "start_api_server",
-                        _skip_api_server_without_dashboard(start_api_server)))
-    get_node = getattr(services, "get_node", None)
-    gcs_client_type = getattr(raylet, "GcsClient", None)
-    if callable(get_node) and gcs_client_type is not None and _parameters(get_node) == ["gcs_address", "node_id"]:
-        patches.append(("fast-registration", services, "get_node", _registration_first(get_node, gcs_client_type)))
-
-    originals = [(owner, name, owner.__dict__[name]) for _part, owner, name, _new in patches]
+    gcs_client_type = getattr(_module("ray._raylet"), "GcsClient", None)
+    candidates: tuple[tuple[str, object, str, list[str], Callable[[Callable[..., Any]], Callable[..., Any]]], ...] = (
+        ("no-monitor", node_type, "start_monitor", ["self"], _skip_monitor),
+        ("no-api-server", node_type, "start_api_server", ["self", "include_dashboard", "raise_on_failure"],
+         _skip_api_server_without_dashboard),
+        ("fast-registration", services if gcs_client_type is not None else None, "get_node",
+         ["gcs_address", "node_id"], functools.partial(_registration_first, gcs_client_type=gcs_client_type)),
+    )
+    patches: list[tuple[str, object, str, Callable[..., Any], Callable[..., Any]]] = []
+    """(part, owner, attribute, Ray's function, its replacement): only functions the owner defines itself."""
+    for part, owner, name, parameters, lean in candidates:
+        original = vars(owner).get(name) if owner is not None else None
+        if callable(original) and _parameters(original) == parameters:
+            patches.append((part, owner, name, original, lean(original)))
     try:
-        for _part, owner, name, replacement in patches:
+        for _part, owner, name, _original, replacement in patches:
             setattr(owner, name, replacement)
         yield tuple(part for part, *_rest in patches)
     finally:
-        for owner, name, original in originals:
+        for _part, owner, name, original, _replacement in patches:
             setattr(owner, name, original)
