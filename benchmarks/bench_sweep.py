@@ -264,9 +264,12 @@ async def main() -> None:
             line += (f"   speed-up {speedup:4.2f}x (rounds: {', '.join(f'{x:.2f}' for x in per_round)})"
                      f"   efficiency {speedup / args.workers:4.0%} per worker"
                      f"   CPU {cpus[name] / cpus['sequential']:4.2f}x sequential's")
-        rss = max((run[2] for run in runs[name]), key=lambda values: max(values, default=0.0))
-        line += f"   peak RSS per {'process' if name == 'sequential' else 'worker'}: " + \
-            ", ".join(f"{mb:.0f} MB" for mb in rss)
+        if name == "sequential":  # the bench process's lifetime peak: its earliest round says the least
+            rss = min((run[2] for run in runs[name]), key=lambda values: max(values, default=0.0))
+            line += f"   peak RSS of the bench process by its first round: {rss[0]:.0f} MB"
+        else:
+            rss = max((run[2] for run in runs[name]), key=lambda values: max(values, default=0.0))
+            line += "   peak RSS per worker: " + ", ".join(f"{mb:.0f} MB" for mb in rss)
         print(line, flush=True)
     for name, done in runs.items():
         print(f"{name:>10}: identical statistics to the first run in every round: {all(run[3] for run in done)}")

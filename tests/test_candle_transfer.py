@@ -213,3 +213,31 @@ async def test_a_local_sweep_over_memory_candles_ships_them_once(tmp_path: Path,
     rebuilds = [pid for pid in log.read_text().split() if int(pid) != os.getpid()]
     assert len(rebuilds) == len(set(rebuilds)) <= 2, f"a worker rebuilt the candles twice: {rebuilds}"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("backtest-kit-candles-")]  # removed at the end
+
+
+def test_inside_a_spill_a_csv_source_travels_as_its_loaded_columns_not_its_files(tmp_path: Path) -> None:
+    """The local pool's jobs carry a `CsvCandles` as the columns loaded here: a worker never parses the
+    files again (they may even be gone), and gets the same class, paths and reads."""
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / "BTCUSDT-1m.csv.gz"
+    path.write_bytes(bundled_sample_path().read_bytes())
+    source = CsvCandles(path)
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    with spill_candles_to(spill):
+        blobs = [pickle.dumps(source) for _ in range(3)]
+    assert all(len(blob) < 1_000 for blob in blobs) and len(list(spill.iterdir())) == 1
+    path.unlink()  # the worker reads the spill file, not the CSV
+    rebuilt = pickle.loads(blobs[0])
+    assert type(rebuilt) is CsvCandles and rebuilt is not source and pickle.loads(blobs[1]) is rebuilt
+    assert rebuilt.paths == source.paths
+    assert (rebuilt.dropped, rebuilt.gaps, rebuilt.load_warnings) == (source.dropped, source.gaps, source.load_warnings)
+    end = source.last_timestamp("BTCUSDT") + M
+    for interval in ("1m", "15m", "1h"):
+        expected = source.closed_candles("BTCUSDT", interval, end, 500)
+        assert rebuilt.closed_candles("BTCUSDT", interval, end, 500) == expected
+    assert rebuilt.average_price("BTCUSDT", end, 5) == source.average_price("BTCUSDT", end, 5)
+    outside = pickle.dumps(source)  # outside a spill: its files' paths and fingerprints, as before
+    with pytest.raises(CandleError, match="cannot read the candle file"):
+        pickle.loads(outside)

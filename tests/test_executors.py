@@ -92,11 +92,14 @@ def make_signal(fast: int, slow: int = 30, fail: bool = False, die: bool = False
 
 
 class CountingCsvCandles(CsvCandles):
-    """CsvCandles that logs every load with the loading process's pid."""
+    """CsvCandles that logs every load (from the files, or rebuilt from a pickle) with the process's pid."""
 
     def __init__(self, source: Any, symbol: str | None = None, *, anomaly_factor: float | None = 10.0) -> None:
-        _log(f"load {os.getpid()}")
         super().__init__(source, symbol, anomaly_factor=anomaly_factor)
+
+    def _init_storage(self, anomaly_factor: float | None) -> None:
+        _log(f"load {os.getpid()}")
+        super()._init_storage(anomaly_factor)
 
 
 # -- jobs ----------------------------------------------------------------------------------------------
@@ -477,6 +480,11 @@ async def main():
     stock._ensure_ray()
     print("stock", stock.started_ray, ",".join(stock.lean_parts) or "-", " ".join(processes()))
     await stock.aclose()
+    quiet = RayExecutor(num_cpus=1, init_options={"log_to_driver": False})
+    results = [r async for r in quiet.run([two_day_demo_job()])]
+    print("quiet", ",".join(quiet.lean_parts), results[0].stats.total_trades if results[0].ok else results[0].error)
+    print("quiet-services", " ".join(processes()))
+    await quiet.aclose()
 
 asyncio.run(main())
 """
@@ -486,8 +494,9 @@ def test_a_local_ray_started_by_the_executor_is_lean_runs_at_normal_priority_and
     """A local Ray the executor starts for a sweep starts lean (`research/ray_start.py`: no autoscaler
     monitor, no API server, a quick wait for the raylet), gives the same statistics as a sequential run,
     and runs its workers at niceness 0, as the local pool's are: Ray's default (15) hands every core to
-    any other process. `lean_start=False` starts Ray's stock services. A fresh process: the test
-    session's own Ray was started by a fixture, not by the executor."""
+    any other process. `lean_start=False` starts Ray's stock services. With `log_to_driver=False` the
+    log monitor is not started either, and the job still runs. A fresh process: the test session's own
+    Ray was started by a fixture, not by the executor."""
     pytest.importorskip("ray", reason="ray is not installed (pip install 'backtest-kit[ray]')")
     from ray._private import ray_constants
 
@@ -500,6 +509,12 @@ def test_a_local_ray_started_by_the_executor_is_lean_runs_at_normal_priority_and
     assert ray_constants.PROCESS_TYPE_RAYLET in lean_services and ray_constants.PROCESS_TYPE_GCS_SERVER in lean_services
     assert ray_constants.PROCESS_TYPE_MONITOR not in lean_services
     assert ray_constants.PROCESS_TYPE_DASHBOARD not in lean_services
+    assert ray_constants.PROCESS_TYPE_LOG_MONITOR in lean_services  # its output is forwarded by default
     started, parts, *stock_services = lines["stock"].split()
     assert (started, parts) == ("True", "-")
     assert {ray_constants.PROCESS_TYPE_MONITOR, ray_constants.PROCESS_TYPE_DASHBOARD} <= set(stock_services)
+    parts, trades = lines["quiet"].split()
+    assert parts == "no-monitor,no-api-server,fast-registration,no-log-monitor" and trades == lines["trades"]
+    quiet_services = lines["quiet-services"].split()
+    assert ray_constants.PROCESS_TYPE_LOG_MONITOR not in quiet_services
+    assert ray_constants.PROCESS_TYPE_RAYLET in quiet_services

@@ -30,6 +30,7 @@ from ray._raylet import GcsClient  # noqa: E402
 def _ray_functions() -> dict[str, Any]:
     return {
         "start_monitor": ray_node.Node.__dict__["start_monitor"],
+        "start_log_monitor": ray_node.Node.__dict__["start_log_monitor"],
         "start_api_server": ray_node.Node.__dict__["start_api_server"],
         "get_node": ray_services.__dict__["get_node"],
     }
@@ -42,12 +43,19 @@ def ray_functions() -> Iterator[dict[str, Any]]:
     assert _ray_functions() == before, "a test left Ray's functions replaced"
 
 
-def test_the_lean_start_replaces_three_functions_only_while_it_lasts(ray_functions: dict[str, Any]) -> None:
-    with lean_ray_start() as parts:
+def test_the_lean_start_replaces_its_functions_only_while_it_lasts(ray_functions: dict[str, Any]) -> None:
+    with lean_ray_start() as parts:  # worker output forwarded (Ray's default): the log monitor stays
+        assert parts == LEAN_PARTS[:3]
+        inside = _ray_functions()
+        assert inside["start_log_monitor"] is ray_functions["start_log_monitor"]
+        assert all(inside[name] is not ray_functions[name] for name in ray_functions if name != "start_log_monitor")
+        assert inside["get_node"].__wrapped__ is ray_functions["get_node"]
+    assert _ray_functions() == ray_functions
+    with lean_ray_start(log_to_driver=False) as parts:
         assert parts == LEAN_PARTS
         inside = _ray_functions()
         assert all(inside[name] is not ray_functions[name] for name in ray_functions)
-        assert inside["get_node"].__wrapped__ is ray_functions["get_node"]
+        assert inside["start_log_monitor"](object()) is None
     assert _ray_functions() == ray_functions
     with pytest.raises(RuntimeError, match="init failed"), lean_ray_start():  # restored after an error too
         raise RuntimeError("ray.init failed")

@@ -393,7 +393,15 @@ class CsvCandles(MemoryCandles):
         `type(self)` built with the same paths and `anomaly_factor`, so a subclass with another
         constructor must define its own `__reduce__`. To ship the candles themselves (to machines
         without the files) use `in_memory()`.
+
+        Inside `spill_candles_to` (the local pool pickles its jobs there) it pickles as its columns in
+        the spill file instead, as a `MemoryCandles` does, and is rebuilt as the same class with the
+        same `paths`: this process has the candles loaded already, writing their columns once costs
+        ~0.2 s, and a worker decodes them in ~0.1 s where parsing the gzipped CSV again took ~1.3 s
+        (90 days of BTCUSDT and ETHUSDT). The workers then compute on exactly the data loaded here.
         """
+        if active_spill() is not None:
+            return super().__reduce__()
         return (_rebuild_csv, (type(self), tuple(self._fingerprints.values()), tuple(self._fingerprints),
                                self._anomaly_factor))
 

