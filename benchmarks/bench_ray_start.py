@@ -8,10 +8,18 @@ CPU (`ready`: Ray can run work). Stock (`lean_start=False`) and lean (`research/
 alternate, `--pairs` times, the order swapped every pair (these machines are noisy: medians and each
 pair's difference are printed). Nothing else should run meanwhile.
 
-Measured on the 2-core development VM (2026-11-29, 8 pairs, `backtest_kit` imported in both): stock
-median 5.3 s to ready (4.9-6.1), lean 3.5 s (3.3-4.8); the lean start saved 0.5-2.8 s per pair, median
-1.5 s. A CPU trace of a lean start shows both cores busy from the raylet's start to ready (its
-agents and the workers import Ray): what is left is CPU, not waiting.
+Both starts are given `log_to_driver=False`, as `bench_sweep.py` gives them, so the lean one also
+skips the log monitor (the fourth part).
+
+Measured on the 2-core development VM (2026-11-29, 8 pairs, `backtest_kit` imported in both): with the
+first three parts, stock median 5.3 s to ready (4.9-6.1), lean 3.5 s (3.3-4.8); the lean start saved
+0.5-2.8 s per pair, median 1.5 s. With the log monitor also skipped, on the next (slower) VM: stock
+7.05 s (5.96-7.61), lean 4.19 s (3.77-4.74), saving 2.2-3.2 s per pair, median 2.8 s. A CPU trace of
+a lean start shows both cores busy from the raylet's start to ready (its agents and the workers
+import Ray): what is left is CPU, not waiting. Per process at ready (lean, log monitor skipped):
+the driver ~1.7 CPU-s (`import ray`, `backtest_kit`), each of the two prestarted workers ~1.3, the
+dashboard agent ~1.2 and the runtime-env agent ~1.0 (both needed: without either, the raylet never
+registers), GCS and raylet ~0.2 together.
 """
 
 from __future__ import annotations

@@ -33,15 +33,15 @@ one sweep, to see how the ratios grow with sweep size.
 
 Targets on a 2-core machine: local >= 1.8x, ray >= 1.6x including its start-up.
 
-Measured on the 2-core development VM (2026-11-29, 5 rounds of `--only
-sequential,local,ray,ray-stock,ray-warm`; the host was busy: sequential took 60-70 s from round to
-round): sequential 66.1 s; local 35.5 s, 1.86x (rounds 1.71-2.00), CPU 1.04x; ray (lean start) 41.6 s,
-1.59x (rounds 1.41-1.77), CPU 1.18x, first result after 4.6 s; ray-stock 43.7 s, 1.51x, first result
-5.8 s; ray-warm 38.5 s, 1.72x. A second run right after (`--only sequential,local,ray`, 5 rounds):
-sequential 54.0 s, local 1.89x (1.74-2.13), ray 1.53x (1.43-1.88), Ray's workers at 1.20x sequential's
-CPU against the pool's 1.03x. On the quieter VM of the previous session (before the lean start):
-sequential 32.7 s, local 1.84x, ray 1.54x, ray-warm 1.86x; `--repeat 2` local 1.88x, ray 1.68x. Peak
-RSS ~200 MB per local worker (the two 90-day spot files plus the perpetual), ~275 MB per Ray worker.
+Measured on the 2-core development VM (2026-11-29, 5 rounds of `--only sequential,local,ray,ray-warm`,
+after the pool stopped re-parsing CSV files in its workers and the lean start dropped the log monitor;
+sequential 79-85 s from round to round): sequential 81.3 s; local 44.0 s, 1.85x (rounds 1.80-1.93),
+CPU 1.03x, first result 1.3 s; ray (lean start) 47.4 s, 1.72x (rounds 1.55-1.86), CPU 1.06x, first
+result 5.5 s; ray-warm 45.9 s, 1.77x. Before those two changes, on a faster VM the same day (5 rounds,
+sequential 66.1 s): local 1.86x, ray 1.59x (first result 4.6 s), ray-stock 1.51x, ray-warm 1.72x; a
+second run there: local 1.89x, ray 1.53x. On the quieter VM of an earlier session (before the lean
+start): sequential 32.7 s, local 1.84x, ray 1.54x, ray-warm 1.86x; `--repeat 2` local 1.88x, ray 1.68x.
+Peak RSS ~190 MB per local worker (the two 90-day spot files plus the perpetual), ~270 MB per Ray worker.
 All identical.
 """
 

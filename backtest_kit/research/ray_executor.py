@@ -1,8 +1,9 @@
 """The "ray" executor: jobs as Ray tasks, on this machine or on a Ray cluster (`pip install backtest-kit[ray]`).
 
-- `address=None` starts a private local Ray (a lean one, ~1.5 s sooner here: no autoscaler monitor,
-  no API server with the dashboard off, a quick wait for the raylet; `research/ray_start.py`,
-  `lean_start=False` for Ray's stock start-up), or joins the cluster the `RAY_ADDRESS` environment
+- `address=None` starts a private local Ray (a lean one, 1.5-2.8 s sooner here: no autoscaler monitor,
+  no API server with the dashboard off, a quick wait for the raylet, no log monitor when
+  `init_options={"log_to_driver": False}`; `research/ray_start.py`, `lean_start=False` for Ray's
+  stock start-up), or joins the cluster the `RAY_ADDRESS` environment
   variable names (so `RAY_ADDRESS=auto backtest-kit sweep --executor ray` joins a Ray kept running
   with `ray start --head`: sweeps then skip Ray's seconds of start-up); `"auto"` joins the cluster
   started on this node with `ray start`; `"ray://head:10001"` connects as a Ray

@@ -1,4 +1,4 @@
-"""A lean start for the private local Ray a sweep starts: ~1.5 s sooner (median) on a 2-core box.
+"""A lean start for the private local Ray a sweep starts: 1.5-2.8 s sooner (medians) on a 2-core box.
 
 `ray.init()` without an address starts a whole head node for the one sweep, and the sweep waits for it.
 On the 2-core development VM that took 4.3-6.0 s, most of it serial, and three parts of that buy a
