@@ -18,10 +18,12 @@ minute and reads `slow + 1` closed candles per tick.
 
 Each executor runs the same jobs in this process one after the other, `--rounds` times with the
 order rotated each round (these machines are noisy: medians are compared, and each round's ratio is
-printed). Wall time includes everything after the jobs are built: for "local" the worker start-up
-and each worker's own load of the candle files, for "ray" `import ray` and `ray.init` of a fresh
-local Ray (started by the executor, lean: `research/ray_start.py`; shut down after), the object-store
-put of the candles and the workers' first import of backtest_kit. "ray-stock" is the same with Ray's
+printed, with their median: a ratio of two runs minutes apart is less exposed to the host's drift
+than the ratio of the two columns' medians). Wall time includes everything after the jobs are built:
+for "local" the worker start-up and each worker's read of the candle columns written for the run,
+for "ray" `import ray` and `ray.init` of a fresh local Ray (started by the executor, lean:
+`research/ray_start.py`; shut down after), the object-store put of the candles and the workers'
+first import of backtest_kit. "ray-stock" is the same with Ray's
 stock start-up (`lean_start=False`); "ray-warm" the same executor on a Ray started before the clock
 starts (a notebook session that keeps Ray up, or a cluster): what a sweep costs once Ray runs.
 Printed per executor: wall seconds, seconds to the first result (start-up plus one backtest),
@@ -41,6 +43,10 @@ result 5.5 s; ray-warm 45.9 s, 1.77x. Before those two changes, on a faster VM t
 sequential 66.1 s): local 1.86x, ray 1.59x (first result 4.6 s), ray-stock 1.51x, ray-warm 1.72x; a
 second run there: local 1.89x, ray 1.53x. On the quieter VM of an earlier session (before the lean
 start): sequential 32.7 s, local 1.84x, ray 1.54x, ray-warm 1.86x; `--repeat 2` local 1.88x, ray 1.68x.
+A second 5-round run right after (`--only sequential,local,ray`, sequential 73-82 s): by the medians of
+the columns local 1.79x, ray 1.56x; by the median of the rounds' ratios local 1.91x (1.67-2.12), ray
+1.69x (1.44-1.75). Both runs pooled (10 rounds): medians of the columns local 1.89x, ray 1.69x; of the
+rounds' ratios local 1.91x, ray 1.70x; 8 of 10 rounds at or above each target.
 Peak RSS ~190 MB per local worker (the two 90-day spot files plus the perpetual), ~270 MB per Ray worker.
 All identical.
 """
@@ -261,7 +267,8 @@ async def main() -> None:
         if "sequential" in walls and name != "sequential":
             speedup = walls["sequential"] / walls[name]
             per_round = [seq[0] / run[0] for seq, run in zip(runs["sequential"], runs[name], strict=True)]
-            line += (f"   speed-up {speedup:4.2f}x (rounds: {', '.join(f'{x:.2f}' for x in per_round)})"
+            line += (f"   speed-up {speedup:4.2f}x (rounds: {', '.join(f'{x:.2f}' for x in per_round)};"
+                     f" their median {_median(per_round):4.2f}x)"
                      f"   efficiency {speedup / args.workers:4.0%} per worker"
                      f"   CPU {cpus[name] / cpus['sequential']:4.2f}x sequential's")
         if name == "sequential":  # the bench process's lifetime peak: its earliest round says the least
