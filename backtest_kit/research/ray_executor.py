@@ -137,8 +137,9 @@ class RayExecutor:
                 system_config = dict(options.get("_system_config") or {})
                 system_config.setdefault("worker_niceness", 0)
                 options["_system_config"] = system_config
-            lean = lean_ray_start(log_to_driver=options.get("log_to_driver") is not False)
-            with lean if self.lean_start and not joins else nullcontext(()) as parts:
+            lean = self.lean_start and not joins
+            forwards_output = options.get("log_to_driver") is not False
+            with lean_ray_start(log_to_driver=forwards_output) if lean else nullcontext(()) as parts:
                 ray.init(address=self.address, **options)
             self.lean_parts = parts
             self.started_ray = True

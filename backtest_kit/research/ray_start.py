@@ -1,8 +1,8 @@
 """A lean start for the private local Ray a sweep starts: 1.5-2.8 s sooner (medians) on a 2-core box.
 
 `ray.init()` without an address starts a whole head node for the one sweep, and the sweep waits for it.
-On the 2-core development VM that took 4.3-6.0 s, most of it serial, and three parts of that buy a
-private one-node Ray nothing:
+On the 2-core development VM that took 4.3-7.6 s, and four parts of that buy a private one-node Ray
+nothing (the fourth only when the driver does not print the workers' output):
 
 1. **The autoscaler monitor.** A Python process that imports Ray and the autoscaler while the other
    services start, competing for the same two cores. A one-node Ray started for one sweep has nothing
