@@ -37,16 +37,16 @@ Targets on a 2-core machine: local >= 1.8x, ray >= 1.6x including its start-up.
 
 Measured on the 2-core development VM (2026-11-29, 5 rounds of `--only sequential,local,ray,ray-warm`,
 after the pool stopped re-parsing CSV files in its workers and the lean start dropped the log monitor;
-sequential 79-85 s from round to round): sequential 81.3 s; local 44.0 s, 1.85x (rounds 1.80-1.93),
-CPU 1.03x, first result 1.3 s; ray (lean start) 47.4 s, 1.72x (rounds 1.55-1.86), CPU 1.06x, first
-result 5.5 s; ray-warm 45.9 s, 1.77x. Before those two changes, on a faster VM the same day (5 rounds,
-sequential 66.1 s): local 1.86x, ray 1.59x (first result 4.6 s), ray-stock 1.51x, ray-warm 1.72x; a
-second run there: local 1.89x, ray 1.53x. On the quieter VM of an earlier session (before the lean
-start): sequential 32.7 s, local 1.84x, ray 1.54x, ray-warm 1.86x; `--repeat 2` local 1.88x, ray 1.68x.
-A second 5-round run right after (`--only sequential,local,ray`, sequential 73-82 s): by the medians of
-the columns local 1.79x, ray 1.56x; by the median of the rounds' ratios local 1.91x (1.67-2.12), ray
-1.69x (1.44-1.75). Both runs pooled (10 rounds): medians of the columns local 1.89x, ray 1.69x; of the
-rounds' ratios local 1.91x, ray 1.70x; 8 of 10 rounds at or above each target.
+sequential 79-85 s from round to round): sequential 81.3 s; local 44.0 s, 1.85x (rounds 1.80-1.93), CPU
+1.03x, first result 1.3 s; ray (lean start) 47.4 s, 1.72x (rounds 1.55-1.86), CPU 1.06x, first result
+5.5 s; ray-warm 45.9 s, 1.77x. A second 5-round run right after (`--only sequential,local,ray`,
+sequential 73-82 s): by the medians of the columns local 1.79x, ray 1.56x; by the median of the rounds'
+ratios local 1.91x (1.67-2.12), ray 1.69x (1.44-1.75). Both runs pooled (10 rounds): medians of the
+columns local 1.89x, ray 1.69x; of the rounds' ratios local 1.91x, ray 1.70x; 8 of 10 rounds at or above
+each target. Before those two changes, on a faster VM the same day (5 rounds, sequential 66.1 s): local
+1.86x, ray 1.59x (first result 4.6 s), ray-stock 1.51x, ray-warm 1.72x; a second run there: local 1.89x,
+ray 1.53x. On the quieter VM of an earlier session (before the lean start): sequential 32.7 s, local
+1.84x, ray 1.54x, ray-warm 1.86x; `--repeat 2` local 1.88x, ray 1.68x.
 Peak RSS ~190 MB per local worker (the two 90-day spot files plus the perpetual), ~270 MB per Ray worker.
 All identical.
 """

@@ -86,20 +86,14 @@ def wait_until_registered(
         return False
 
 
-def _skip_monitor(original: Callable[..., Any]) -> Callable[..., Any]:
+def _skip_process(original: Callable[..., Any]) -> Callable[..., Any]:
+    """A `Node.start_*` method that starts nothing (the docstring above says why, part by part)."""
+
     @functools.wraps(original)
-    def start_monitor(self: Any) -> None:
-        """No autoscaler monitor: a private one-node Ray has nothing to scale."""
+    def start_nothing(self: Any) -> None:
+        return None
 
-    return start_monitor
-
-
-def _skip_log_monitor(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
-    def start_log_monitor(self: Any) -> None:
-        """No log monitor: with `log_to_driver=False` no driver prints what it would forward."""
-
-    return start_log_monitor
+    return start_nothing
 
 
 def _skip_api_server_without_dashboard(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -135,13 +129,13 @@ def lean_ray_start(*, log_to_driver: bool = True) -> Iterator[tuple[str, ...]]:
     services = _module("ray._private.services")
     gcs_client_type = getattr(_module("ray._raylet"), "GcsClient", None)
     candidates: tuple[tuple[str, object, str, list[str], Callable[[Callable[..., Any]], Callable[..., Any]]], ...] = (
-        ("no-monitor", node_type, "start_monitor", ["self"], _skip_monitor),
+        ("no-monitor", node_type, "start_monitor", ["self"], _skip_process),
         ("no-api-server", node_type, "start_api_server", ["self", "include_dashboard", "raise_on_failure"],
          _skip_api_server_without_dashboard),
         ("fast-registration", services if gcs_client_type is not None else None, "get_node",
          ["gcs_address", "node_id"], functools.partial(_registration_first, gcs_client_type=gcs_client_type)),
         ("no-log-monitor", node_type if not log_to_driver else None, "start_log_monitor", ["self"],
-         _skip_log_monitor),
+         _skip_process),
     )
     patches: list[tuple[str, object, str, Callable[..., Any], Callable[..., Any]]] = []
     """(part, owner, attribute, Ray's function, its replacement): only functions the owner defines itself."""
